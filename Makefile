@@ -1,0 +1,29 @@
+# emr_d2: `make demo` and `make test` are all a user needs.
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Point this at an official detectron2 source checkout to build it (with its C++/CUDA ops) instead.
+DETECTRON2_SOURCE ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo clean-demo
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: setup.py scripts/install_detectron2.sh
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	DETECTRON2_SOURCE=$(DETECTRON2_SOURCE) bash scripts/install_detectron2.sh $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: setup
+	$(PY) tools/demo.py --output output/demo
+
+clean-demo:
+	rm -rf output/demo datasets/SIM-demo

@@ -1,0 +1,154 @@
+"""Config keys of emr_d2: every key is defined here, once, with its default and meaning."""
+from __future__ import annotations
+
+import torch
+from detectron2.config import CfgNode as CN
+
+
+def add_emr_config(cfg: CN) -> None:
+    """Add the emr_d2 keys to a detectron2 config (in place).
+
+    Detectron2 keys that emr_d2 reuses as they are: INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN /
+    MIN_SIZE_TRAIN_SAMPLING (scale jitter), INPUT.CROP.* (random crop), INPUT.RANDOM_FLIP,
+    INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0 keeps the native size),
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS (the base config sets it False: slices without any nucleus
+    are kept for training, they matter in 3D).
+    """
+    _c = cfg
+    # detectron2 defaults to "cuda"; fall back to the CPU where no GPU is present.
+    _c.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+    # ---------------------------------------------------------------- input: the N-slice stack
+    # Number of slices the model sees: the centre slice z and its neighbours z-N//2 .. z+N//2
+    # (for even N the window is z-N//2 .. z+N//2-1). 1 is plain 2D Mask R-CNN.
+    _c.INPUT.NUM_SLICES = 5
+    # How slices outside the volume are filled: "replicate" (nearest edge slice),
+    # "zero" (normalised value 0) or "reflect" (mirror at the edge, without repeating it).
+    _c.INPUT.SLICE_PADDING = "replicate"
+    # Per-volume intensity normalisation: these percentiles of the whole volume map to 0 and 1.
+    _c.INPUT.NORM_PERCENTILES = (1.0, 99.8)
+    # Scale jitter: each training window is resized by a factor drawn uniformly in this range
+    # (after INPUT.MIN_SIZE_TRAIN resizing; (1.0, 1.0) turns it off).
+    _c.INPUT.SCALE_JITTER = (1.0, 1.0)
+    # Random 90-degree rotations (with INPUT.RANDOM_FLIP this covers all 8 dihedral views).
+    _c.INPUT.RANDOM_ROT90 = True
+    # Intensity augmentation, drawn once per window and applied to all N slices alike.
+    _c.INPUT.INTENSITY_AUG = CN()
+    _c.INPUT.INTENSITY_AUG.ENABLED = True
+    # Gamma drawn log-uniformly in this range, applied to the normalised image clipped to [0, 1].
+    _c.INPUT.INTENSITY_AUG.GAMMA = (0.7, 1.4)
+    # Multiplicative contrast drawn uniformly in this range, around the window mean.
+    _c.INPUT.INTENSITY_AUG.CONTRAST = (0.8, 1.25)
+    # Standard deviation of additive Gaussian noise, drawn uniformly in [0, NOISE_STD].
+    _c.INPUT.INTENSITY_AUG.NOISE_STD = 0.03
+
+    # ---------------------------------------------------------------- datasets and splits
+    # "<dataset>_<seq>_train" / "_val": the first (1 - VAL_FRACTION) of the frames of a sequence
+    # train, the last VAL_FRACTION validate, and GAP frames between them belong to neither.
+    _c.DATASETS.SPLIT = CN()
+    _c.DATASETS.SPLIT.VAL_FRACTION = 0.2
+    _c.DATASETS.SPLIT.GAP = 5
+    # Dataset(s) on which the validation loss is computed every TEST.VAL_LOSS_PERIOD iterations.
+    _c.DATASETS.VAL = ()
+
+    # ---------------------------------------------------------------- slice fusion
+    _c.MODEL.FUSION = CN()
+    # Backbone run on every slice by the shared-backbone fusion variants (early, late, attention).
+    _c.MODEL.FUSION.SLICE_BACKBONE = "build_resnet_fpn_backbone"
+    # Fusion module (FUSION_REGISTRY) that merges the N feature maps in early fusion:
+    # se_global | se_windowed | pixel_attention | conv | mean | only_center.
+    _c.MODEL.FUSION.NAME = "se_global"
+    # One fusion module per FPN level (True) or one module shared by all levels (False).
+    _c.MODEL.FUSION.PER_LEVEL = False
+    # Initial static per-slice logits: "zero" (uniform), "only_center" (centre slice only)
+    # or "gaussian" (exp(-dz^2 / (2 sigma^2)) prior over the slice offset dz).
+    _c.MODEL.FUSION.STATIC_INIT = "gaussian"
+    _c.MODEL.FUSION.GAUSSIAN_SIGMA = 1.0
+    # Keep the static logits fixed during training.
+    _c.MODEL.FUSION.FREEZE_STATIC = False
+    # Hidden width of the MLPs / 1x1 convolutions that compute input-dependent slice logits.
+    _c.MODEL.FUSION.HIDDEN_DIM = 64
+    # Window size (in feature-map pixels) of se_windowed.
+    _c.MODEL.FUSION.WINDOW_SIZE = 4
+    # Training logs the mean weight of every slice offset to the EventStorage this often.
+    _c.MODEL.FUSION.LOG_PERIOD = 20
+
+    # Cross-slice attention: FPN levels where centre features attend to the neighbour slices
+    # (finer levels pass the centre slice's features through unchanged).
+    _c.MODEL.FUSION.ATTENTION = CN()
+    _c.MODEL.FUSION.ATTENTION.LEVELS = ["p4", "p5", "p6"]
+    _c.MODEL.FUSION.ATTENTION.NUM_HEADS = 4
+
+    # Late fusion (ROI heads "SliceFusionROIHeads"): every proposal is pooled from every slice's
+    # features and the N ROI features are merged by this FUSION_REGISTRY module:
+    # mean | only_center | conv | se_global.
+    _c.MODEL.FUSION.LATE = CN()
+    _c.MODEL.FUSION.LATE.NAME = "mean"
+    # Also fuse the box head's ROI features (the mask head's are always fused).
+    _c.MODEL.FUSION.LATE.BOX = False
+    # Proposals from the "center" slice's features, or from features "fused" by MODEL.FUSION.NAME.
+    _c.MODEL.FUSION.LATE.PROPOSALS_FROM = "center"
+
+    # ---------------------------------------------------------------- intensity front-end
+    _c.MODEL.INTENSITY = CN()
+    # "none" | "gamma" (learnable gamma) | "gamma_contrast" (learnable gamma and [low, high]
+    # contrast limits), applied to the normalised input before pixel mean/std and the backbone.
+    _c.MODEL.INTENSITY.NAME = "none"
+
+    # ---------------------------------------------------------------- CTC evaluation
+    _c.TEST.CTC = CN()
+    # z-linking of per-slice instances into 3D objects: "hungarian" (IoU between adjacent
+    # slices), "overlap" (overlap relative to the smaller mask) or "connected" (3D components of
+    # the union of all masks).
+    _c.TEST.CTC.LINKING = "hungarian"
+    # Minimal IoU (hungarian) or overlap (overlap) for two slices' masks to be linked.
+    _c.TEST.CTC.LINK_THRESHOLD = 0.3
+    # How many slices back an object may be continued from, bridging missed slices.
+    _c.TEST.CTC.LOOK_BACK = 1
+    # Objects present in fewer slices than this are dropped.
+    _c.TEST.CTC.MIN_SLICES = 2
+    # Per-slice instances below this score are dropped before linking.
+    _c.TEST.CTC.SCORE_THRESHOLD = 0.5
+    # Write <seq>_RES/maskTTT.tif for every evaluated frame.
+    _c.TEST.CTC.WRITE_RES = True
+    # Whole-volume inference computes each slice's backbone features once and reuses them in
+    # every window (shared-backbone fusion variants only); False runs every window on its own.
+    _c.TEST.CTC.CACHE_FEATURES = True
+    # Windows per forward pass in whole-volume inference.
+    _c.TEST.CTC.BATCH_SLICES = 4
+    # Also run detectron2's COCOEvaluator (per-slice segm and bbox AP) on CTC datasets.
+    _c.TEST.CTC.COCO_AP = True
+
+    # ---------------------------------------------------------------- training engine
+    # "SGD" (detectron2's) or "ADAMW". Fusion modules get no weight decay with either.
+    _c.SOLVER.OPTIMIZER = "ADAMW"
+    # Metric that picks the best checkpoint ("" disables BestCheckpointer), and its direction.
+    _c.TEST.BEST_METRIC = "ctc/SEG"
+    _c.TEST.BEST_METRIC_MODE = "max"
+    # Stop training when the best metric has not improved for this many evaluations (0: never).
+    _c.TEST.EARLY_STOP_PATIENCE = 0
+    # Compute the loss on DATASETS.VAL every this many iterations (0: never).
+    _c.TEST.VAL_LOSS_PERIOD = 0
+    # Number of batches of DATASETS.VAL that make one validation-loss estimate.
+    _c.TEST.VAL_LOSS_BATCHES = 10
+
+
+def resolve_pixel_stats(cfg: CN) -> None:
+    """Make MODEL.PIXEL_MEAN / PIXEL_STD match INPUT.NUM_SLICES input channels (in place).
+
+    One value is repeated for every slice; N values are kept; anything else is an error,
+    because the model normalises its (N, H, W) input channel by channel.
+    """
+    n = cfg.INPUT.NUM_SLICES
+    if n < 1:
+        raise ValueError(f"INPUT.NUM_SLICES must be >= 1, got {n}")
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        values = list(cfg.MODEL[key])
+        if len(values) == 1:
+            values = values * n
+        elif len(values) != n:
+            raise ValueError(
+                f"MODEL.{key} has {len(values)} values but INPUT.NUM_SLICES is {n}: give one value "
+                f"(used for every slice) or exactly {n}"
+            )
+        cfg.MODEL[key] = values

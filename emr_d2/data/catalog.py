@@ -1,0 +1,116 @@
+"""Register CTC datasets with detectron2's DatasetCatalog / MetadataCatalog.
+
+``import emr_d2`` registers every CTC dataset folder under ``$EMR_DATASETS`` (default
+``./datasets``) as ``<dataset>_<seq>`` for each sequence with a reference segmentation, plus
+``<dataset>_<seq>_train`` and ``<dataset>_<seq>_val``: a leading and a trailing block of frames,
+separated by DATASETS.SPLIT.GAP frames (see :func:`configure_splits`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .ctc import find_sequences, gt_folder, list_frames, list_gt
+from .slices import load_sequence_records, split_frames
+
+logger = logging.getLogger(__name__)
+
+# Voxel sizes (Z, Y, X) in micrometres of known CTC datasets.
+KNOWN_VOXEL_SIZES = {
+    "Fluo-N3DH-SIM+": (0.2, 0.125, 0.125),
+    "Fluo-N3DH-CHO": (1.0, 0.202, 0.202),
+    "Fluo-N3DH-CE": (1.0, 0.09, 0.09),
+}
+VOXEL_SIZE_FILE = "voxel_size.json"
+
+_split = {"val_fraction": 0.2, "gap": 5}
+
+
+def configure_splits(cfg) -> None:
+    """Use the config's DATASETS.SPLIT for every ``_train`` / ``_val`` dataset loaded from now on."""
+    _split["val_fraction"] = float(cfg.DATASETS.SPLIT.VAL_FRACTION)
+    _split["gap"] = int(cfg.DATASETS.SPLIT.GAP)
+
+
+def datasets_root() -> str:
+    return os.environ.get("EMR_DATASETS", "datasets")
+
+
+def _voxel_size(root: str) -> tuple[float, float, float] | None:
+    path = os.path.join(root, VOXEL_SIZE_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return tuple(json.load(f)["zyx_um"])
+    return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
+
+
+def _annotated_frames(root: str, seq: str) -> list[int]:
+    raw = list_frames(os.path.join(root, seq))
+    return sorted(set(raw) & set(list_gt(gt_folder(root, seq))))
+
+
+def _load_split(root: str, seq: str, part: str) -> list[dict]:
+    train, val = split_frames(_annotated_frames(root, seq), _split["val_fraction"], _split["gap"])
+    return load_sequence_records(root, seq, train if part == "train" else val)
+
+
+def register_ctc_sequence(name: str, root: str, seq: str, frames: list[int] | None = None) -> None:
+    """Register one sequence of a CTC dataset folder under ``name`` (frames: default all with GT)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_sequence_records(root, seq, frames))
+    MetadataCatalog.get(name).set(
+        thing_classes=["nucleus"],
+        evaluator_type="ctc",
+        dataset_root=os.path.abspath(root),
+        sequence=seq,
+        voxel_size=_voxel_size(root),
+    )
+
+
+def register_ctc_dataset(root: str, name: str | None = None) -> list[str]:
+    """Register every sequence with a reference of the CTC folder ``root``, and its splits.
+
+    Returns the registered names: ``<name>_<seq>``, ``<name>_<seq>_train``, ``<name>_<seq>_val``.
+    ``name`` defaults to the folder's name.
+    """
+    name = name or os.path.basename(os.path.normpath(root))
+    registered = []
+    for seq in find_sequences(root):
+        if not os.path.isdir(gt_folder(root, seq)):
+            continue
+        base = f"{name}_{seq}"
+        register_ctc_sequence(base, root, seq)
+        registered.append(base)
+        for part in ("train", "val"):
+            split_name = f"{base}_{part}"
+            if split_name in DatasetCatalog.list():
+                DatasetCatalog.remove(split_name)
+                MetadataCatalog.remove(split_name)
+            DatasetCatalog.register(split_name, lambda part=part, seq=seq: _load_split(root, seq, part))
+            metadata = MetadataCatalog.get(base).as_dict()
+            metadata.pop("name")
+            MetadataCatalog.get(split_name).set(**metadata)
+            registered.append(split_name)
+    return registered
+
+
+def register_all_ctc_datasets(root: str | None = None) -> list[str]:
+    """Register every CTC dataset folder directly under ``root`` (default ``$EMR_DATASETS``)."""
+    root = root or datasets_root()
+    if not os.path.isdir(root):
+        return []
+    registered = []
+    for entry in sorted(os.listdir(root)):
+        folder = os.path.join(root, entry)
+        if not os.path.isdir(folder) or entry.startswith("."):
+            continue
+        try:
+            registered += register_ctc_dataset(folder)
+        except Exception as e:  # one broken folder must not stop the import of emr_d2
+            logger.warning(f"Skipping {folder}: {e}")
+    return registered

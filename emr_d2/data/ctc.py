@@ -1,0 +1,200 @@
+"""The Cell Tracking Challenge folder layout: find sequences and frames, read and validate volumes.
+
+A CTC dataset folder holds, for every sequence ``<seq>`` (``01``, ``02``, ...):
+
+- ``<seq>/tTTT.tif``: raw 3D frames (ZYX; 3 or 4 digits),
+- ``<seq>_GT/SEG/man_segTTT.tif``: full 3D reference labels, or
+  ``<seq>_GT/SEG/man_seg_TTT_ZZZ.tif``: reference labels of single slices,
+- ``<seq>_RES/maskTTT.tif``: results (uint16 labels, same shape as the raw frame).
+
+Torch-free on purpose: command-line tools such as ``tools/ctc_seg.py`` import it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import tifffile
+
+RAW_PATTERN = re.compile(r"^t(\d{3,4})\.tif$")
+GT_3D_PATTERN = re.compile(r"^man_seg(\d{3,4})\.tif$")
+GT_SLICE_PATTERN = re.compile(r"^man_seg_(\d{3,4})_(\d{3,4})\.tif$")
+RES_PATTERN = re.compile(r"^mask(\d{3,4})\.tif$")
+SEQUENCE_PATTERN = re.compile(r"^\d{2,}$")
+
+MAX_LABEL = np.iinfo(np.uint16).max
+
+
+class CTCFormatError(ValueError):
+    """A file or folder that does not follow the CTC layout; the message names it."""
+
+
+@dataclass
+class GTFrame:
+    """Reference segmentation of one frame: a full 3D file, or files of single slices."""
+
+    frame: int
+    volume_path: str | None = None
+    slice_paths: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def is_3d(self) -> bool:
+        return self.volume_path is not None
+
+
+def find_sequences(root: str) -> list[str]:
+    """Names of the sequences (``01``, ``02``, ...) of a CTC dataset folder that hold raw frames."""
+    if not os.path.isdir(root):
+        raise CTCFormatError(f"{root}: not a folder")
+    names = [
+        name
+        for name in sorted(os.listdir(root))
+        if SEQUENCE_PATTERN.match(name) and os.path.isdir(os.path.join(root, name))
+    ]
+    return [name for name in names if list_frames(os.path.join(root, name))]
+
+
+def _frames_by_pattern(folder: str, pattern: re.Pattern) -> dict[int, str]:
+    if not os.path.isdir(folder):
+        return {}
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        match = pattern.match(name)
+        if match:
+            found[int(match.group(1))] = os.path.join(folder, name)
+    return found
+
+
+def list_frames(seq_dir: str) -> dict[int, str]:
+    """Raw frames of a sequence folder: {frame number: path of tTTT.tif}."""
+    return _frames_by_pattern(seq_dir, RAW_PATTERN)
+
+
+def list_results(res_dir: str) -> dict[int, str]:
+    """Result frames of a ``<seq>_RES`` folder: {frame number: path of maskTTT.tif}."""
+    return _frames_by_pattern(res_dir, RES_PATTERN)
+
+
+def list_gt(seg_dir: str) -> dict[int, GTFrame]:
+    """Reference frames of a ``<seq>_GT/SEG`` folder, 3D files and slice files alike."""
+    frames: dict[int, GTFrame] = {}
+    if not os.path.isdir(seg_dir):
+        return frames
+    for name in sorted(os.listdir(seg_dir)):
+        path = os.path.join(seg_dir, name)
+        match_3d = GT_3D_PATTERN.match(name)
+        match_slice = GT_SLICE_PATTERN.match(name)
+        if match_3d:
+            t = int(match_3d.group(1))
+            frames.setdefault(t, GTFrame(t)).volume_path = path
+        elif match_slice:
+            t, z = int(match_slice.group(1)), int(match_slice.group(2))
+            frames.setdefault(t, GTFrame(t)).slice_paths[z] = path
+    for gt in frames.values():
+        if gt.is_3d and gt.slice_paths:
+            raise CTCFormatError(
+                f"{seg_dir}: frame {gt.frame} has both a 3D file and slice files; keep one kind"
+            )
+    return frames
+
+
+def gt_folder(root: str, seq: str) -> str:
+    """The ``<seq>_GT/SEG`` folder of a sequence."""
+    return os.path.join(root, f"{seq}_GT", "SEG")
+
+
+def _open_tiff(path: str, memmap: bool) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise CTCFormatError(f"{path}: file not found")
+    try:
+        if memmap:
+            try:
+                return tifffile.memmap(path, mode="r")
+            except ValueError:
+                pass  # compressed or not contiguous: read it whole
+        return tifffile.imread(path)
+    except CTCFormatError:
+        raise
+    except Exception as e:  # tifffile raises many kinds on a damaged file
+        raise CTCFormatError(f"{path}: unreadable TIFF ({type(e).__name__}: {e})") from e
+
+
+def _squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
+    if data.ndim > 3:
+        data = data.reshape([s for s in data.shape if s != 1] or [1])
+    if data.ndim != 3:
+        raise CTCFormatError(
+            f"{path}: expected a 3D stack (Z, Y, X), got an array of shape {tuple(data.shape)}"
+        )
+    return data
+
+
+def read_raw_volume(path: str, memmap: bool = True) -> np.ndarray:
+    """Read a raw frame as a (Z, Y, X) array (memory-mapped when the file allows it).
+
+    Raises CTCFormatError naming the file for anything but a 3D stack of finite numbers.
+    """
+    data = _squeeze_to_3d(_open_tiff(path, memmap), path)
+    if data.dtype.kind not in "uif":
+        raise CTCFormatError(f"{path}: unsupported pixel type {data.dtype}")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise CTCFormatError(f"{path}: raw data contains NaN or Inf values")
+    return data
+
+
+def read_label_volume(path: str, memmap: bool = False) -> np.ndarray:
+    """Read a label image (2D slice or 3D volume) with integer labels, 0 = background."""
+    data = _open_tiff(path, memmap)
+    if data.dtype.kind not in "ui":
+        raise CTCFormatError(f"{path}: labels must be integers, got pixel type {data.dtype}")
+    if data.size and data.min() < 0:
+        raise CTCFormatError(f"{path}: negative labels")
+    return data
+
+
+def read_gt_frame(gt: GTFrame, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[int] | None]:
+    """Reference labels of one frame as a (Z, Y, X) volume of the raw frame's shape.
+
+    Returns (labels, annotated_slices): annotated_slices is None for a full 3D reference,
+    else the sorted z indices that have a reference (other slices are zero and must not be
+    scored).
+    """
+    if gt.is_3d:
+        labels = _squeeze_to_3d(read_label_volume(gt.volume_path), gt.volume_path)
+        if labels.shape != tuple(shape):
+            raise CTCFormatError(
+                f"{gt.volume_path}: reference shape {labels.shape} differs from the raw frame's "
+                f"{tuple(shape)}"
+            )
+        return np.asarray(labels), None
+    labels = None
+    for z, path in sorted(gt.slice_paths.items()):
+        plane = read_label_volume(path)
+        if plane.ndim != 2 or plane.shape != tuple(shape[1:]):
+            raise CTCFormatError(
+                f"{path}: reference slice shape {plane.shape} differs from the raw frame's "
+                f"{tuple(shape[1:])}"
+            )
+        if not 0 <= z < shape[0]:
+            raise CTCFormatError(f"{path}: slice {z} outside a volume of {shape[0]} slices")
+        if labels is None:
+            labels = np.zeros(shape, dtype=plane.dtype)
+        labels[z] = plane
+    return labels, sorted(gt.slice_paths)
+
+
+def write_label_volume(path: str, labels: np.ndarray) -> None:
+    """Write a uint16 label volume atomically (temporary name, then rename)."""
+    if labels.size and int(labels.max()) > MAX_LABEL:
+        raise CTCFormatError(f"{path}: {int(labels.max())} objects do not fit a uint16 label image")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        tifffile.imwrite(tmp, labels.astype(np.uint16, copy=False), compression=None)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,184 @@
+"""Slice records: one detectron2 dataset dict per (volume, z), built once and cached on disk.
+
+A record (``dict``) holds:
+    file_name (raw frame path), image_id (int, unique in the sequence), volume_id ("<seq>/tTTT"),
+    sequence, frame, z, depth, height, width, dataset_root, gt_file (3D reference or None),
+    annotated (whether slice z has a reference), and annotations: a list of
+    {bbox (XYWH_ABS), bbox_mode, segmentation (COCO RLE, counts as str), category_id=0,
+    instance_id (the reference label)}.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+
+import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.structures import BoxMode
+from tqdm import tqdm
+
+from .ctc import MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt, read_gt_frame, read_raw_volume
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    """Where slice indices are cached: $EMR_CACHE, else ~/.cache/emr_d2."""
+    return os.environ.get("EMR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "emr_d2"))
+
+
+def _file_signature(path: str) -> tuple[str, int, int]:
+    stat = os.stat(path)
+    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _gt_signature(gt: GTFrame) -> tuple:
+    paths = [gt.volume_path] if gt.is_3d else [gt.slice_paths[z] for z in sorted(gt.slice_paths)]
+    return tuple(_file_signature(p) for p in paths)
+
+
+def encode_slice_instances(labels_2d: np.ndarray) -> list[dict]:
+    """Annotations (COCO RLE, XYWH box, category 0, instance_id) of one (H, W) label slice."""
+    ids = np.unique(labels_2d)
+    ids = ids[ids != 0]
+    if len(ids) == 0:
+        return []
+    masks = np.asfortranarray((labels_2d[:, :, None] == ids[None, None, :]).astype(np.uint8))
+    rles = mask_util.encode(masks)
+    boxes = mask_util.toBbox(rles)
+    annotations = []
+    for instance_id, rle, box in zip(ids.tolist(), rles, boxes.tolist()):
+        rle["counts"] = rle["counts"].decode("ascii")
+        annotations.append(
+            {
+                "bbox": box,
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "segmentation": rle,
+                "category_id": 0,
+                "instance_id": int(instance_id),
+            }
+        )
+    return annotations
+
+
+def build_volume_records(root: str, seq: str, frame: int, raw_path: str, gt: GTFrame) -> list[dict]:
+    """Records of every slice of one frame (slices without a reference have annotated=False)."""
+    raw = read_raw_volume(raw_path)
+    depth, height, width = raw.shape
+    labels, annotated_slices = read_gt_frame(gt, raw.shape)
+    if labels.size and int(labels.max()) > MAX_LABEL:
+        bad = gt.volume_path or next(iter(gt.slice_paths.values()))
+        raise CTCFormatError(f"{bad}: reference labels above {MAX_LABEL} (CTC labels are 16-bit)")
+    annotated = set(range(depth)) if annotated_slices is None else set(annotated_slices)
+    volume_id = f"{seq}/t{frame:03d}"
+    records = []
+    for z in range(depth):
+        records.append(
+            {
+                "file_name": os.path.abspath(raw_path),
+                "image_id": frame * 100000 + z,
+                "volume_id": volume_id,
+                "sequence": seq,
+                "frame": frame,
+                "z": z,
+                "depth": depth,
+                "height": height,
+                "width": width,
+                "dataset_root": os.path.abspath(root),
+                "gt_file": os.path.abspath(gt.volume_path) if gt.is_3d else None,
+                "annotated": z in annotated,
+                "annotations": encode_slice_instances(labels[z]) if z in annotated else [],
+            }
+        )
+    return records
+
+
+def _cache_path(cache_dir: str, seq_dir: str) -> str:
+    key = hashlib.sha1(os.path.abspath(seq_dir).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"index-{key}.pkl")
+
+
+def _load_cache(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            cache = pickle.load(f)
+        return cache if cache.get("version") == CACHE_VERSION else {}
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        return {}
+
+
+def _save_cache(path: str, cache: dict) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache only costs time
+        logger.warning(f"Could not write the slice index cache {path}: {e}")
+
+
+def load_sequence_records(
+    root: str, seq: str, frames: list[int] | None = None, cache_dir: str | None = None
+) -> list[dict]:
+    """Slice records of the frames (default: all with a reference) of one CTC sequence.
+
+    Each volume's records are cached, keyed by the path, size and mtime of its raw and
+    reference files, so a second call reads no image.
+    """
+    seq_dir = os.path.join(root, seq)
+    raw_frames = list_frames(seq_dir)
+    gt_frames = list_gt(gt_folder(root, seq))
+    if frames is None:
+        frames = sorted(set(raw_frames) & set(gt_frames))
+    missing = [t for t in frames if t not in raw_frames]
+    if missing:
+        raise CTCFormatError(f"{seq_dir}: raw frames missing for t={missing[:5]}")
+    frames = [t for t in frames if t in gt_frames]
+
+    cache_file = _cache_path(cache_dir or default_cache_dir(), seq_dir)
+    cache = _load_cache(cache_file)
+    volumes = cache.setdefault("volumes", {})
+    cache["version"] = CACHE_VERSION
+    records, changed = [], False
+    todo = []
+    for t in frames:
+        signature = (_file_signature(raw_frames[t]), _gt_signature(gt_frames[t]))
+        entry = volumes.get(raw_frames[t])
+        if entry is None or entry["signature"] != signature:
+            todo.append((t, signature))
+    built = {}
+    for t, signature in tqdm(todo, desc=f"indexing {os.path.basename(root)}/{seq}", disable=not todo):
+        built[t] = build_volume_records(root, seq, t, raw_frames[t], gt_frames[t])
+        volumes[raw_frames[t]] = {"signature": signature, "records": built[t]}
+        changed = True
+    for t in frames:
+        records.extend(built.get(t) or volumes[raw_frames[t]]["records"])
+    if changed:
+        _save_cache(cache_file, cache)
+    return records
+
+
+def split_frames(frames: list[int], val_fraction: float, gap: int) -> tuple[list[int], list[int]]:
+    """Split sorted frames into a leading train block and a trailing val block, ``gap`` apart.
+
+    Neighbouring time points are near-duplicates, so frames are never split at random.
+    """
+    frames = sorted(frames)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"DATASETS.SPLIT.VAL_FRACTION must be in [0, 1), got {val_fraction}")
+    if gap < 0:
+        raise ValueError(f"DATASETS.SPLIT.GAP must be >= 0, got {gap}")
+    n_val = int(round(len(frames) * val_fraction))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    n_train = len(frames) - n_val - gap
+    if n_train < 1:
+        raise ValueError(
+            f"{len(frames)} frames cannot hold a train block, a gap of {gap} and {n_val} val frames"
+        )
+    return frames[:n_train], frames[len(frames) - n_val:]

@@ -1,0 +1,100 @@
+"""Training hooks: fusion-weight logging, validation loss, early stopping."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..modeling.fusion import fusion_weights
+
+logger = logging.getLogger(__name__)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def mean_slice_weights(weights: torch.Tensor) -> torch.Tensor:
+    """(B, N) or (B, N, h, w) slice weights -> (N,) mean weight of every window position."""
+    return weights.transpose(0, 1).reshape(weights.shape[1], -1).float().mean(dim=1)
+
+
+class FusionWeightLogger(HookBase):
+    """Every ``period`` iterations, writes the mean weight of every slice offset dz of every
+    fusion module to the EventStorage as ``fusion/<module>/dz<+k>`` (TensorBoard, metrics.json)."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self):
+        if self.period <= 0 or (self.trainer.iter + 1) % self.period:
+            return
+        storage = self.trainer.storage
+        for name, weights in fusion_weights(_unwrap(self.trainer.model)).items():
+            values = mean_slice_weights(weights)
+            centre = len(values) // 2
+            for i, value in enumerate(values.tolist()):
+                storage.put_scalar(f"fusion/{name}/dz{i - centre:+d}", value, smoothing_hint=False)
+
+
+class ValidationLoss(HookBase):
+    """Every ``period`` iterations, the mean total loss on ``num_batches`` batches of a loader
+    of the validation split, written as ``validation_loss``."""
+
+    def __init__(self, period: int, data_loader, num_batches: int):
+        self.period = period
+        self.data_loader = data_loader
+        self.num_batches = num_batches
+        self._iterator = None
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if self.period <= 0 or (next_iter % self.period and next_iter != self.trainer.max_iter):
+            return
+        if self._iterator is None:
+            self._iterator = iter(self.data_loader)
+        total = 0.0
+        with torch.no_grad():
+            for _ in range(self.num_batches):
+                losses = self.trainer.model(next(self._iterator))
+                total += sum(float(v) for v in losses.values())
+        loss = comm.all_gather(total / self.num_batches)
+        self.trainer.storage.put_scalar("validation_loss", sum(loss) / len(loss), smoothing_hint=False)
+
+
+class EarlyStop(Exception):
+    """Raised by :class:`EarlyStopping` to end training; Trainer.train catches it."""
+
+
+class EarlyStopping(HookBase):
+    """Stops training when ``metric`` has not improved for ``patience`` evaluations.
+
+    Must come after the EvalHook, which writes the metric to the EventStorage.
+    """
+
+    def __init__(self, metric: str, mode: str, patience: int):
+        self.metric = metric
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.patience = patience
+        self.best = None
+        self.last_seen_iter = -1
+        self.stale = 0
+
+    def after_step(self):
+        history = self.trainer.storage.latest()
+        if self.metric not in history:
+            return
+        value, iteration = history[self.metric]
+        if iteration == self.last_seen_iter:
+            return
+        self.last_seen_iter = iteration
+        if self.best is None or self.sign * value > self.sign * self.best:
+            self.best, self.stale = value, 0
+            return
+        self.stale += 1
+        if self.stale >= self.patience:
+            logger.info(f"Early stopping at iteration {iteration}: {self.metric} has not improved "
+                        f"for {self.patience} evaluations (best {self.best:.4f})")
+            raise EarlyStop()

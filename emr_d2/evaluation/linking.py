@@ -1,0 +1,153 @@
+"""z-linking: per-slice instance masks with scores -> one uint16 3D label volume.
+
+1. Every slice's masks are pasted in ascending score order, so where masks overlap the higher
+   score wins (:func:`paste_slice`).
+2. The 2D regions are linked across z into 3D objects by one of the strategies in LINKERS.
+3. Objects shorter than ``min_slices`` are dropped and the rest relabelled 1..K.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from ..data.ctc import MAX_LABEL
+
+LINKERS = ("hungarian", "overlap", "connected")
+
+
+@dataclass
+class LinkedVolume:
+    labels: np.ndarray  # (Z, H, W) uint16, objects 1..K
+    scores: np.ndarray  # (K,) mean score of each object's slices
+
+
+def paste_slice(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Resolve overlaps by score: (K, H, W) bool masks -> (H, W) int32 map of 1..K' and (K',) scores.
+
+    Instances that keep no pixel are dropped; region k of the map has score scores_out[k-1].
+    """
+    height, width = masks.shape[1:]
+    label_map = np.zeros((height, width), dtype=np.int32)
+    order = np.argsort(scores, kind="stable")
+    for k in order:
+        label_map[masks[k]] = k + 1
+    present = np.unique(label_map)
+    present = present[present > 0]
+    lookup = np.zeros(len(masks) + 1, dtype=np.int32)
+    lookup[present] = np.arange(1, len(present) + 1)
+    return lookup[label_map], np.asarray(scores, dtype=np.float64)[present - 1]
+
+
+def _overlaps(current: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersection (A, B), areas (A,), areas (B,)) between the regions of two slice maps."""
+    n_a, n_b = int(current.max()) + 1, int(previous.max()) + 1
+    table = np.bincount((current.ravel().astype(np.int64) * n_b + previous.ravel()),
+                        minlength=n_a * n_b).reshape(n_a, n_b)
+    areas_a = table.sum(axis=1)[1:]
+    areas_b = table.sum(axis=0)[1:]
+    return table[1:, 1:], areas_a, areas_b
+
+
+def _link_regions(slice_maps: np.ndarray, strategy: str, threshold: float, look_back: int) -> list[list[tuple[int, int]]]:
+    """Tracks of (z, region) pairs, linking each slice's regions to objects seen up to
+    1 + look_back slices before by maximum-weight assignment of IoU (or overlap / smaller area)."""
+    tracks: list[list[tuple[int, int]]] = []
+    open_tracks: dict[int, int] = {}  # track index -> last z
+    last_region: dict[int, int] = {}  # track index -> region id at its last z
+    for z in range(slice_maps.shape[0]):
+        n_regions = int(slice_maps[z].max())
+        candidates, similarity = [], []
+        for zp in range(max(z - 1 - look_back, 0), z):
+            ends_here = [t for t, last in open_tracks.items() if last == zp]
+            if not ends_here or n_regions == 0:
+                continue
+            inter, area_now, area_prev = _overlaps(slice_maps[z], slice_maps[zp])
+            cols = np.array([last_region[t] - 1 for t in ends_here])
+            inter = inter[:, cols]
+            if strategy == "hungarian":
+                denom = area_now[:, None] + area_prev[None, cols] - inter
+            else:
+                denom = np.minimum(area_now[:, None], area_prev[None, cols])
+            candidates += ends_here
+            similarity.append(inter / np.maximum(denom, 1))
+        assigned = {}
+        if candidates:
+            sim = np.concatenate(similarity, axis=1)
+            rows, cols = linear_sum_assignment(sim, maximize=True)
+            for r, c in zip(rows, cols):
+                if sim[r, c] >= threshold:
+                    assigned[r + 1] = candidates[c]
+        for region in range(1, n_regions + 1):
+            t = assigned.get(region)
+            if t is None:
+                t = len(tracks)
+                tracks.append([])
+            tracks[t].append((z, region))
+            open_tracks[t], last_region[t] = z, region
+        for t in [t for t, last in open_tracks.items() if z - last > look_back]:
+            del open_tracks[t]
+    return tracks
+
+
+def link_slices(
+    slice_maps: np.ndarray,
+    slice_scores: list[np.ndarray],
+    strategy: str = "hungarian",
+    threshold: float = 0.3,
+    look_back: int = 1,
+    min_slices: int = 1,
+) -> LinkedVolume:
+    """Link per-slice regions into 3D objects.
+
+    slice_maps: (Z, H, W) int, region ids 1..K_z of every slice (0 background), as from
+        :func:`paste_slice`; slice_scores[z]: (K_z,) scores of those regions.
+    strategy: "hungarian" (IoU between slices), "overlap" (intersection over the smaller region,
+        robust where nuclei shrink towards their poles) or "connected" (3D connected components
+        of the union of all regions).
+    """
+    if strategy not in LINKERS:
+        raise ValueError(f"TEST.CTC.LINKING must be one of {LINKERS}, got {strategy!r}")
+    depth = slice_maps.shape[0]
+    components = None
+    if strategy == "connected":
+        components, count = ndimage.label(slice_maps > 0)
+        tracks = [[] for _ in range(count)]
+        for z in range(depth):
+            pairs = np.unique(np.stack([components[z].ravel(), slice_maps[z].ravel()]), axis=1)
+            for component, region in pairs.T:
+                if component and region:
+                    tracks[component - 1].append((z, int(region)))
+    else:
+        tracks = _link_regions(slice_maps, strategy, threshold, look_back)
+    kept = [t for t in range(len(tracks)) if len({z for z, _ in tracks[t]}) >= min_slices]
+    if len(kept) > MAX_LABEL:
+        raise ValueError(f"{len(kept)} objects do not fit a uint16 label volume")
+    scores = np.array([np.mean([slice_scores[z][r - 1] for z, r in tracks[t]]) for t in kept])
+    if components is not None:
+        lookup = np.zeros(len(tracks) + 1, dtype=np.uint16)
+        lookup[np.array(kept, dtype=np.int64) + 1] = np.arange(1, len(kept) + 1)
+        return LinkedVolume(lookup[components], scores)
+    lookups = [np.zeros(int(slice_maps[z].max()) + 1, dtype=np.uint16) for z in range(depth)]
+    for new_label, t in enumerate(kept, start=1):
+        for z, region in tracks[t]:
+            lookups[z][region] = new_label
+    labels = np.stack([lookups[z][slice_maps[z]] for z in range(depth)]) if depth else \
+        np.zeros(slice_maps.shape, np.uint16)
+    return LinkedVolume(labels, scores)
+
+
+def link_volume(predictions, shape: tuple[int, int, int], **options) -> LinkedVolume:
+    """Paste and link per-slice predictions of one volume.
+
+    predictions: iterable of (z, (K, H, W) bool masks, (K,) scores); slices not given are empty.
+    options: those of :func:`link_slices`.
+    """
+    slice_maps = np.zeros(shape, dtype=np.int32)
+    slice_scores = [np.zeros(0)] * shape[0]
+    for z, masks, scores in predictions:
+        if len(masks):
+            slice_maps[z], slice_scores[z] = paste_slice(masks, scores)
+    return link_slices(slice_maps, slice_scores, **options)

@@ -1,0 +1,185 @@
+"""Registered backbones for N-slice input (B, N, H, W).
+
+- ``build_channel_fusion_backbone``: the N slices are N input channels of a ResNet-FPN stem.
+- ``build_early_fusion_backbone``: one backbone with shared weights runs on every slice; a fusion
+  module merges the N feature maps at every FPN level.
+- ``build_cross_slice_attention_backbone``: shared backbone; centre-slice features attend to the
+  neighbour slices at the coarser FPN levels.
+- ``build_late_fusion_backbone``: shared backbone; returns the centre slice's (or fused)
+  features for the RPN and every slice's features (``<level>_slices``) for the ROI heads.
+
+The shared-backbone variants split their work into ``forward_slices`` (per slice, independent of
+the window) and ``combine`` (per window), which lets whole-volume inference compute each slice's
+features once.
+"""
+from __future__ import annotations
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+from torch import nn
+
+from .fusion import build_fusion
+
+SLICES_SUFFIX = "_slices"
+
+
+@BACKBONE_REGISTRY.register()
+def build_channel_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """ResNet-FPN whose stem takes the N slices as N channels (input_shape.channels == N).
+
+    A 1- or 3-channel stem in MODEL.WEIGHTS is adapted on loading (see
+    ``emr_d2.modeling.checkpoint``).
+    """
+    return build_resnet_fpn_backbone(cfg, input_shape)
+
+
+class SharedSliceBackbone(Backbone):
+    """Runs ``slice_backbone`` (1 input channel) on each of the N slices with shared weights."""
+
+    def __init__(self, slice_backbone: Backbone, num_slices: int):
+        super().__init__()
+        self.slice_backbone = slice_backbone
+        self.num_slices = num_slices
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.slice_backbone.size_divisibility
+
+    @property
+    def padding_constraints(self) -> dict:
+        return self.slice_backbone.padding_constraints
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return self.slice_backbone.output_shape()
+
+    def forward_slices(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, S, H, W) slices -> {level: (B, S, C, h, w)}, each slice on its own."""
+        b, s, h, w = x.shape
+        features = self.slice_backbone(x.reshape(b * s, 1, h, w))
+        return {k: v.reshape(b, s, *v.shape[1:]) for k, v in features.items()}
+
+    def combine(self, slice_features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{level: (B, N, C, h, w)} of one window -> the features the heads read."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, N, H, W) normalised N-slice stacks."""
+        if x.shape[1] != self.num_slices:
+            raise ValueError(f"expected {self.num_slices} slices per input, got {x.shape[1]}")
+        return self.combine(self.forward_slices(x))
+
+
+class _LevelFusion(nn.Module):
+    """One fusion module per FPN level, or one shared by all levels."""
+
+    def __init__(self, name: str, levels: list[str], channels: int, num_slices: int, cfg,
+                 per_level: bool):
+        super().__init__()
+        if per_level:
+            self.modules_by_level = nn.ModuleDict(
+                {level: build_fusion(name, channels, num_slices, cfg) for level in levels})
+        else:
+            shared = build_fusion(name, channels, num_slices, cfg)
+            self.modules_by_level = nn.ModuleDict({"shared": shared})
+        self.per_level = per_level
+
+    def forward(self, level: str, x: torch.Tensor) -> torch.Tensor:
+        return self.modules_by_level[level if self.per_level else "shared"](x)
+
+
+class EarlyFusionBackbone(SharedSliceBackbone):
+    """Fuses the N slices' features at every FPN level."""
+
+    def __init__(self, slice_backbone: Backbone, num_slices: int, fusion: _LevelFusion):
+        super().__init__(slice_backbone, num_slices)
+        self.fusion = fusion
+
+    def combine(self, slice_features):
+        return {level: self.fusion(level, f) for level, f in slice_features.items()}
+
+
+class CrossSliceAttentionBackbone(SharedSliceBackbone):
+    """Centre-slice features attend to all slices at ``levels``; other levels pass the centre."""
+
+    def __init__(self, slice_backbone: Backbone, num_slices: int, attention: nn.ModuleDict):
+        super().__init__(slice_backbone, num_slices)
+        self.attention = attention
+
+    def combine(self, slice_features):
+        centre = self.num_slices // 2
+        return {
+            level: self.attention[level](f) if level in self.attention else f[:, centre]
+            for level, f in slice_features.items()
+        }
+
+
+class LateFusionBackbone(SharedSliceBackbone):
+    """Passes every slice's features on to the ROI heads; the RPN gets the centre slice's
+    features, or features fused by ``proposal_fusion`` when given."""
+
+    def __init__(self, slice_backbone: Backbone, num_slices: int,
+                 proposal_fusion: _LevelFusion | None = None):
+        super().__init__(slice_backbone, num_slices)
+        self.proposal_fusion = proposal_fusion
+
+    def combine(self, slice_features):
+        centre = self.num_slices // 2
+        out = {}
+        for level, f in slice_features.items():
+            out[level] = self.proposal_fusion(level, f) if self.proposal_fusion else f[:, centre]
+            out[level + SLICES_SUFFIX] = f
+        return out
+
+
+def _slice_backbone(cfg) -> Backbone:
+    return BACKBONE_REGISTRY.get(cfg.MODEL.FUSION.SLICE_BACKBONE)(cfg, ShapeSpec(channels=1))
+
+
+def _levels_and_channels(backbone: Backbone) -> tuple[list[str], int]:
+    shapes = backbone.output_shape()
+    channels = {s.channels for s in shapes.values()}
+    if len(channels) != 1:
+        raise ValueError(f"slice fusion needs one channel count on all levels, got {shapes}")
+    return list(shapes), channels.pop()
+
+
+@BACKBONE_REGISTRY.register()
+def build_early_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """Shared per-slice backbone + MODEL.FUSION.NAME at every level (MODEL.FUSION.PER_LEVEL)."""
+    slice_backbone = _slice_backbone(cfg)
+    levels, channels = _levels_and_channels(slice_backbone)
+    fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, levels, channels, input_shape.channels, cfg,
+                          cfg.MODEL.FUSION.PER_LEVEL)
+    return EarlyFusionBackbone(slice_backbone, input_shape.channels, fusion)
+
+
+@BACKBONE_REGISTRY.register()
+def build_cross_slice_attention_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """Shared per-slice backbone + cross-slice attention at MODEL.FUSION.ATTENTION.LEVELS."""
+    slice_backbone = _slice_backbone(cfg)
+    levels, channels = _levels_and_channels(slice_backbone)
+    wanted = list(cfg.MODEL.FUSION.ATTENTION.LEVELS)
+    unknown = [level for level in wanted if level not in levels]
+    if unknown:
+        raise ValueError(f"MODEL.FUSION.ATTENTION.LEVELS {unknown} not among the backbone's {levels}")
+    attention = nn.ModuleDict(
+        {level: build_fusion("cross_slice_attention", channels, input_shape.channels, cfg)
+         for level in wanted})
+    return CrossSliceAttentionBackbone(slice_backbone, input_shape.channels, attention)
+
+
+@BACKBONE_REGISTRY.register()
+def build_late_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """Shared per-slice backbone for late fusion (use with ROI_HEADS.NAME SliceFusionROIHeads)."""
+    slice_backbone = _slice_backbone(cfg)
+    proposals_from = cfg.MODEL.FUSION.LATE.PROPOSALS_FROM
+    if proposals_from not in ("center", "fused"):
+        raise ValueError(f"MODEL.FUSION.LATE.PROPOSALS_FROM must be center or fused, got {proposals_from!r}")
+    fusion = None
+    if proposals_from == "fused":
+        levels, channels = _levels_and_channels(slice_backbone)
+        fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, levels, channels, input_shape.channels, cfg,
+                              cfg.MODEL.FUSION.PER_LEVEL)
+    return LateFusionBackbone(slice_backbone, input_shape.channels, fusion)

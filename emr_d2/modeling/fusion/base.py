@@ -1,0 +1,108 @@
+"""The fusion registry, the common base class and the static per-slice prior."""
+from __future__ import annotations
+
+import torch
+from detectron2.utils.registry import Registry
+from torch import nn
+
+
+
+class _FusionRegistry(Registry):
+    """A Registry whose entries are registered under short config names (``se_global``, ...)."""
+
+    def register_as(self, name: str):
+        def decorator(cls):
+            self._do_register(name, cls)
+            return cls
+
+        return decorator
+
+
+FUSION_REGISTRY = _FusionRegistry("SLICE_FUSION")
+FUSION_REGISTRY.__doc__ = """
+Slice-fusion modules, by config name (MODEL.FUSION.NAME, MODEL.FUSION.LATE.NAME). Each is called
+as ``cls(channels, num_slices, cfg)`` and maps features (B, N, C, H, W) to (B, C, H, W).
+"""
+
+STATIC_INITS = ("zero", "only_center", "gaussian")
+# A logit this low gives an exactly zero softmax weight in float32 (exp underflows).
+EXCLUDED_LOGIT = -1e4
+
+
+def static_slice_logits(num_slices: int, init: str, sigma: float = 1.0) -> torch.Tensor:
+    """Initial static logits over the N window positions, (N,).
+
+    zero: uniform weights; only_center: all weight on the centre slice; gaussian: weights
+    proportional to exp(-dz^2 / (2 sigma^2)) over the slice offset dz.
+    """
+    offsets = torch.arange(num_slices, dtype=torch.float32) - num_slices // 2
+    if init == "zero":
+        return torch.zeros(num_slices)
+    if init == "only_center":
+        return torch.where(offsets == 0, 0.0, EXCLUDED_LOGIT)
+    if init == "gaussian":
+        return -(offsets**2) / (2 * sigma**2)
+    raise ValueError(f"MODEL.FUSION.STATIC_INIT must be one of {STATIC_INITS}, got {init!r}")
+
+
+class SliceFusion(nn.Module):
+    """Base of the fusion modules: a static per-slice prior and the weights of the last forward.
+
+    Subclasses implement ``forward(x)`` with x of shape (B, N, C, H, W), returning (B, C, H, W),
+    and store what they weighted the slices with in ``self.last_weights``: (B, N) global
+    weights, or (B, N, h, w) weights per window / pixel, detached.
+    """
+
+    # Whether the module learns the static per-slice logits (else they are a fixed buffer).
+    uses_static_prior = True
+
+    def __init__(self, channels: int, num_slices: int, cfg):
+        super().__init__()
+        fusion_cfg = cfg.MODEL.FUSION
+        self.channels = channels
+        self.num_slices = num_slices
+        logits = static_slice_logits(num_slices, fusion_cfg.STATIC_INIT, fusion_cfg.GAUSSIAN_SIGMA)
+        if self.uses_static_prior:
+            self.static_logits = nn.Parameter(logits, requires_grad=not fusion_cfg.FREEZE_STATIC)
+        else:
+            self.register_buffer("static_logits", logits, persistent=False)
+        self.last_weights: torch.Tensor | None = None
+
+    def _weighted_sum(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over slices of (dynamic logits + static prior), then the weighted sum.
+
+        x: (B, N, C, H, W); logits: (B, N) or (B, N, H, W).
+        """
+        prior = self.static_logits.view(1, -1, *([1] * (logits.dim() - 2)))
+        weights = torch.softmax(logits + prior, dim=1)
+        self.last_weights = weights.detach()
+        expanded = weights[:, :, None] if weights.dim() == 4 else weights[:, :, None, None, None]
+        return (x * expanded).sum(dim=1)
+
+    def slice_weights(self) -> torch.Tensor | None:
+        """Weights of the last forward pass: (B, N) or (B, N, h, w)."""
+        return self.last_weights
+
+
+def build_fusion(name: str, channels: int, num_slices: int, cfg) -> SliceFusion:
+    """Build the fusion module registered as ``name``."""
+    return FUSION_REGISTRY.get(name)(channels, num_slices, cfg)
+
+
+def fusion_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Last slice weights of every fusion module in a model, by module name."""
+    return {
+        name: module.last_weights
+        for name, module in model.named_modules()
+        if isinstance(module, SliceFusion) and module.last_weights is not None
+    }
+
+
+def init_logit_layer(layer: nn.Module) -> nn.Module:
+    """Start input-dependent logits near zero, so that training starts from the static prior.
+
+    Small random weights rather than zeros, so that the layers before it get gradients too.
+    """
+    nn.init.normal_(layer.weight, std=1e-3)
+    nn.init.zeros_(layer.bias)
+    return layer

@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="emr_d2",
+    version="0.1.0",
+    description="2.5D instance segmentation of cell nuclei in 3D microscopy on detectron2",
+    packages=find_packages(include=["emr_d2", "emr_d2.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch",
+        "torchvision",
+        "fvcore",
+        "iopath",
+        "tifffile",
+        "pycocotools",
+        "numpy",
+        "scipy",
+        "tqdm",
+        "matplotlib",
+        "tensorboard",
+    ],
+    extras_require={"test": ["pytest", "py-ctcmetrics"]},
+)
