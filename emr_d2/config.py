@@ -105,6 +105,8 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.CTC.LINK_THRESHOLD = 0.3
     # How many slices back an object may be continued from, bridging missed slices.
     _c.TEST.CTC.LOOK_BACK = 1
+    # Fill slices bridged by LOOK_BACK with the intersection of the object's masks around the gap.
+    _c.TEST.CTC.FILL_GAPS = True
     # Objects present in fewer slices than this are dropped.
     _c.TEST.CTC.MIN_SLICES = 2
     # Per-slice instances below this score are dropped before linking.

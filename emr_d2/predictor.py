@@ -12,7 +12,7 @@ from detectron2.structures import ImageList, Instances
 from tqdm import tqdm
 
 from .data.window import normalise, percentile_range, window_indices
-from .evaluation.linking import LinkedVolume, link_volume
+from .evaluation.linking import LinkedVolume, link_options_from_config, link_volume
 from .modeling.backbone import SharedSliceBackbone
 from .modeling.checkpoint import SliceStackCheckpointer
 
@@ -59,12 +59,7 @@ class VolumePredictor:
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.batch_size = max(int(cfg.TEST.CTC.BATCH_SLICES), 1)
         self.use_cache = bool(cfg.TEST.CTC.CACHE_FEATURES) and supports_feature_cache(model)
-        self.link_options = dict(
-            strategy=cfg.TEST.CTC.LINKING,
-            threshold=cfg.TEST.CTC.LINK_THRESHOLD,
-            look_back=cfg.TEST.CTC.LOOK_BACK,
-            min_slices=cfg.TEST.CTC.MIN_SLICES,
-        )
+        self.link_options = link_options_from_config(cfg)
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
 
     # ------------------------------------------------------------------ per-slice prediction

@@ -193,7 +193,7 @@ def write_label_volume(path: str, labels: np.ndarray) -> None:
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        tifffile.imwrite(tmp, labels.astype(np.uint16, copy=False), compression=None)
+        tifffile.imwrite(tmp, labels.astype(np.uint16, copy=False), photometric="minisblack")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

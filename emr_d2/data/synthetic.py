@@ -202,7 +202,7 @@ class SequenceSimulator:
 
 def _write_tiff(path: str, data: np.ndarray) -> None:
     tmp = path + ".tmp"
-    tifffile.imwrite(tmp, data)
+    tifffile.imwrite(tmp, data, photometric="minisblack")
     os.replace(tmp, path)
 
 

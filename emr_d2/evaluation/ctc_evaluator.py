@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data.ctc import gt_folder, list_gt, read_gt_frame, write_label_volume
-from .linking import link_volume
+from .linking import link_options_from_config, link_volume
 from .seg import SEGAccumulator
 
 logger = logging.getLogger(__name__)
@@ -95,12 +95,7 @@ class CTCEvaluator(DatasetEvaluator):
         self.distributed = distributed
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
         self.write_res = cfg.TEST.CTC.WRITE_RES
-        self.link_options = dict(
-            strategy=cfg.TEST.CTC.LINKING,
-            threshold=cfg.TEST.CTC.LINK_THRESHOLD,
-            look_back=cfg.TEST.CTC.LOOK_BACK,
-            min_slices=cfg.TEST.CTC.MIN_SLICES,
-        )
+        self.link_options = link_options_from_config(cfg)
         self._predictions: list[tuple[str, int, list, np.ndarray]] = []
 
     def reset(self) -> None:

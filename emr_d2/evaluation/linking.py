@@ -99,6 +99,7 @@ def link_slices(
     threshold: float = 0.3,
     look_back: int = 1,
     min_slices: int = 1,
+    fill_gaps: bool = True,
 ) -> LinkedVolume:
     """Link per-slice regions into 3D objects.
 
@@ -107,6 +108,8 @@ def link_slices(
     strategy: "hungarian" (IoU between slices), "overlap" (intersection over the smaller region,
         robust where nuclei shrink towards their poles) or "connected" (3D connected components
         of the union of all regions).
+    fill_gaps: where look-back bridged missed slices, fill them with the intersection of the
+        object's masks on both sides of the gap (only on background pixels).
     """
     if strategy not in LINKERS:
         raise ValueError(f"TEST.CTC.LINKING must be one of {LINKERS}, got {strategy!r}")
@@ -136,7 +139,21 @@ def link_slices(
             lookups[z][region] = new_label
     labels = np.stack([lookups[z][slice_maps[z]] for z in range(depth)]) if depth else \
         np.zeros(slice_maps.shape, np.uint16)
+    if fill_gaps:
+        for new_label, t in enumerate(kept, start=1):
+            for (z1, r1), (z2, r2) in zip(tracks[t], tracks[t][1:]):
+                if z2 - z1 > 1:
+                    bridge = (slice_maps[z1] == r1) & (slice_maps[z2] == r2)
+                    for zg in range(z1 + 1, z2):
+                        labels[zg][bridge & (labels[zg] == 0)] = new_label
     return LinkedVolume(labels, scores)
+
+
+def link_options_from_config(cfg) -> dict:
+    """Keyword arguments of :func:`link_slices` from a config's TEST.CTC keys."""
+    ctc = cfg.TEST.CTC
+    return dict(strategy=ctc.LINKING, threshold=ctc.LINK_THRESHOLD, look_back=ctc.LOOK_BACK,
+                min_slices=ctc.MIN_SLICES, fill_gaps=ctc.FILL_GAPS)
 
 
 def link_volume(predictions, shape: tuple[int, int, int], **options) -> LinkedVolume:

@@ -1,0 +1,33 @@
+"""Tiny model configs for fast tests."""
+import os
+
+from emr_d2.engine import setup_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+# A ResNet-18 FPN with 32 channels and small heads on 64 x 64 inputs.
+TINY_MODEL = [
+    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.ROI_BOX_HEAD.NUM_CONV", "0",
+    "MODEL.ROI_BOX_HEAD.NUM_FC", "1", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV", "1", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+    "MODEL.FUSION.HIDDEN_DIM", "16", "MODEL.FUSION.ATTENTION.NUM_HEADS", "2",
+    "INPUT.CROP.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
+]
+
+VARIANTS = [
+    "baseline_2d", "channel_fusion", "mlp_fusion", "mlp_fusion_per_level", "windowed_fusion",
+    "pixel_attention", "late_fusion_mean", "late_fusion_center", "late_fusion_conv3d",
+    "late_fusion_se", "cross_slice_attention",
+]
+
+
+def tiny_cfg(variant: str, num_slices: int | None = None, extra=(), freeze=True):
+    opts = list(TINY_MODEL) + list(extra)
+    if num_slices is not None:
+        opts += ["INPUT.NUM_SLICES", str(num_slices)]
+    return setup_config(os.path.join(CONFIGS, f"{variant}.yaml"), opts, freeze=freeze)

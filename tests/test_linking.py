@@ -1,0 +1,97 @@
+"""z-linking of per-slice instances into 3D label volumes."""
+import numpy as np
+import pytest
+
+from emr_d2.evaluation.linking import link_slices, link_volume, paste_slice
+from emr_d2.evaluation.seg import score_frame
+
+
+def ellipsoids(shape=(12, 48, 48)):
+    """Three touching-free ellipsoids, the middle one spanning every slice."""
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.uint16)
+    for label, (cz, cy, cx, rz, ry) in enumerate([(5, 12, 12, 4, 9), (6, 34, 14, 7, 10), (4, 24, 36, 3, 8)], 1):
+        labels[((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / ry) ** 2 <= 1] = label
+    return labels
+
+
+def per_slice(labels, drop=None):
+    """(z, masks, scores) of every slice; drop=(label, z) removes one slice of one object."""
+    for z in range(labels.shape[0]):
+        ids = [i for i in np.unique(labels[z]) if i and (i, z) != drop]
+        masks = np.stack([labels[z] == i for i in ids]) if ids else np.zeros((0,) + labels.shape[1:], bool)
+        yield z, masks, np.linspace(0.9, 0.6, len(ids))
+
+
+@pytest.mark.parametrize("strategy", ["overlap", "connected"])
+def test_relinks_a_clean_volume_exactly(strategy):
+    gt = ellipsoids()
+    linked = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1)
+    assert linked.labels.dtype == np.uint16
+    assert score_frame(gt, linked.labels).scores.mean() == pytest.approx(1.0)
+    assert len(linked.scores) == 3
+
+
+def test_hungarian_splits_off_only_tiny_poles():
+    # A one-pixel pole has IoU 1/area with the next slice: IoU linking leaves it apart.
+    gt = ellipsoids()
+    linked = link_volume(per_slice(gt), gt.shape, strategy="hungarian", threshold=0.3, look_back=1)
+    assert score_frame(gt, linked.labels).scores.mean() >= 0.99
+
+
+def test_look_back_bridges_a_missed_slice():
+    gt = ellipsoids()
+    dropped = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="hungarian", threshold=0.3,
+                          look_back=1)
+    assert score_frame(gt, dropped.labels).scores.mean() >= 0.99
+    assert len(set(np.unique(dropped.labels[gt == 2])) - {0}) == 1  # one object
+    assert np.count_nonzero(dropped.labels[6][gt[6] == 2]) > 0.9 * np.count_nonzero(gt[6] == 2)  # gap filled
+
+    unfilled = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="hungarian", threshold=0.3,
+                           look_back=1, fill_gaps=False)
+    assert len(np.unique(unfilled.labels[gt == 2])) == 2  # one object and the empty gap
+    no_bridge = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="hungarian", threshold=0.3,
+                            look_back=0)
+    assert len(np.unique(no_bridge.labels[gt == 2])) == 3  # split in two objects
+
+
+def test_min_slices_drops_short_objects():
+    gt = ellipsoids()
+    gt[0, 40:44, 40:44] = 9  # a one-slice speck
+    kept = link_volume(per_slice(gt), gt.shape, strategy="overlap", min_slices=1)
+    dropped = link_volume(per_slice(gt), gt.shape, strategy="overlap", min_slices=2)
+    assert kept.labels.max() == 4 and dropped.labels.max() == 3
+
+
+def test_paste_resolves_overlaps_by_score():
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, :, :5] = True
+    masks[1, :, 3:] = True
+    label_map, scores = paste_slice(masks, np.array([0.9, 0.5]))
+    assert (label_map[:, 3:5] == 1).all()  # the higher score wins the overlap
+    assert scores.tolist() == [0.9, 0.5]
+    hidden = np.zeros((2, 8, 8), bool)
+    hidden[:, :4, :4] = True
+    label_map, scores = paste_slice(hidden, np.array([0.3, 0.8]))
+    assert scores.tolist() == [0.8] and label_map.max() == 1
+
+
+def test_overlap_links_shrinking_poles_that_iou_misses():
+    slice_maps = np.zeros((2, 20, 20), np.int32)
+    slice_maps[0, 2:18, 2:18] = 1  # 256 pixels
+    slice_maps[1, 8:12, 8:12] = 1  # 16 pixels inside: IoU 1/16, overlap 1
+    scores = [np.array([0.9]), np.array([0.9])]
+    assert link_slices(slice_maps, scores, "hungarian", 0.3).labels.max() == 2
+    assert link_slices(slice_maps, scores, "overlap", 0.3).labels.max() == 1
+
+
+def test_object_score_is_mean_of_slice_scores():
+    slice_maps = np.zeros((2, 6, 6), np.int32)
+    slice_maps[:, 1:5, 1:5] = 1
+    linked = link_slices(slice_maps, [np.array([0.9]), np.array([0.5])])
+    assert linked.scores.tolist() == pytest.approx([0.7])
+
+
+def test_unknown_strategy_is_an_error():
+    with pytest.raises(ValueError, match="TEST.CTC.LINKING"):
+        link_slices(np.zeros((1, 4, 4), np.int32), [np.zeros(0)], strategy="magic")

@@ -1,0 +1,153 @@
+"""SEG and counts against py-ctcmetrics (the CTC's Python reference) on random label volumes."""
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from ctc_metrics.utils.representations import match as ctc_match
+
+from emr_d2.evaluation.seg import SEGAccumulator, contingency, relabel_consecutive, score_frame
+
+
+def random_volume(rng, shape, n_objects, labels, dtype):
+    """Random boxes painted with the given labels (later boxes overwrite earlier ones)."""
+    volume = np.zeros(shape, dtype=dtype)
+    for label in labels[:n_objects]:
+        lo = [rng.integers(0, s) for s in shape]
+        size = [rng.integers(1, max(s // 2, 2)) for s in shape]
+        volume[tuple(slice(a, a + b) for a, b in zip(lo, size))] = label
+    return volume
+
+
+def reference_seg(tmp_path, pairs):
+    """Pooled SEG of py-ctcmetrics' matching (written as int64 TIFFs: its label offset must not
+    overflow)."""
+    ious, n_ref = [], 0
+    for i, (gt, res) in enumerate(pairs):
+        gt_path, res_path = str(tmp_path / f"gt{i}.tif"), str(tmp_path / f"res{i}.tif")
+        tifffile.imwrite(gt_path, gt.astype(np.int64), photometric="minisblack")
+        tifffile.imwrite(res_path, res.astype(np.int64), photometric="minisblack")
+        labels_ref, _, _, _, iou = ctc_match(gt_path, res_path)
+        n_ref += len(labels_ref)
+        ious += list(iou)
+    return sum(ious) / max(n_ref, 1)
+
+
+def our_seg(pairs):
+    acc = SEGAccumulator()
+    for i, (gt, res) in enumerate(pairs):
+        acc.add(str(i), gt, res)
+    return acc.summary()["SEG"]
+
+
+CASES = {
+    "uint8 small": (np.uint8, lambda r: list(range(1, 30)), np.uint8, lambda r: list(range(1, 30))),
+    "non-consecutive": (np.uint16, lambda r: list(r.choice(np.arange(1, 5000), 20, replace=False)),
+                        np.uint16, lambda r: list(r.choice(np.arange(1, 9000), 20, replace=False))),
+    "gt above 255 and 65535": (np.uint32, lambda r: [300, 70000, 65536, 4_000_000_000, 17, 256],
+                               np.uint16, lambda r: list(range(3, 12))),
+    "result near dtype max": (np.uint16, lambda r: list(range(1, 12)),
+                              np.uint16, lambda r: [65535, 65534, 65533, 65000, 1, 2]),
+    "result labels uint32 max": (np.int32, lambda r: list(range(5, 14)),
+                                 np.uint32, lambda r: [2**32 - 1, 2**32 - 2, 2**31, 7]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_seg_equals_py_ctcmetrics(tmp_path, case):
+    gt_dtype, gt_labels, res_dtype, res_labels = CASES[case]
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    pairs = []
+    for _ in range(3):
+        gt = random_volume(rng, (6, 24, 24), 8, gt_labels(rng), gt_dtype)
+        res = random_volume(rng, (6, 24, 24), 6, res_labels(rng), res_dtype)
+        res[gt > 0] = np.where(rng.random(np.count_nonzero(gt)) < 0.7, res_labels(rng)[0], res[gt > 0])
+        pairs.append((gt, res))
+    assert our_seg(pairs) == pytest.approx(reference_seg(tmp_path, pairs), abs=1e-9)
+
+
+def test_one_result_object_covering_two_gt_objects(tmp_path):
+    gt = np.zeros((4, 20, 20), np.uint16)
+    gt[:, 2:8, 2:8], gt[:, 2:8, 10:18] = 1, 2
+    res = np.zeros_like(gt)
+    res[:, 1:9, 1:19] = 7  # covers both: matched to both references (each > 50% covered)
+    ours = score_frame(gt, res)
+    assert ours.scores.tolist() == pytest.approx([36 / 144, 48 / 144])
+    assert our_seg([(gt, res)]) == pytest.approx(reference_seg(tmp_path, [(gt, res)]), abs=1e-9)
+
+
+def test_empty_gt_frame_and_frame_without_results(tmp_path):
+    gt_full = np.zeros((4, 16, 16), np.uint16)
+    gt_full[1:3, 2:8, 2:8] = 5
+    empty_gt = np.zeros_like(gt_full)
+    some_res = np.zeros_like(gt_full)
+    some_res[:, 0:4, 0:4] = 3
+    pairs = [(gt_full, np.zeros_like(gt_full)), (empty_gt, some_res), (gt_full, gt_full * 2)]
+    ours = our_seg(pairs)
+    assert ours == pytest.approx(reference_seg(tmp_path, pairs), abs=1e-9)
+    assert ours == pytest.approx(0.5)  # pooled over the 2 reference objects: (0 + 1) / 2
+
+
+def test_seg_is_pooled_not_mean_of_frames():
+    a = np.zeros((2, 8, 8), np.uint8)
+    a[:, :4, :4], a[:, 4:, 4:], a[:, :4, 4:] = 1, 2, 3
+    b = np.zeros_like(a)
+    b[:, :4, :4] = 1
+    acc = SEGAccumulator()
+    acc.add("three objects, all found", a, a)
+    acc.add("one object, missed", b, np.zeros_like(b))
+    assert acc.summary()["SEG"] == pytest.approx(3 / 4)
+
+
+def test_counts_precision_recall():
+    gt = np.zeros((2, 10, 10), np.uint8)
+    gt[:, :4, :4], gt[:, 6:, 6:] = 1, 2
+    res = np.zeros_like(gt)
+    res[:, :4, :4] = 9  # matches 1
+    res[:, 5:, :3] = 4  # an extra object
+    acc = SEGAccumulator()
+    acc.add("f", gt, res)
+    s = acc.summary()
+    assert (s["matched"], s["missed"], s["extra"]) == (1, 1, 1)
+    assert s["precision"] == pytest.approx(0.5) and s["recall"] == pytest.approx(0.5)
+    assert s["count_error"] == 0
+    assert s["foreground_IoU"] == pytest.approx(32 / (64 + 30))
+
+
+def test_seg_2d_scores_every_cross_section():
+    gt = np.zeros((3, 10, 10), np.uint8)
+    gt[:, 2:6, 2:6] = 1
+    res = gt.copy()
+    res[1] = 0  # the middle cross-section is missed
+    acc = SEGAccumulator()
+    acc.add("f", gt, res)
+    s = acc.summary()
+    assert s["SEG"] == pytest.approx(2 / 3)
+    assert s["SEG_2D"] == pytest.approx(2 / 3)
+    res2 = gt.copy()
+    res2[1, 2:6, 2:3] = 0  # 12 of 16 pixels of the middle cross-section remain
+    acc2 = SEGAccumulator()
+    acc2.add("f", gt, res2)
+    assert acc2.summary()["SEG_2D"] == pytest.approx((1 + 0.75 + 1) / 3)
+    assert acc2.summary()["SEG"] == pytest.approx(44 / 48)
+
+
+def test_slice_wise_reference_scores_only_annotated_slices():
+    gt = np.zeros((4, 8, 8), np.uint16)
+    gt[1, 2:6, 2:6] = 3
+    res = np.zeros_like(gt)
+    res[:, 2:6, 2:6] = 1  # spans every slice; in 3D it would score 1/4
+    acc = SEGAccumulator()
+    acc.add("f", gt, res, annotated_slices=[1])
+    assert acc.summary()["SEG"] == pytest.approx(1.0)
+
+
+def test_relabel_and_contingency_any_dtype():
+    labels = np.array([[0, 2**40, 5], [5, 0, 2**40]], dtype=np.int64)
+    relabelled, ids = relabel_consecutive(labels)
+    assert ids.tolist() == [5, 2**40]
+    assert relabelled.tolist() == [[0, 2, 1], [1, 0, 2]]
+    table = contingency(labels, (labels > 0).astype(np.uint8))
+    assert table.intersection.tolist() == [[2], [2]]
+    with pytest.raises(ValueError, match="shape"):
+        contingency(labels, labels[:, :2])
