@@ -17,6 +17,10 @@ def add_emr_config(cfg: CN) -> None:
     _c = cfg
     # detectron2 defaults to "cuda"; fall back to the CPU where no GPU is present.
     _c.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    # Inputs are normalised per volume to about [0, 1] (INPUT.NORM_PERCENTILES); one value is
+    # used for every slice (see resolve_pixel_stats), instead of detectron2's BGR statistics.
+    _c.MODEL.PIXEL_MEAN = [0.25]
+    _c.MODEL.PIXEL_STD = [0.25]
 
     # ---------------------------------------------------------------- input: the N-slice stack
     # Number of slices the model sees: the centre slice z and its neighbours z-N//2 .. z+N//2
