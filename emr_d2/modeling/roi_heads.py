@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.poolers import ROIPooler
 from torch import nn
@@ -50,6 +51,7 @@ class SliceFusionROIHeads(StandardROIHeads):
                 ret["box_pooler"], build_fusion(late.NAME, box_channels, num_slices, cfg))
         return ret
 
+    @configurable
     def __init__(self, *, fuse_box: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.fuse_box = fuse_box
