@@ -17,7 +17,7 @@ from detectron2.utils.logger import create_small_table
 
 from ..data.augment import build_slice_augmentations
 from ..data.mapper import SliceStackMapper
-from ..evaluation.ctc_evaluator import AnnotatedSlicesOnly, CTCEvaluator
+from ..evaluation.ctc_evaluator import AnnotatedSlicesOnly, CTCEvaluator, write_json
 from ..modeling.checkpoint import SliceStackCheckpointer
 from ..modeling.fusion import SliceFusion
 from .hooks import EarlyStop, EarlyStopping, FusionWeightLogger, ValidationLoss
@@ -127,6 +127,8 @@ class Trainer(DefaultTrainer):
             evaluator = evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
             results[dataset_name] = inference_on_volumes(model, cfg, dataset_name, evaluator)
             if comm.is_main_process():
+                write_json(os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name, "results.json"),
+                           results[dataset_name])
                 ctc = results[dataset_name].get("ctc", {})
                 if ctc:
                     logger.info(f"CTC metrics on {dataset_name}:\n" + create_small_table(

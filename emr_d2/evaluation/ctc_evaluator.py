@@ -160,7 +160,7 @@ class CTCEvaluator(DatasetEvaluator):
             missed=summary["missed"], extra=summary["extra"], num_volumes=len(ap_inputs),
         )
         if self.output_dir:
-            _write_json(os.path.join(self.output_dir, "ctc_metrics.json"), results)
+            write_json(os.path.join(self.output_dir, "ctc_metrics.json"), results)
         return {"ctc": dict(results)}
 
     def _link(self, slices: dict[int, tuple], shape: tuple[int, int, int]):
@@ -171,7 +171,8 @@ class CTCEvaluator(DatasetEvaluator):
         return link_volume(decoded, shape, **self.link_options)
 
 
-def _write_json(path: str, data: dict) -> None:
+def write_json(path: str, data: dict) -> None:
+    """Write JSON atomically (temporary name, then rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
