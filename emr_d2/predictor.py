@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList, Instances
 from tqdm import tqdm
 
+from .data.ctc import CTCFormatError, list_frames, read_raw_volume, write_label_volume
 from .data.window import normalise, percentile_range, window_indices
 from .evaluation.linking import LinkedVolume, link_options_from_config, link_volume
 from .modeling.backbone import SharedSliceBackbone
@@ -141,3 +143,35 @@ class VolumePredictor:
             for z, instances in self.slice_instances(volume, progress)
         )
         return link_volume(predictions, volume.shape, **self.link_options)
+
+
+def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
+    """(input volume, output label file) pairs for ``tools/predict.py``.
+
+    A CTC sequence folder (tTTT.tif frames) gives ``maskTTT.tif``; a single TIFF or a folder of
+    TIFFs gives ``<name>_labels.tif`` for each.
+    """
+    if os.path.isfile(input_path):
+        files = [input_path]
+    elif os.path.isdir(input_path):
+        frames = list_frames(input_path)
+        if frames:
+            return [(path, os.path.join(output_dir, "mask" + os.path.basename(path)[1:]))
+                    for _, path in sorted(frames.items())]
+        files = sorted(os.path.join(input_path, f) for f in os.listdir(input_path)
+                       if f.lower().endswith((".tif", ".tiff")))
+        if not files:
+            raise CTCFormatError(f"{input_path}: no .tif files found")
+    else:
+        raise CTCFormatError(f"{input_path}: no such file or folder")
+    return [(f, os.path.join(output_dir, os.path.splitext(os.path.basename(f))[0] + "_labels.tif"))
+            for f in files]
+
+
+def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]]) -> None:
+    """Segment every input volume and write its uint16 label volume (atomically)."""
+    for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
+        volume = read_raw_volume(source)
+        linked = predictor(volume, progress=True)
+        write_label_volume(target, linked.labels)
+        logger.info(f"{source} -> {target}: {int(linked.labels.max())} objects")

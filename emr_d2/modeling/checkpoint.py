@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 class SliceStackCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that adapts 1- or 3-channel stems to the model's input channels
-    (channel fusion: N; shared per-slice backbones: 1) instead of dropping them."""
+    (channel fusion: N; shared per-slice backbones: 1) instead of dropping them, and that writes
+    checkpoints and ``last_checkpoint`` atomically."""
 
     def _load_model(self, checkpoint):
         model_stems = {k: v for k, v in self.model.state_dict().items() if k.endswith(STEM_SUFFIXES[0])}
@@ -39,3 +41,34 @@ class SliceStackCheckpointer(DetectionCheckpointer):
                         "channels (mean over channels, repeated and rescaled)"
                     )
         return super()._load_model(checkpoint)
+
+    def save(self, name: str, **kwargs) -> None:
+        """Like Checkpointer.save, but written to a temporary name and renamed, so that a kill at
+        any moment leaves either the previous file or the complete new one."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        _atomic_write(save_file, lambda f: torch.save(data, f), "wb")
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                      lambda f: f.write(last_filename_basename), "w")
+
+
+def _atomic_write(path: str, write, mode: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,122 @@
+"""train_net (train, --eval-only, --resume), predict.py, visualize.py and ctc_seg.py end to end
+on the tiny dataset, in subprocesses as a user runs them."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from helpers import CONFIGS, ROOT, TINY_MODEL
+
+TRAIN = ["DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)", "SOLVER.IMS_PER_BATCH", "2",
+         "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "()", "INPUT.NUM_SLICES", "3",
+         "TEST.CTC.COCO_AP", "True"]
+
+
+def tool(name: str, *args: str, dataset_root: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, EMR_DATASETS=os.path.dirname(dataset_root), PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=check, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """A tiny mlp_fusion model trained for 30 iterations; evaluation runs at the end."""
+    out = str(tmp_path_factory.mktemp("train"))
+    run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), *TINY_MODEL, *TRAIN,
+               "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", out,
+               dataset_root=tiny_dataset)
+    return out, run.stdout + run.stderr
+
+
+def test_training_learns_evaluates_and_logs_fusion_weights(trained):
+    out, log = trained
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+    losses = [r["total_loss"] for r in rows if "total_loss" in r]
+    assert losses[-1] < losses[0]
+    assert any(k.startswith("fusion/backbone.fusion.") and k.endswith("dz+0") for r in rows for k in r)
+    assert "ctc/SEG" in rows[-1] and "segm/AP" in rows[-1]
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert os.path.isfile(os.path.join(out, "model_best.pth"))  # BestCheckpointer on ctc/SEG
+
+
+def test_eval_only_writes_res_for_every_frame_and_prints_tables(trained, tiny_dataset, tmp_path):
+    out, _ = trained
+    run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--eval-only",
+               *TINY_MODEL, *TRAIN, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+               "OUTPUT_DIR", str(tmp_path), dataset_root=tiny_dataset)
+    log = run.stdout + run.stderr
+    assert "Evaluation results for segm" in log and "Evaluation results for bbox" in log
+    assert "CTC metrics on TINY_02" in log and "copypaste: Task: ctc" in log
+    res_dir = tmp_path / "inference" / "TINY_02" / "02_RES"
+    frames = sorted(os.listdir(os.path.join(tiny_dataset, "02")))
+    assert sorted(os.listdir(res_dir)) == [f.replace("t", "mask", 1) for f in frames]
+    raw = tifffile.imread(os.path.join(tiny_dataset, "02", frames[0]))
+    res = tifffile.imread(res_dir / frames[0].replace("t", "mask", 1))
+    assert res.shape == raw.shape and res.dtype == np.uint16
+    metrics = json.load(open(tmp_path / "inference" / "TINY_02" / "ctc_metrics.json"))
+    assert {"SEG", "SEG_2D", "volume_AP", "precision", "recall", "count_error"} <= set(metrics)
+    seg = tool("ctc_seg.py", str(res_dir), os.path.join(tiny_dataset, "02_GT"), dataset_root=tiny_dataset)
+    assert f"SEG measure: {metrics['SEG']:.6f}" in seg.stdout
+
+
+def test_predict_on_a_raw_stack_without_reference(trained, tiny_dataset, tmp_path):
+    out, _ = trained
+    stack = tmp_path / "in" / "stack.tif"
+    stack.parent.mkdir()
+    raw = tifffile.imread(os.path.join(tiny_dataset, "02", "t001.tif"))[:, :60, :50]
+    tifffile.imwrite(stack, raw, photometric="minisblack")
+    tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input", str(stack),
+         "--output", str(tmp_path / "out"), *TINY_MODEL, "INPUT.NUM_SLICES", "3",
+         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), dataset_root=tiny_dataset)
+    labels = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
+    assert labels.shape == raw.shape and labels.dtype == np.uint16
+    tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
+         os.path.join(tiny_dataset, "02"), "--output", str(tmp_path / "ctc"), *TINY_MODEL, "INPUT.NUM_SLICES", "3",
+         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), dataset_root=tiny_dataset)
+    assert sorted(os.listdir(tmp_path / "ctc")) == ["mask000.tif", "mask001.tif", "mask002.tif"]
+
+
+def test_visualize_writes_pictures(trained, tiny_dataset, tmp_path):
+    out, _ = trained
+    raw = os.path.join(tiny_dataset, "02", "t000.tif")
+    gt = os.path.join(tiny_dataset, "02_GT", "SEG", "man_seg000.tif")
+    tool("visualize.py", "volume", "--raw", raw, "--gt", gt, "--pred", gt, "--out", str(tmp_path),
+         dataset_root=tiny_dataset)
+    tool("visualize.py", "curves", "--metrics", os.path.join(out, "metrics.json"), "--out",
+         str(tmp_path / "curves.png"), dataset_root=tiny_dataset)
+    tool("visualize.py", "fusion", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--raw", raw,
+         "--out", str(tmp_path / "fusion.png"), *TINY_MODEL, "INPUT.NUM_SLICES", "3",
+         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), dataset_root=tiny_dataset)
+    for name in ("slices.png", "orthogonal.png", "curves.png", "fusion.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_killed_training_resumes_from_the_last_complete_checkpoint(tiny_dataset, tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
+               os.path.join(CONFIGS, "baseline_2d.yaml")]
+    opts = [*TINY_MODEL, *TRAIN, "INPUT.NUM_SLICES", "1", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "16",
+            "SOLVER.CHECKPOINT_PERIOD", "4", "OUTPUT_DIR", str(tmp_path)]
+    env = dict(os.environ, EMR_DATASETS=os.path.dirname(tiny_dataset), PYTHONWARNINGS="ignore")
+    process = subprocess.Popen(command + opts, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "last_checkpoint"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if last.exists() and last.read_text().strip() == "model_0000007.pth":
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists() and not (tmp_path / "model_final.pth").exists(), "training was not stopped early"
+    stopped_at = int(last.read_text().strip()[6:13]) + 1
+    assert not list(tmp_path.glob("*.tmp"))  # nothing half-written under a final name
+    resumed = subprocess.run(command + ["--resume"] + opts, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert f"Starting training from iteration {stopped_at}" in resumed.stdout + resumed.stderr
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 15

@@ -1,0 +1,52 @@
+"""Whole-volume inference: the per-slice feature cache gives the same predictions as running
+every window on its own."""
+import numpy as np
+import pytest
+import tifffile
+import torch
+from detectron2.modeling import build_model
+
+from emr_d2.predictor import VolumePredictor, supports_feature_cache
+
+from helpers import tiny_cfg
+
+EXTRA = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.BATCH_SLICES", "3"]
+
+
+@pytest.mark.parametrize("variant,padding", [
+    ("mlp_fusion", "replicate"), ("windowed_fusion", "zero"), ("late_fusion_se", "reflect"),
+    ("late_fusion_center", "replicate"), ("cross_slice_attention", "zero"),
+])
+def test_cached_and_per_window_inference_agree(tiny_dataset, variant, padding):
+    torch.manual_seed(0)
+    volume = tifffile.imread(f"{tiny_dataset}/02/t000.tif")
+    cached_cfg = tiny_cfg(variant, 5, EXTRA + ["INPUT.SLICE_PADDING", padding])
+    model = build_model(cached_cfg).eval()
+    naive_cfg = tiny_cfg(variant, 5, EXTRA + ["INPUT.SLICE_PADDING", padding, "TEST.CTC.CACHE_FEATURES", "False"])
+    cached, naive = VolumePredictor(cached_cfg, model), VolumePredictor(naive_cfg, model)
+    assert cached.use_cache and not naive.use_cache
+    a, b = list(cached.slice_instances(volume)), list(naive.slice_instances(volume))
+    assert [z for z, _ in a] == [z for z, _ in b] == list(range(volume.shape[0]))
+    total = 0
+    for (_, x), (_, y) in zip(a, b):
+        assert len(x) == len(y)
+        total += len(x)
+        torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(x.scores, y.scores, atol=1e-4, rtol=1e-4)
+        assert (x.pred_masks != y.pred_masks).float().mean() < 1e-3
+    assert total > 0
+
+
+def test_channel_fusion_cannot_share_features():
+    model = build_model(tiny_cfg("channel_fusion", 5)).eval()
+    assert not supports_feature_cache(model)
+    assert not VolumePredictor(tiny_cfg("channel_fusion", 5), model).use_cache
+
+
+def test_volume_predictor_returns_a_label_volume_of_the_input_shape(tiny_dataset):
+    torch.manual_seed(0)
+    cfg = tiny_cfg("mlp_fusion", 3, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.0"])
+    volume = tifffile.imread(f"{tiny_dataset}/02/t001.tif")[:, :48, :56]  # not a multiple of 32
+    linked = VolumePredictor(cfg, build_model(cfg))(volume)
+    assert linked.labels.shape == volume.shape and linked.labels.dtype == np.uint16
+    assert linked.labels.max() == len(linked.scores) > 0
