@@ -6,6 +6,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Point this at an official detectron2 source checkout to build it (with its C++/CUDA ops) instead.
 DETECTRON2_SOURCE ?=
 PYTEST_ARGS ?=
+# `make demo DEMO_ARGS=--baseline` also trains the 2D baseline for comparison.
+DEMO_ARGS ?=
 
 .PHONY: setup test demo clean-demo
 
@@ -23,7 +25,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: setup
-	$(PY) tools/demo.py --output output/demo
+	$(PY) tools/demo.py --output output/demo $(DEMO_ARGS)
 
 clean-demo:
 	rm -rf output/demo datasets/SIM-demo

@@ -13,30 +13,42 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_LOOKUP_LIMIT = 1 << 24  # labels below this are relabelled through a lookup table
+_LOOKUP_LIMIT = 1 << 24  # keys below this are counted with bincount, above with a sort
+
+
+def _dense_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted distinct keys, index of each key into them, count of each distinct key)."""
+    if keys.size and int(keys.max()) < _LOOKUP_LIMIT and int(keys.min()) >= 0:
+        counts = np.bincount(keys.astype(np.int64, copy=False))
+        ids = np.flatnonzero(counts)
+        lookup = np.zeros(len(counts), dtype=np.int64)
+        lookup[ids] = np.arange(len(ids))
+        return ids, lookup[keys], counts[ids]
+    ids, index, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return ids, index.ravel(), counts
+
+
+def _index_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position of every value in the sorted distinct ``ids`` (all values must occur there)."""
+    if ids.size and int(ids.max()) < _LOOKUP_LIMIT:
+        lookup = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+        lookup[ids] = np.arange(len(ids))
+        return lookup[values]
+    return np.searchsorted(ids, values)
 
 
 def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map labels to 0..K (0 stays background) in first-sorted order.
+    """Map labels to 0..K (0 stays background) in sorted order.
 
-    Returns (relabelled int64 array of the same shape, original labels of 1..K as uint64/int64).
-    Any integer dtype and any values (up to uint64) are accepted.
+    Returns (int64 array of the same shape, the original labels of 1..K). Any integer dtype
+    and any values are accepted.
     """
     flat = labels.ravel()
-    if flat.size == 0:
-        return np.zeros(labels.shape, np.int64), np.zeros(0, np.int64)
-    top = int(flat.max())
-    if top < _LOOKUP_LIMIT and (flat.dtype.kind == "u" or int(flat.min()) >= 0):
-        present = np.bincount(flat.astype(np.int64, copy=False), minlength=top + 1) > 0
-        present[0] = False
-        ids = np.flatnonzero(present)
-        lookup = np.zeros(top + 1, dtype=np.int64)
-        lookup[ids] = np.arange(1, len(ids) + 1)
-        return lookup[flat].reshape(labels.shape), ids
-    ids, inverse = np.unique(flat, return_inverse=True)
-    if ids[0] == 0:
-        return inverse.reshape(labels.shape).astype(np.int64), ids[1:]
-    return (inverse + 1).reshape(labels.shape).astype(np.int64), ids
+    mask = flat != 0
+    ids, index, _ = _dense_ids(flat[mask])
+    out = np.zeros(labels.size, dtype=np.int64)
+    out[mask] = index + 1
+    return out.reshape(labels.shape), ids
 
 
 @dataclass
@@ -64,19 +76,56 @@ class Contingency:
         return match
 
 
-def contingency(gt: np.ndarray, res: np.ndarray) -> Contingency:
-    """Overlap table of two label images of the same shape (2D or 3D, any integer dtype)."""
+def _small_label_contingency(g_flat, r_flat, g_pos, r_pos) -> Contingency | None:
+    """The common case of small non-negative labels: one bincount over (reference, result)
+    label pairs, without relabelling. None where the labels are too large for that."""
+    if g_flat.dtype.kind not in "ui" or r_flat.dtype.kind not in "ui":
+        return None
+    g_labels, r_labels, r_at_gt = g_flat.take(g_pos), r_flat.take(r_pos), r_flat.take(g_pos)
+    g_max = int(g_labels.max()) if g_labels.size else 0
+    r_max = int(r_labels.max()) if r_labels.size else 0
+    if (g_max + 1) * (r_max + 1) > _LOOKUP_LIMIT or (g_labels.size and int(g_labels.min()) < 0) \
+            or (r_labels.size and int(r_labels.min()) < 0):
+        return None
+    gt_counts = np.bincount(g_labels, minlength=g_max + 1)
+    res_counts = np.bincount(r_labels, minlength=r_max + 1)
+    pairs = g_labels.astype(np.int64) * (r_max + 1) + r_at_gt
+    table = np.bincount(pairs, minlength=(g_max + 1) * (r_max + 1)).reshape(g_max + 1, r_max + 1)
+    gt_ids, res_ids = np.flatnonzero(gt_counts), np.flatnonzero(res_counts)
+    return Contingency(gt_ids, res_ids, gt_counts[gt_ids], res_counts[res_ids], table[np.ix_(gt_ids, res_ids)])
+
+
+def contingency(gt: np.ndarray, res: np.ndarray, slice_wise: bool = False) -> Contingency:
+    """Overlap table of two label images of the same shape (2D or 3D, any integer dtype).
+
+    Works on the foreground voxels only; slice_wise scores every 2D cross-section of every
+    object as an object of its own (SEG per slice). Object ids are then opaque keys.
+    """
     if gt.shape != res.shape:
         raise ValueError(f"reference shape {gt.shape} differs from result shape {res.shape}")
-    g, gt_ids = relabel_consecutive(gt)
-    r, res_ids = relabel_consecutive(res)
-    n_g, n_r = len(gt_ids) + 1, len(res_ids) + 1
-    gt_sizes = np.bincount(g.ravel(), minlength=n_g)[1:]
-    res_sizes = np.bincount(r.ravel(), minlength=n_r)[1:]
-    fg = g.ravel() > 0
-    pairs = g.ravel()[fg] * n_r + r.ravel()[fg]
-    table = np.bincount(pairs, minlength=n_g * n_r).reshape(n_g, n_r)
-    return Contingency(gt_ids, res_ids, gt_sizes, res_sizes, table[1:, 1:])
+    g_flat, r_flat = gt.ravel(), res.ravel()
+    g_pos, r_pos = np.flatnonzero(g_flat != 0), np.flatnonzero(r_flat != 0)
+    if not slice_wise:
+        small = _small_label_contingency(g_flat, r_flat, g_pos, r_pos)
+        if small is not None:
+            return small
+    gt_ids, g_index, gt_sizes = _dense_ids(g_flat.take(g_pos))
+    res_ids, r_index, res_sizes = _dense_ids(r_flat.take(r_pos))
+    r_at_gt = r_flat.take(g_pos)  # the result label at every reference voxel
+    both = r_at_gt != 0
+    g_both = g_index[both]
+    r_both = _index_of(r_at_gt[both], res_ids)
+    if slice_wise:  # objects become (slice, object) pairs
+        plane = int(np.prod(gt.shape[1:]))
+        g_z, r_z = g_pos // plane, r_pos // plane
+        gt_ids, g_index, gt_sizes = _dense_ids(g_z * len(gt_ids) + g_index)
+        res_keys_at_gt = g_z[both] * len(res_ids) + r_both
+        res_ids, _, res_sizes = _dense_ids(r_z * len(res_ids) + r_index)
+        g_both = g_index[both]
+        r_both = _index_of(res_keys_at_gt, res_ids)
+    n_r = len(res_ids)
+    table = np.bincount(g_both * n_r + r_both, minlength=len(gt_ids) * n_r)
+    return Contingency(gt_ids, res_ids, gt_sizes, res_sizes, table.reshape(len(gt_ids), n_r))
 
 
 @dataclass
@@ -91,29 +140,23 @@ class FrameScores:
     fg_union: int  # voxels foreground in either
 
 
-def score_frame(gt: np.ndarray, res: np.ndarray) -> FrameScores:
-    """Per-object SEG scores and counts of one frame under the CTC matching rule."""
-    table = contingency(gt, res)
+def score_frame(gt: np.ndarray, res: np.ndarray, slice_wise: bool = False) -> FrameScores:
+    """Per-object SEG scores and counts of one frame under the CTC matching rule
+    (slice_wise: of every 2D cross-section, for SEG per slice)."""
+    table = contingency(gt, res, slice_wise)
     match = table.ctc_match()
     has = match >= 0
     scores = np.zeros(len(table.gt_ids))
     scores[has] = table.jaccard[np.flatnonzero(has), match[has]]
-    fg_gt, fg_res = gt != 0, res != 0
+    intersection = int(table.intersection.sum())
     return FrameScores(
         gt_ids=table.gt_ids,
         scores=scores,
         num_results=len(table.res_ids),
         matched_results=len(np.unique(match[has])),
-        fg_intersection=int(np.count_nonzero(fg_gt & fg_res)),
-        fg_union=int(np.count_nonzero(fg_gt | fg_res)),
+        fg_intersection=intersection,
+        fg_union=int(table.gt_sizes.sum() + table.res_sizes.sum()) - intersection,
     )
-
-
-def slice_labels(volume: np.ndarray) -> np.ndarray:
-    """Give every 2D cross-section of every object its own label: (Z, Y, X) -> int64 labels."""
-    relabelled, ids = relabel_consecutive(volume)
-    z = np.arange(volume.shape[0], dtype=np.int64).reshape(-1, *([1] * (volume.ndim - 1)))
-    return np.where(relabelled > 0, z * (len(ids) + 1) + relabelled, 0)
 
 
 @dataclass
@@ -128,7 +171,7 @@ class SEGAccumulator:
         in 2D, as the CTC does."""
         if annotated_slices is not None:
             gt, res = gt[annotated_slices], res[annotated_slices]
-        self.frames_2d[name] = score_frame(slice_labels(gt), slice_labels(res))
+        self.frames_2d[name] = score_frame(gt, res, slice_wise=True)
         self.frames[name] = self.frames_2d[name] if annotated_slices is not None else score_frame(gt, res)
         return self.frames[name]
 
