@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import Transform
@@ -101,10 +102,14 @@ class IntensityAugmentation:
         every data-loader worker).
         """
         gamma = float(np.exp(rng.uniform(np.log(self.gamma[0]), np.log(self.gamma[1]))))
-        out = np.clip(window, 0.0, None) ** gamma
-        contrast = rng.uniform(*self.contrast)
+        contrast = float(rng.uniform(*self.contrast))
+        noise_std = float(rng.uniform(0.0, self.noise_std)) if self.noise_std > 0 else 0.0
+        # torch's vectorised pow is several times faster than numpy's on large windows
+        out = torch.from_numpy(np.array(window, dtype=np.float32)).clamp_(min=0.0).pow_(gamma)
         mean = float(out.mean())
-        out = mean + contrast * (out - mean)
-        if self.noise_std > 0:
-            out = out + rng.normal(0.0, rng.uniform(0.0, self.noise_std), size=out.shape)
-        return out.astype(np.float32)
+        out.sub_(mean).mul_(contrast).add_(mean)
+        if noise_std > 0:
+            generator = torch.Generator().manual_seed(int(rng.randint(2**31)) if hasattr(rng, "randint")
+                                                      else int(rng.integers(2**31)))
+            out.add_(torch.randn(out.shape, generator=generator), alpha=noise_std)
+        return out.numpy()

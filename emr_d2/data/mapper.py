@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+from scipy import ndimage
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
@@ -28,11 +29,11 @@ def label_map_to_instances(label_map: np.ndarray) -> Instances:
     """Centre-slice Instances (gt_boxes from the masks, gt_classes 0, gt_masks as BitMasks)."""
     ids = np.unique(label_map)
     ids = ids[ids > 0]
-    masks = torch.from_numpy(label_map[None] == ids[:, None, None])
     instances = Instances(label_map.shape)
-    bitmasks = BitMasks(masks)
-    instances.gt_masks = bitmasks
-    instances.gt_boxes = bitmasks.get_bounding_boxes() if len(ids) else Boxes(torch.zeros(0, 4))
+    instances.gt_masks = BitMasks(torch.from_numpy(label_map[None] == ids[:, None, None]))
+    slices = ndimage.find_objects(label_map, max_label=int(ids.max()) if len(ids) else 0)
+    boxes = [[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in (slices[i - 1] for i in ids)]
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     instances.gt_classes = torch.zeros(len(ids), dtype=torch.int64)
     return instances
 
