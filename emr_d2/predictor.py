@@ -13,7 +13,7 @@ from detectron2.structures import ImageList, Instances
 from tqdm import tqdm
 
 from .data.ctc import CTCFormatError, list_frames, read_raw_volume, write_label_volume
-from .data.window import normalise, percentile_range, window_indices
+from .data.window import normalise, percentile_range, warn_if_deeper_than, window_indices
 from .evaluation.linking import LinkedVolume, link_options_from_config, link_volume
 from .modeling.backbone import SharedSliceBackbone
 from .modeling.checkpoint import SliceStackCheckpointer
@@ -53,7 +53,7 @@ class VolumePredictor:
         self.cfg = cfg.clone()
         if model is None:
             model = build_model(self.cfg)
-            SliceStackCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            SliceStackCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
         self.model = model
         self.num_slices = cfg.INPUT.NUM_SLICES
         self.padding = cfg.INPUT.SLICE_PADDING
@@ -71,6 +71,7 @@ class VolumePredictor:
             raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}")
         low, high = percentile_range(volume, self.percentiles)
         depth = volume.shape[0]
+        warn_if_deeper_than(depth, self.num_slices, "volume")
         batches = [list(range(s, min(s + self.batch_size, depth))) for s in range(0, depth, self.batch_size)]
         predict = self._predict_cached if self.use_cache else self._predict_windows
         state: dict = {}

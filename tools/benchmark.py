@@ -17,6 +17,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from emr_d2.benchmark import run_benchmark
+from emr_d2.cli import run_cli
 from emr_d2.data.catalog import datasets_root
 from emr_d2.data.synthetic import write_synthetic_dataset
 
@@ -50,4 +51,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -5,6 +5,7 @@
 
 RES_DIR holds maskTTT.tif; GT_DIR holds SEG/man_segTTT.tif (3D) or SEG/man_seg_TTT_ZZZ.tif
 (single slices, scored in 2D). Prints "SEG measure: 0.xxxxxx"; --verbose adds a per-frame table.
+Errors are reported in one line; add --debug for the Python traceback.
 """
 import argparse
 import os
@@ -12,7 +13,7 @@ import sys
 
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")  # keeps torch and detectron2 out: starts fast
 
-from emr_d2.data.ctc import CTCFormatError  # noqa: E402
+from emr_d2.cli import run_cli  # noqa: E402
 from emr_d2.evaluation.ctc_folders import seg_of_folders  # noqa: E402
 
 
@@ -21,15 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("res_dir")
     parser.add_argument("gt_dir")
     parser.add_argument("--verbose", action="store_true", help="per-frame SEG and object counts")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args(argv)
-    try:
-        accumulator = seg_of_folders(args.res_dir, args.gt_dir)
-    except (CTCFormatError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    accumulator = seg_of_folders(args.res_dir, args.gt_dir)
     if args.verbose:
         print(f"{'frame':>6} {'SEG':>9} {'objects':>8}")
         for name, seg, count in accumulator.per_frame():
@@ -40,4 +34,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

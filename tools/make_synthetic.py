@@ -11,6 +11,7 @@ import sys
 
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")  # no torch or detectron2 needed here
 
+from emr_d2.cli import run_cli  # noqa: E402
 from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset  # noqa: E402
 
 
@@ -30,4 +31,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -9,11 +9,13 @@
 maskTTT.tif, as the CTC expects). Trailing KEY VALUE pairs override the config.
 """
 import argparse
+import os
 import sys
 
 import emr_d2  # noqa: F401  (registers the models)
 from detectron2.utils.logger import setup_logger
 
+from emr_d2.cli import run_cli
 from emr_d2.engine import setup_config
 from emr_d2.predictor import VolumePredictor, plan_outputs, predict_files
 
@@ -28,10 +30,11 @@ def main(argv=None) -> int:
     setup_logger(name="emr_d2")
     cfg = setup_config(args.config_file, args.opts)
     pairs = plan_outputs(args.input, args.output)
+    os.makedirs(args.output, exist_ok=True)  # an unwritable output fails before any work
     predict_files(VolumePredictor(cfg), pairs)
     print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -4,31 +4,45 @@
     python tools/train_net.py --config-file configs/mlp_fusion.yaml
     python tools/train_net.py --config-file configs/mlp_fusion.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file configs/mlp_fusion.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 32
+
+Errors are reported in one line; add --debug for the Python traceback.
 """
+import sys
+
 import emr_d2  # noqa: F401  (registers models and datasets)
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from emr_d2.cli import run_cli
+from emr_d2.data.catalog import check_datasets_registered
 from emr_d2.engine import Trainer, setup_config
 from emr_d2.modeling import SliceStackCheckpointer
 
 
-def main(args):
+def worker(args):
     cfg = setup_config(args.config_file, args.opts, freeze=False)
+    check_datasets_registered([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST, *cfg.DATASETS.VAL])
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="emr_d2")
     cfg.freeze()
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        SliceStackCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        SliceStackCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+def main(argv) -> int:
+    args = default_argument_parser().parse_args(argv)
+    setup_config(args.config_file, args.opts)  # config errors before any process is started
+    launch(worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

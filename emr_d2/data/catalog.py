@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -114,3 +115,20 @@ def register_all_ctc_datasets(root: str | None = None) -> list[str]:
         except Exception as e:  # one broken folder must not stop the import of emr_d2
             logger.warning(f"Skipping {folder}: {e}")
     return registered
+
+
+def check_datasets_registered(names) -> None:
+    """Raise a one-line ValueError for the first dataset name that is not registered, saying why."""
+    registered = set(DatasetCatalog.list())
+    root = datasets_root()
+    for name in names:
+        if name in registered:
+            continue
+        match = re.match(r"^(.*)_\d{2,}(_train|_val)?$", name)
+        folder = os.path.join(root, match.group(1)) if match else None
+        if folder and os.path.isdir(folder) and not find_sequences(folder):
+            raise ValueError(f"{folder}: no sequence folders (01, 02, ...) with raw frames tTTT.tif, "
+                             f"so dataset '{name}' is not registered")
+        ctc = sorted(n for n in registered if MetadataCatalog.get(n).get("evaluator_type") == "ctc")
+        raise ValueError(f"dataset '{name}' is not registered: no CTC folder for it under '{root}' "
+                         f"($EMR_DATASETS); registered CTC datasets: {', '.join(ctc[:8]) or 'none'}")

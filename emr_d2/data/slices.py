@@ -135,6 +135,10 @@ def load_sequence_records(
     gt_frames = list_gt(gt_folder(root, seq))
     if frames is None:
         frames = sorted(set(raw_frames) & set(gt_frames))
+        without = len(raw_frames) - len(frames)
+        if without and gt_frames:
+            logger.warning(f"{seq_dir}: {without} of {len(raw_frames)} frames have no reference "
+                           f"segmentation; the {len(frames)} with one are used")
     missing = [t for t in frames if t not in raw_frames]
     if missing:
         raise CTCFormatError(f"{seq_dir}: raw frames missing for t={missing[:5]}")

@@ -1,6 +1,7 @@
 """N-slice windows of a volume: slice indices with edge padding, and per-volume normalisation."""
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 
 import numpy as np
@@ -8,6 +9,17 @@ import numpy as np
 from .ctc import read_raw_volume
 
 PADDING_MODES = ("replicate", "zero", "reflect")
+
+logger = logging.getLogger(__name__)
+_warned: set = set()
+
+
+def warn_if_deeper_than(depth: int, num_slices: int, source: str) -> None:
+    """Warn once per process when windows are deeper than the volume (they are then padded)."""
+    if num_slices > depth and (depth, num_slices) not in _warned:
+        _warned.add((depth, num_slices))
+        logger.warning(f"{source}: INPUT.NUM_SLICES={num_slices} exceeds the volume's {depth} slices; "
+                       "the windows are padded")
 
 
 def window_offsets(num_slices: int) -> np.ndarray:
@@ -76,6 +88,7 @@ class VolumeWindowReader:
     def window(self, path: str, z: int, num_slices: int, padding: str) -> np.ndarray:
         """Normalised window around slice z: float32 (N, H, W)."""
         data, low, high = self.volume(path)
+        warn_if_deeper_than(data.shape[0], num_slices, path)
         idx = window_indices(z, data.shape[0], num_slices, padding)
         valid = idx >= 0
         out = np.zeros((num_slices,) + data.shape[1:], dtype=np.float32)

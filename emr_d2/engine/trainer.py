@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.data import (MetadataCatalog, build_detection_test_loader, build_detection_train_loader,
+                             get_detection_dataset_dicts)
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, print_csv_format
-from detectron2.data import MetadataCatalog
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
-from detectron2.utils.logger import create_small_table
+from detectron2.utils.logger import create_small_table, setup_logger
 
 from ..data.augment import build_slice_augmentations
 from ..data.mapper import SliceStackMapper
@@ -30,11 +31,29 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with SliceStackMapper loaders, CTC + COCO evaluation on whole volumes,
     fusion-weight logging, best checkpoint, validation loss and early stopping."""
 
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, with DDP that also works on the CPU (gloo: no device_ids) and
+        # the SliceStackCheckpointer (stem adaptation, atomic writes).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_gpu = cfg.MODEL.DEVICE.startswith("cuda")
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 device_ids=[comm.get_local_rank()] if on_gpu else None)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SliceStackCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
     def build_hooks(self):
         cfg = self.cfg
-        # Replace DefaultTrainer's checkpointer before its hooks capture it.
-        self.checkpointer = SliceStackCheckpointer(
-            self.checkpointer.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables)
         hook_list = super().build_hooks()
         extra = [FusionWeightLogger(cfg.MODEL.FUSION.LOG_PERIOD)]
         if cfg.TEST.VAL_LOSS_PERIOD > 0 and cfg.DATASETS.VAL:

@@ -21,10 +21,27 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return mean.repeat(1, in_channels, 1, 1) * (weight.shape[1] / in_channels)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose parameters do not fit the model built from the config."""
+
+
 class SliceStackCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that adapts 1- or 3-channel stems to the model's input channels
     (channel fusion: N; shared per-slice backbones: 1) instead of dropping them, and that writes
     checkpoints and ``last_checkpoint`` atomically."""
+
+    def __init__(self, model, save_dir: str = "", *, strict: bool = False, **kwargs):
+        """strict: loading a checkpoint that does not fit the model (missing parameters or other
+        shapes) is an error instead of a warning; for inference, where nothing is trained."""
+        super().__init__(model, save_dir, **kwargs)
+        self.strict = strict
+
+    def load(self, path: str, checkpointables=None):
+        if not path:
+            logger.warning("MODEL.WEIGHTS is empty: the model keeps its random initialisation")
+            return {}
+        self._path = path
+        return super().load(path, checkpointables)
 
     def _load_model(self, checkpoint):
         model_stems = {k: v for k, v in self.model.state_dict().items() if k.endswith(STEM_SUFFIXES[0])}
@@ -40,7 +57,14 @@ class SliceStackCheckpointer(DetectionCheckpointer):
                         f"Adapted the stem {key} from {value.shape[1]} to {target.shape[1]} input "
                         "channels (mean over channels, repeated and rescaled)"
                     )
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        if self.strict and (incompatible.missing_keys or incompatible.incorrect_shapes):
+            problems = [f"{k}: {a} in the checkpoint, {b} in the model" for k, a, b in incompatible.incorrect_shapes]
+            problems += [f"{k} missing" for k in incompatible.missing_keys]
+            raise CheckpointMismatchError(
+                f"{getattr(self, '_path', 'checkpoint')}: does not match the config "
+                f"({len(problems)} problems, e.g. {'; '.join(problems[:2])})")
+        return incompatible
 
     def save(self, name: str, **kwargs) -> None:
         """Like Checkpointer.save, but written to a temporary name and renamed, so that a kill at

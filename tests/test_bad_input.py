@@ -1,0 +1,195 @@
+"""Bad input: one clear line naming the file and the problem, a non-zero exit code, no traceback
+and nothing written under a final name — for train_net, predict, ctc_seg and make_synthetic."""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from detectron2.modeling import build_model
+
+from emr_d2.data.slices import load_sequence_records
+
+from helpers import CONFIGS, ROOT, TINY_MODEL, tiny_cfg
+
+
+def run_tool(name, *args, datasets=None):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if datasets:
+        env["EMR_DATASETS"] = str(datasets)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def assert_one_line_error(run, *fragments):
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, run.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tifffile.imwrite(path, data, photometric="minisblack")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random weights of the tiny 3-slice mlp_fusion model, and of a model that does not fit it."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save({"model": build_model(tiny_cfg("mlp_fusion", 3)).state_dict()}, folder / "mlp.pth")
+    torch.save({"model": build_model(tiny_cfg("channel_fusion", 5)).state_dict()}, folder / "other.pth")
+    return folder
+
+
+def predict(weights, source, output, *extra):
+    return run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input", source,
+                    "--output", output, *TINY_MODEL, "INPUT.NUM_SLICES", "3", "MODEL.WEIGHTS", weights, *extra)
+
+
+def test_predict_2d_tiff(tmp_path, weights):
+    write(str(tmp_path / "flat.tif"), np.zeros((64, 64), np.uint16))
+    run = predict(weights / "mlp.pth", tmp_path / "flat.tif", tmp_path / "out")
+    assert_one_line_error(run, "flat.tif", "expected a 3D stack")
+    assert not (tmp_path / "out" / "flat_labels.tif").exists()
+
+
+def test_predict_corrupt_tiff(tmp_path, weights):
+    write(str(tmp_path / "good.tif"), np.ones((4, 64, 64), np.uint16))
+    data = (tmp_path / "good.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
+    run = predict(weights / "mlp.pth", tmp_path / "cut.tif", tmp_path / "out")
+    assert_one_line_error(run, "cut.tif")
+    assert not (tmp_path / "out" / "cut_labels.tif").exists()
+
+
+def test_predict_nan_in_float_raw(tmp_path, weights):
+    raw = np.ones((4, 64, 64), np.float32)
+    raw[2, 3, 4] = np.inf
+    write(str(tmp_path / "nan.tif"), raw)
+    run = predict(weights / "mlp.pth", tmp_path / "nan.tif", tmp_path / "out")
+    assert_one_line_error(run, "nan.tif", "NaN or Inf")
+    assert not (tmp_path / "out" / "nan_labels.tif").exists()
+
+
+def test_predict_checkpoint_that_does_not_match(tmp_path, weights):
+    write(str(tmp_path / "v.tif"), np.ones((4, 64, 64), np.uint16))
+    run = predict(weights / "other.pth", tmp_path / "v.tif", tmp_path / "out")
+    assert_one_line_error(run, "other.pth", "does not match the config")
+    assert not (tmp_path / "out" / "v_labels.tif").exists()
+
+
+def test_predict_unwritable_output(tmp_path, weights):
+    write(str(tmp_path / "v.tif"), np.ones((4, 64, 64), np.uint16))
+    (tmp_path / "file").write_text("not a folder")
+    run = predict(weights / "mlp.pth", tmp_path / "v.tif", tmp_path / "file" / "out")
+    assert_one_line_error(run, "file/out")
+
+
+def test_num_slices_deeper_than_the_volume_pads_and_warns_once(tmp_path, weights):
+    write(str(tmp_path / "thin.tif"), (np.random.default_rng(0).random((2, 64, 64)) * 1000).astype(np.uint16))
+    run = predict(weights / "mlp.pth", tmp_path / "thin.tif", tmp_path / "out")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (run.stdout + run.stderr).count("exceeds the volume's 2 slices") == 1
+    assert tifffile.imread(tmp_path / "out" / "thin_labels.tif").shape == (2, 64, 64)
+
+
+def ctc_pair(tmp_path, gt, res):
+    write(str(tmp_path / "GT" / "SEG" / "man_seg000.tif"), gt)
+    if res is not None:
+        write(str(tmp_path / "RES" / "mask000.tif"), res)
+    return run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "GT")
+
+
+def test_ctc_seg_shape_mismatch(tmp_path):
+    gt = np.zeros((4, 16, 16), np.uint16)
+    gt[1, 2:5, 2:5] = 1
+    assert_one_line_error(ctc_pair(tmp_path, gt, np.zeros((4, 16, 15), np.uint16)), "man_seg000.tif", "differs")
+
+
+def test_ctc_seg_empty_reference(tmp_path):
+    run = ctc_pair(tmp_path, np.zeros((4, 16, 16), np.uint16), np.zeros((4, 16, 16), np.uint16))
+    assert_one_line_error(run, "man_seg000.tif", "no object")
+
+
+def test_ctc_seg_missing_result_frame(tmp_path):
+    gt = np.ones((2, 8, 8), np.uint16)
+    (tmp_path / "RES").mkdir()
+    assert_one_line_error(ctc_pair(tmp_path, gt, None), "mask000.tif is missing")
+
+
+def test_ctc_seg_corrupt_result(tmp_path):
+    gt = np.ones((2, 8, 8), np.uint16)
+    (tmp_path / "RES").mkdir()
+    (tmp_path / "RES" / "mask000.tif").write_bytes(b"II*\x00\x08\x00\x00\x00broken")
+    assert_one_line_error(ctc_pair(tmp_path, gt, None), "mask000.tif", "unreadable")
+
+
+def test_missing_reference_frames_are_skipped_with_one_warning(tiny_dataset, tmp_path, caplog):
+    root = tmp_path / "PART"
+    shutil.copytree(tiny_dataset, root)
+    os.remove(root / "02_GT" / "SEG" / "man_seg001.tif")
+    with caplog.at_level(logging.WARNING):
+        records = load_sequence_records(str(root), "02", cache_dir=str(tmp_path / "cache"))
+    assert sorted({r["frame"] for r in records}) == [0, 2]
+    assert sum("1 of 3 frames have no reference" in m for m in caplog.messages) == 1
+
+
+def train(datasets, output, *extra, train_set="BAD_01"):
+    return run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "baseline_2d.yaml"), *TINY_MODEL,
+                    "DATASETS.TRAIN", f"('{train_set}',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2",
+                    "OUTPUT_DIR", output, *extra, datasets=datasets)
+
+
+def bad_dataset(tmp_path, raw, gt):
+    root = tmp_path / "datasets" / "BAD"
+    write(str(root / "01" / "t000.tif"), raw)
+    write(str(root / "01_GT" / "SEG" / "man_seg000.tif"), gt)
+    return tmp_path / "datasets"
+
+
+def test_train_gt_labels_above_65535(tmp_path):
+    gt = np.zeros((4, 32, 32), np.uint32)
+    gt[1:3, 4:9, 4:9] = 70000
+    run = train(bad_dataset(tmp_path, np.ones((4, 32, 32), np.uint16), gt), tmp_path / "out")
+    assert_one_line_error(run, "man_seg000.tif", "above 65535")
+    assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+def test_train_raw_and_reference_shapes_differ(tmp_path):
+    gt = np.zeros((4, 32, 30), np.uint16)
+    gt[1, 2:5, 2:5] = 1
+    run = train(bad_dataset(tmp_path, np.ones((4, 32, 32), np.uint16), gt), tmp_path / "out")
+    assert_one_line_error(run, "man_seg000.tif", "differs from the raw frame")
+
+
+def test_train_dataset_folder_without_sequences(tmp_path):
+    (tmp_path / "datasets" / "BAD" / "images").mkdir(parents=True)
+    run = train(tmp_path / "datasets", tmp_path / "out")
+    assert_one_line_error(run, "BAD", "no sequence folders")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_unknown_config_key(tmp_path):
+    run = train(tmp_path, tmp_path / "out", "MODEL.NO_SUCH_KEY", "1")
+    assert_one_line_error(run, "MODEL.NO_SUCH_KEY")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_unwritable_output(tiny_dataset, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    run = train(os.path.dirname(tiny_dataset), tmp_path / "file" / "out", train_set="TINY_01")
+    assert_one_line_error(run, "file/out")
+
+
+def test_make_synthetic_unwritable_output(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    assert_one_line_error(run_tool("make_synthetic.py", "--out", tmp_path / "file" / "data"), "file/data")
+    assert_one_line_error(run_tool("make_synthetic.py", "--out", tmp_path / "x", "--frames", "0"), "--frames")
