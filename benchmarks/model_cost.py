@@ -19,6 +19,9 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from emr_d2.engine import setup_config  # noqa: E402
 
+# Untrained weights: the same head load for every model (100 proposals, 20 detections kept).
+FIXED_HEAD_LOAD = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "20",
+                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
 VARIANTS = ["baseline_2d", "channel_fusion", "mlp_fusion", "mlp_fusion_per_level", "windowed_fusion",
             "pixel_attention", "late_fusion_mean", "late_fusion_center", "late_fusion_conv3d", "late_fusion_se",
             "cross_slice_attention"]
@@ -47,7 +50,7 @@ def main() -> None:
     for variant in VARIANTS:
         n = 1 if variant == "baseline_2d" else 5
         cfg = setup_config(os.path.join(ROOT, "configs", f"{variant}.yaml"),
-                           ["INPUT.NUM_SLICES", str(n), "MODEL.DEVICE", "cpu", *args.opts])
+                           ["INPUT.NUM_SLICES", str(n), *FIXED_HEAD_LOAD, *args.opts])
         model = build_model(cfg).eval()
         params = sum(p.numel() for p in model.parameters())
         rows.append((variant, n, params, forward_seconds(model, n, args.repeats)))

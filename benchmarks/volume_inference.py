@@ -25,9 +25,10 @@ from detectron2.modeling import build_model  # noqa: E402
 from emr_d2.engine import setup_config  # noqa: E402
 from emr_d2.predictor import VolumePredictor  # noqa: E402
 
-# About as many detections per slice as a trained model finds nuclei, so that untrained heads
-# do not dominate the timing.
-COMMON = ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "20"]
+# Untrained weights: fix the head load at what a trained model sees (100 proposals, 20 nuclei per
+# slice, every one kept), the same for every run.
+COMMON = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "20",
+          "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
 
 
 def volume(shape) -> np.ndarray:
