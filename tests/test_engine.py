@@ -31,7 +31,8 @@ def trained(tiny_dataset, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("train"))
     run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), *TINY_MODEL, *TRAIN,
                "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", out,
-               dataset_root=tiny_dataset)
+               "DATASETS.VAL", "('TINY_01_val',)", "DATASETS.SPLIT.GAP", "1", "TEST.VAL_LOSS_PERIOD", "10",
+               "TEST.VAL_LOSS_BATCHES", "2", dataset_root=tiny_dataset)
     return out, run.stdout + run.stderr
 
 
@@ -42,6 +43,7 @@ def test_training_learns_evaluates_and_logs_fusion_weights(trained):
     assert losses[-1] < losses[0]
     assert any(k.startswith("fusion/backbone.fusion.") and k.endswith("dz+0") for r in rows for k in r)
     assert "ctc/SEG" in rows[-1] and "segm/AP" in rows[-1]
+    assert [r["iteration"] for r in rows if "validation_loss" in r] == [9, 19, 29]
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     assert os.path.isfile(os.path.join(out, "model_best.pth"))  # BestCheckpointer on ctc/SEG
 
@@ -120,3 +122,27 @@ def test_killed_training_resumes_from_the_last_complete_checkpoint(tiny_dataset,
     assert f"Starting training from iteration {stopped_at}" in resumed.stdout + resumed.stderr
     final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 15
+
+
+class _Trainer:
+    def __init__(self):
+        from detectron2.utils.events import EventStorage
+
+        self.storage = EventStorage()
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    from emr_d2.engine.hooks import EarlyStop, EarlyStopping
+
+    hook = EarlyStopping("ctc/SEG", "max", patience=2)
+    hook.trainer = _Trainer()
+    storage = hook.trainer.storage
+    for iteration, seg in [(9, 0.5), (19, 0.6), (29, 0.55)]:
+        storage.iter = iteration
+        storage.put_scalar("ctc/SEG", seg, smoothing_hint=False)
+        hook.after_step()
+        hook.after_step()  # no new evaluation: nothing changes
+    storage.iter = 39
+    storage.put_scalar("ctc/SEG", 0.58, smoothing_hint=False)
+    with pytest.raises(EarlyStop):
+        hook.after_step()

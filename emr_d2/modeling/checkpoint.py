@@ -38,7 +38,8 @@ class SliceStackCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, checkpointables=None):
         if not path:
-            logger.warning("MODEL.WEIGHTS is empty: the model keeps its random initialisation")
+            if self.strict:
+                logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights")
             return {}
         self._path = path
         return super().load(path, checkpointables)
