@@ -22,7 +22,8 @@ from emr_d2.modeling import SliceStackCheckpointer
 
 def worker(args):
     cfg = setup_config(args.config_file, args.opts, freeze=False)
-    check_datasets_registered([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST, *cfg.DATASETS.VAL])
+    check_datasets_registered([*([] if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL]),
+                               *cfg.DATASETS.TEST])
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="emr_d2")
     cfg.freeze()
