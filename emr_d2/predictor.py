@@ -75,6 +75,7 @@ class VolumePredictor:
         batches = [list(range(s, min(s + self.batch_size, depth))) for s in range(0, depth, self.batch_size)]
         predict = self._predict_cached if self.use_cache else self._predict_windows
         state: dict = {}
+        self.model.eval()
         with torch.no_grad():
             for zs in tqdm(batches, desc="slices", unit="batch", disable=not progress):
                 yield from zip(zs, predict(volume, low, high, zs, state))
@@ -138,7 +139,6 @@ class VolumePredictor:
     # ------------------------------------------------------------------ whole volume
     def __call__(self, volume: np.ndarray, progress: bool = False) -> LinkedVolume:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""
-        self.model.eval()
         predictions = (
             (z, *instances_to_numpy(instances, self.score_threshold))
             for z, instances in self.slice_instances(volume, progress)
