@@ -43,7 +43,9 @@ def test_training_learns_evaluates_and_logs_fusion_weights(trained):
     assert losses[-1] < losses[0]
     assert any(k.startswith("fusion/backbone.fusion.") and k.endswith("dz+0") for r in rows for k in r)
     assert "ctc/SEG" in rows[-1] and "segm/AP" in rows[-1]
-    assert [r["iteration"] for r in rows if "validation_loss" in r] == [9, 19, 29]
+    # computed every 10 iterations; metrics.json keeps the latest value at each write (every 20)
+    validation = {r["iteration"]: r["validation_loss"] for r in rows if "validation_loss" in r}
+    assert set(validation) == {19, 29} and all(v > 0 for v in validation.values())
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     assert os.path.isfile(os.path.join(out, "model_best.pth"))  # BestCheckpointer on ctc/SEG
 

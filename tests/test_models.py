@@ -35,7 +35,9 @@ def batch(cfg, count=2):
 @pytest.mark.parametrize("variant,num_slices", CASES, ids=[f"{v}-N{n}" for v, n in CASES])
 def test_forward_backward_and_inference(registered_tiny, variant, num_slices):
     torch.manual_seed(0)
-    cfg = tiny_cfg(variant, num_slices, ["MODEL.INTENSITY.NAME", "gamma_contrast"])
+    # every anchor in the RPN loss, so that every FPN level (and its fusion module) gets a gradient
+    cfg = tiny_cfg(variant, num_slices, ["MODEL.INTENSITY.NAME", "gamma_contrast",
+                                         "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096"])
     model = build_model(cfg)
     inputs = batch(cfg)
     assert inputs[0]["image"].shape[0] == num_slices
