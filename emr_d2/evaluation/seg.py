@@ -37,20 +37,6 @@ def _index_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.searchsorted(ids, values)
 
 
-def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map labels to 0..K (0 stays background) in sorted order.
-
-    Returns (int64 array of the same shape, the original labels of 1..K). Any integer dtype
-    and any values are accepted.
-    """
-    flat = labels.ravel()
-    mask = flat != 0
-    ids, index, _ = _dense_ids(flat[mask])
-    out = np.zeros(labels.size, dtype=np.int64)
-    out[mask] = index + 1
-    return out.reshape(labels.shape), ids
-
-
 @dataclass
 class Contingency:
     """Overlaps of the reference objects (rows) with the result objects (columns) of one frame."""
@@ -211,10 +197,3 @@ class SEGAccumulator:
             for name, f in self.frames.items()
         ]
 
-
-def seg_measure(pairs) -> float:
-    """Pooled SEG over an iterable of (reference, result) label arrays."""
-    acc = SEGAccumulator()
-    for i, (gt, res) in enumerate(pairs):
-        acc.frames[i] = score_frame(gt, res)
-    return SEGAccumulator._pooled(acc.frames)
