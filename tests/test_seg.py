@@ -50,6 +50,8 @@ CASES = {
                               np.uint16, lambda r: [65535, 65534, 65533, 65000, 1, 2]),
     "result labels uint32 max": (np.int32, lambda r: list(range(5, 14)),
                                  np.uint32, lambda r: [2**32 - 1, 2**32 - 2, 2**31, 7]),
+    "uint64 labels": (np.uint64, lambda r: [2**40, 3, 2**39 + 5, 9, 11],
+                      np.uint64, lambda r: [2**41, 1, 2, 3]),
 }
 
 

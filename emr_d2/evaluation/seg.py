@@ -65,8 +65,8 @@ class Contingency:
 def _small_label_contingency(g_flat, r_flat, g_pos, r_pos) -> Contingency | None:
     """The common case of small non-negative labels: one bincount over (reference, result)
     label pairs, without relabelling. None where the labels are too large for that."""
-    if g_flat.dtype.kind not in "ui" or r_flat.dtype.kind not in "ui":
-        return None
+    if any(a.dtype.kind not in "ui" or a.dtype == np.uint64 for a in (g_flat, r_flat)):
+        return None  # bincount needs a safe cast to int64
     g_labels, r_labels, r_at_gt = g_flat.take(g_pos), r_flat.take(r_pos), r_flat.take(g_pos)
     g_max = int(g_labels.max()) if g_labels.size else 0
     r_max = int(r_labels.max()) if r_labels.size else 0
