@@ -174,7 +174,7 @@ def test_mlp_fusion_learns_on_a_tiny_volume(registered_tiny):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.6 * first, (first, last)
 
