@@ -1,6 +1,9 @@
 # emr_d2: `make demo` and `make test` are all a user needs.
 PYTHON_SYSTEM ?= python3
 VENV ?= .venv
+# The venv sees the packages of PYTHON_SYSTEM, so that a PyTorch and detectron2 installed there
+# (e.g. an official CUDA build) are used instead of installed again. VENV_FLAGS= isolates it.
+VENV_FLAGS ?= --system-site-packages
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Point this at an official detectron2 source checkout to build it (with its C++/CUDA ops) instead.
@@ -14,7 +17,7 @@ DEMO_ARGS ?=
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: setup.py scripts/install_detectron2.sh
-	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	DETECTRON2_SOURCE=$(DETECTRON2_SOURCE) bash scripts/install_detectron2.sh $(PY)
