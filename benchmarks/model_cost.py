@@ -56,7 +56,7 @@ def main() -> None:
         rows.append((variant, n, params, forward_seconds(model, n, args.repeats)))
         print(f"measured {variant}", file=sys.stderr)
     base_params, base_time = rows[0][2], rows[0][3]
-    print(f"| config | N | parameters (M) | x baseline | forward (s, CPU, 256x256) | x baseline |")
+    print("| config | N | parameters (M) | x baseline | forward (s, CPU, 256x256) | x baseline |")
     print("|---|---|---|---|---|---|")
     for variant, n, params, seconds in rows:
         print(f"| {variant} | {n} | {params / 1e6:.2f} | {params / base_params:.3f} | {seconds:.3f} | "

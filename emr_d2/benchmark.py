@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["config", "seed", "SEG", "SEG_2D", "segm_AP", "volume_AP", "count_error",
@@ -57,10 +59,7 @@ def run_one(config: str, seed: int, train: str, test: str, output: str, opts: li
         "count_error": ctc["count_error"], "train_time_s": train_time,
         "inference_s_per_volume": ctc["seconds_per_volume"],
     }
-    tmp = row_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(row, f)
-    os.replace(tmp, row_file)
+    atomic_write(row_file, lambda f: json.dump(row, f), "w")
     return row
 
 

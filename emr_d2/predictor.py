@@ -13,7 +13,8 @@ from detectron2.structures import ImageList, Instances
 from tqdm import tqdm
 
 from .data.ctc import CTCFormatError, list_frames, read_raw_volume, write_label_volume
-from .data.window import normalise, percentile_range, warn_if_deeper_than, window_indices
+from .data.window import normalised_slices, percentile_range, warn_if_deeper_than, window_indices
+from .evaluation.ctc_evaluator import instances_to_numpy
 from .evaluation.linking import LinkedVolume, link_options_from_config, link_volume
 from .modeling.backbone import SharedSliceBackbone
 from .modeling.checkpoint import SliceStackCheckpointer
@@ -32,13 +33,6 @@ def supports_feature_cache(model: torch.nn.Module) -> bool:
     )
 
 
-def instances_to_numpy(instances: Instances, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(K, H, W) bool masks and (K,) scores of the instances scoring at least the threshold."""
-    keep = instances.scores >= score_threshold
-    masks = instances.pred_masks[keep].cpu().numpy().astype(bool)
-    return masks, instances.scores[keep].cpu().numpy()
-
-
 class VolumePredictor:
     """Segments whole (Z, H, W) volumes with a slice-stack model.
 
@@ -50,9 +44,8 @@ class VolumePredictor:
     """
 
     def __init__(self, cfg, model: torch.nn.Module | None = None):
-        self.cfg = cfg.clone()
         if model is None:
-            model = build_model(self.cfg)
+            model = build_model(cfg)
             SliceStackCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
         self.model = model
         self.num_slices = cfg.INPUT.NUM_SLICES
@@ -82,10 +75,7 @@ class VolumePredictor:
 
     def _slices(self, volume: np.ndarray, low: float, high: float, indices) -> np.ndarray:
         """Normalised, test-resized slices (S, H', W'); index -1 gives a zero slice."""
-        indices = np.asarray(indices)
-        out = np.zeros((len(indices),) + volume.shape[1:], dtype=np.float32)
-        valid = indices >= 0
-        out[valid] = normalise(volume[indices[valid]], low, high)
+        out = normalised_slices(volume, indices, low, high)
         transform = self.resize.get_transform(out[0])
         return np.ascontiguousarray(transform.apply_image(out.transpose(1, 2, 0)).transpose(2, 0, 1))
 
@@ -110,7 +100,7 @@ class VolumePredictor:
             del cache[index]
         missing = [i for i in needed if i not in cache]
         if missing:
-            images = self._preprocess(self._slices(volume, low, high, missing))
+            images = model.preprocess_slices(torch.from_numpy(self._slices(volume, low, high, missing)))
             features = model.backbone.forward_slices(images.tensor)  # {level: (S, 1, C, h, w)}
             for k, index in enumerate(missing):
                 cache[index] = {level: f[k, 0] for level, f in features.items()}
@@ -127,14 +117,6 @@ class VolumePredictor:
         results, _ = model.roi_heads(images, features, proposals, None)
         processed = model._postprocess(results, self._inputs(volume, zs), images.image_sizes)
         return [out["instances"].to("cpu") for out in processed]
-
-    def _preprocess(self, slices: np.ndarray) -> ImageList:
-        """(S, H, W) normalised slices -> ImageList of (S, 1, H_pad, W_pad), as the model would."""
-        model = self.model
-        x = torch.from_numpy(slices).to(model.device)[:, None]
-        x = (model.intensity(x) - model.pixel_mean[0]) / model.pixel_std[0]
-        return ImageList.from_tensors(list(x), model.backbone.size_divisibility,
-                                      padding_constraints=model.backbone.padding_constraints)
 
     # ------------------------------------------------------------------ whole volume
     def __call__(self, volume: np.ndarray, progress: bool = False) -> LinkedVolume:

@@ -145,32 +145,22 @@ def plot_training_curves(metrics_file: str, path: str) -> None:
     losses = sorted({k for r in rows for k in r if k.startswith("loss_") or k == "total_loss"})
     extras = [k for k in ("ctc/SEG", "ctc/SEG_2D", "validation_loss") if any(k in r for r in rows)]
     fusion = sorted({k for r in rows for k in r if k.startswith("fusion/")})
-    panels = 1 + bool(extras) + bool(fusion)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
-    axes = list(axes.flat)
-    for key in losses:
-        points = [(r["iteration"], r[key]) for r in rows if key in r]
-        axes[0].plot(*zip(*points), label=key, lw=2 if key == "total_loss" else 1)
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("iteration")
-    axes[0].set_title("training losses")
-    axes[0].legend(fontsize=7)
-    k = 1
+    count = 1 + bool(extras) + bool(fusion)
+    fig, axes = plt.subplots(1, count, figsize=(5 * count, 3.6), squeeze=False)
+    panels = [(losses, "training losses", "-")]
     if extras:
-        for key in extras:
-            points = [(r["iteration"], r[key]) for r in rows if key in r]
-            axes[k].plot(*zip(*points), "o-", label=key)
-        axes[k].set_xlabel("iteration")
-        axes[k].set_title("evaluation")
-        axes[k].legend(fontsize=7)
-        k += 1
+        panels.append((extras, "evaluation", "o-"))
     if fusion:
-        for key in fusion:
+        panels.append((fusion, "mean slice weights", "-"))
+    for ax, (keys, title, style) in zip(axes.flat, panels):
+        for key in keys:
             points = [(r["iteration"], r[key]) for r in rows if key in r]
-            axes[k].plot(*zip(*points), label=key.replace("fusion/backbone.", ""))
-        axes[k].set_xlabel("iteration")
-        axes[k].set_title("mean slice weights")
-        axes[k].legend(fontsize=6)
+            ax.plot(*zip(*points), style, label=key.replace("fusion/backbone.", ""),
+                    lw=2 if key == "total_loss" else 1)
+        ax.set_xlabel("iteration")
+        ax.set_title(title)
+        ax.legend(fontsize=6)
+    axes.flat[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -185,9 +175,8 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray) -> tuple[dict, dict]:
     """
     import torch
 
-    from .data.window import window_indices
-    from .engine.hooks import mean_slice_weights
-    from .modeling.fusion import fusion_weights
+    from .data.window import normalised_slices, window_indices, window_offsets
+    from .modeling.fusion import fusion_weights, mean_slice_weights
 
     n, depth = cfg.INPUT.NUM_SLICES, volume.shape[0]
     low, high = percentile_range(volume, tuple(cfg.INPUT.NORM_PERCENTILES))
@@ -196,11 +185,10 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray) -> tuple[dict, dict]:
     model.eval()
     with torch.no_grad():
         for z in range(depth):
-            idx = window_indices(z, depth, n, cfg.INPUT.SLICE_PADDING)
-            window = np.zeros((n,) + volume.shape[1:], np.float32)
-            window[idx >= 0] = normalise(volume[idx[idx >= 0]], low, high)
+            window = normalised_slices(volume, window_indices(z, depth, n, cfg.INPUT.SLICE_PADDING), low, high)
             model([{"image": torch.from_numpy(window), "height": volume.shape[1], "width": volume.shape[2]}])
-            group = "edge" if (z < n // 2 or z >= depth - (n - n // 2 - 1)) else "interior"
+            reach = z + window_offsets(n)
+            group = "edge" if reach.min() < 0 or reach.max() >= depth else "interior"
             for name, w in fusion_weights(model).items():
                 sums.setdefault(name, {}).setdefault(group, []).append(mean_slice_weights(w).cpu().numpy())
                 if z == depth // 2 and w.dim() == 4:
@@ -209,11 +197,12 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray) -> tuple[dict, dict]:
     return weights, maps
 
 
-def save_volume_pictures(raw, gt, pred, out_dir: str, prefix: str = "", voxel_size=None) -> list[str]:
-    """Slice grid and orthogonal views of one volume; returns the written paths."""
+def save_volume_pictures(raw, gt, pred, out_dir: str, voxel_size=None) -> list[str]:
+    """slices.png and orthogonal.png of one volume (voxel_size (Z, Y, X) sets the aspect of the
+    side views); returns the written paths."""
     os.makedirs(out_dir, exist_ok=True)
-    grid = os.path.join(out_dir, f"{prefix}slices.png")
-    ortho = os.path.join(out_dir, f"{prefix}orthogonal.png")
+    grid = os.path.join(out_dir, "slices.png")
+    ortho = os.path.join(out_dir, "orthogonal.png")
     plot_slice_grid(raw, gt, pred, grid)
     plot_orthogonal(raw, gt, pred, ortho, voxel_size)
     return [grid, ortho]

@@ -11,9 +11,8 @@ from detectron2.utils.events import EventStorage
 
 from emr_d2.data.mapper import SliceStackMapper
 from emr_d2.engine import Trainer
-from emr_d2.engine.hooks import mean_slice_weights
 from emr_d2.modeling import SliceStackCheckpointer, fusion_weights
-from emr_d2.modeling.fusion import SliceFusion, build_fusion
+from emr_d2.modeling.fusion import SliceFusion, build_fusion, mean_slice_weights
 from emr_d2.modeling.roi_heads import SliceFusionPooler
 
 from helpers import VARIANTS, tiny_cfg

@@ -1,5 +1,4 @@
 """SEG and counts against py-ctcmetrics (the CTC's Python reference) on random label volumes."""
-import os
 
 import numpy as np
 import pytest

@@ -46,7 +46,10 @@ def main(argv=None) -> int:
     pictures = os.path.join(args.output, "pictures")
     raw, gt = os.path.join(dataset, "02", "t000.tif"), os.path.join(dataset, "02_GT", "SEG", "man_seg000.tif")
     res = os.path.join(flagship, "inference", "SIM-demo_02", "02_RES", "mask000.tif")
-    run([os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred", res, "--out", pictures])
+    with open(os.path.join(dataset, "voxel_size.json")) as f:
+        voxel_size = [str(v) for v in json.load(f)["zyx_um"]]
+    run([os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred", res, "--out", pictures,
+         "--voxel-size", *voxel_size])
     run([os.path.join("tools", "visualize.py"), "fusion", "--config-file", runs["mlp_fusion"], "--raw", raw,
          "--out", os.path.join(pictures, "fusion_weights.png"),
          "MODEL.WEIGHTS", os.path.join(flagship, "model_final.pth")])

@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     volume.add_argument("--gt")
     volume.add_argument("--pred")
     volume.add_argument("--out", required=True, help="output folder")
+    volume.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="voxel size, for the aspect ratio of the side views")
     fusion = sub.add_parser("fusion", help="slice weights of every fusion module of a model")
     fusion.add_argument("--config-file", required=True)
     fusion.add_argument("--raw", required=True)
@@ -38,7 +40,8 @@ def main(argv=None) -> int:
 
     if args.command == "volume":
         read = lambda p: tifffile.imread(p) if p else None  # noqa: E731
-        for path in vis.save_volume_pictures(read(args.raw), read(args.gt), read(args.pred), args.out):
+        for path in vis.save_volume_pictures(read(args.raw), read(args.gt), read(args.pred), args.out,
+                                             args.voxel_size):
             print(path)
     elif args.command == "fusion":
         from detectron2.modeling import build_model

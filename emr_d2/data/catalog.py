@@ -14,7 +14,7 @@ import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .ctc import find_sequences, gt_folder, list_frames, list_gt
+from .ctc import find_sequences, gt_folder
 from .slices import load_sequence_records, split_frames
 
 logger = logging.getLogger(__name__)
@@ -48,29 +48,30 @@ def _voxel_size(root: str) -> tuple[float, float, float] | None:
     return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
 
 
-def _annotated_frames(root: str, seq: str) -> list[int]:
-    raw = list_frames(os.path.join(root, seq))
-    return sorted(set(raw) & set(list_gt(gt_folder(root, seq))))
-
-
 def _load_split(root: str, seq: str, part: str) -> list[dict]:
-    train, val = split_frames(_annotated_frames(root, seq), _split["val_fraction"], _split["gap"])
-    return load_sequence_records(root, seq, train if part == "train" else val)
+    records = load_sequence_records(root, seq)
+    train, val = split_frames(sorted({r["frame"] for r in records}), _split["val_fraction"], _split["gap"])
+    keep = set(train if part == "train" else val)
+    return [r for r in records if r["frame"] in keep]
+
+
+def _register(name: str, load, metadata: dict) -> None:
+    """Register (or register again) a dataset loader and its metadata under ``name``."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(**metadata)
 
 
 def register_ctc_sequence(name: str, root: str, seq: str, frames: list[int] | None = None) -> None:
     """Register one sequence of a CTC dataset folder under ``name`` (frames: default all with GT)."""
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: load_sequence_records(root, seq, frames))
-    MetadataCatalog.get(name).set(
-        thing_classes=["nucleus"],
-        evaluator_type="ctc",
-        dataset_root=os.path.abspath(root),
-        sequence=seq,
-        voxel_size=_voxel_size(root),
-    )
+    _register(name, lambda: load_sequence_records(root, seq, frames), _metadata(root, seq))
+
+
+def _metadata(root: str, seq: str) -> dict:
+    return dict(thing_classes=["nucleus"], evaluator_type="ctc", dataset_root=os.path.abspath(root),
+                sequence=seq, voxel_size=_voxel_size(root))
 
 
 def register_ctc_dataset(root: str, name: str | None = None) -> list[str]:
@@ -88,15 +89,9 @@ def register_ctc_dataset(root: str, name: str | None = None) -> list[str]:
         register_ctc_sequence(base, root, seq)
         registered.append(base)
         for part in ("train", "val"):
-            split_name = f"{base}_{part}"
-            if split_name in DatasetCatalog.list():
-                DatasetCatalog.remove(split_name)
-                MetadataCatalog.remove(split_name)
-            DatasetCatalog.register(split_name, lambda part=part, seq=seq: _load_split(root, seq, part))
-            metadata = MetadataCatalog.get(base).as_dict()
-            metadata.pop("name")
-            MetadataCatalog.get(split_name).set(**metadata)
-            registered.append(split_name)
+            _register(f"{base}_{part}", lambda part=part, seq=seq: _load_split(root, seq, part),
+                      _metadata(root, seq))
+            registered.append(f"{base}_{part}")
     return registered
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tifffile
 
+from ..atomic import atomic_write
+
 RAW_PATTERN = re.compile(r"^t(\d{3,4})\.tif$")
 GT_3D_PATTERN = re.compile(r"^man_seg(\d{3,4})\.tif$")
 GT_SLICE_PATTERN = re.compile(r"^man_seg_(\d{3,4})_(\d{3,4})\.tif$")
@@ -191,12 +193,5 @@ def write_label_volume(path: str, labels: np.ndarray) -> None:
     """Write a uint16 label volume atomically (temporary name, then rename)."""
     if labels.size and int(labels.max()) > MAX_LABEL:
         raise CTCFormatError(f"{path}: {int(labels.max())} objects do not fit a uint16 label image")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        tifffile.imwrite(tmp, labels.astype(np.uint16, copy=False), photometric="minisblack")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    data = labels.astype(np.uint16, copy=False)
+    atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))

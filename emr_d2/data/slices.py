@@ -19,6 +19,7 @@ import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 from tqdm import tqdm
 
+from ..atomic import atomic_write
 from .ctc import MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt, read_gt_frame, read_raw_volume
 
 logger = logging.getLogger(__name__)
@@ -113,11 +114,7 @@ def _load_cache(path: str) -> dict:
 
 def _save_cache(path: str, cache: dict) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL))
     except OSError as e:  # a read-only cache only costs time
         logger.warning(f"Could not write the slice index cache {path}: {e}")
 
@@ -148,23 +145,18 @@ def load_sequence_records(
     cache = _load_cache(cache_file)
     volumes = cache.setdefault("volumes", {})
     cache["version"] = CACHE_VERSION
-    records, changed = [], False
     todo = []
     for t in frames:
         signature = (_file_signature(raw_frames[t]), _gt_signature(gt_frames[t]))
         entry = volumes.get(raw_frames[t])
         if entry is None or entry["signature"] != signature:
             todo.append((t, signature))
-    built = {}
     for t, signature in tqdm(todo, desc=f"indexing {os.path.basename(root)}/{seq}", disable=not todo):
-        built[t] = build_volume_records(root, seq, t, raw_frames[t], gt_frames[t])
-        volumes[raw_frames[t]] = {"signature": signature, "records": built[t]}
-        changed = True
-    for t in frames:
-        records.extend(built.get(t) or volumes[raw_frames[t]]["records"])
-    if changed:
+        records = build_volume_records(root, seq, t, raw_frames[t], gt_frames[t])
+        volumes[raw_frames[t]] = {"signature": signature, "records": records}
+    if todo:
         _save_cache(cache_file, cache)
-    return records
+    return [record for t in frames for record in volumes[raw_frames[t]]["records"]]
 
 
 def split_frames(frames: list[int], val_fraction: float, gap: int) -> tuple[list[int], list[int]]:

@@ -25,6 +25,8 @@ import tifffile
 from scipy import ndimage
 from tqdm import tqdm
 
+from ..atomic import atomic_write
+
 FULL_VOXEL_UM = (0.2, 0.125, 0.125)
 
 
@@ -201,9 +203,7 @@ class SequenceSimulator:
 
 
 def _write_tiff(path: str, data: np.ndarray) -> None:
-    tmp = path + ".tmp"
-    tifffile.imwrite(tmp, data, photometric="minisblack")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))
 
 
 def write_synthetic_sequence(out_dir: str, seq: str, preset: SyntheticPreset, seed: int,

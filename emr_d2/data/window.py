@@ -60,6 +60,16 @@ def normalise(data: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.asarray(data, dtype=np.float32) - low) / max(high - low, 1e-6)
 
 
+def normalised_slices(volume: np.ndarray, indices, low: float, high: float) -> np.ndarray:
+    """Slices ``indices`` of a (Z, H, W) volume normalised to [low, high] -> [0, 1]: float32
+    (S, H, W); index -1 (zero padding) gives a slice of zeros."""
+    indices = np.asarray(indices)
+    valid = indices >= 0
+    out = np.zeros((len(indices),) + volume.shape[1:], dtype=np.float32)
+    out[valid] = normalise(volume[indices[valid]], low, high)
+    return out
+
+
 class VolumeWindowReader:
     """Reads normalised N-slice windows of raw volumes.
 
@@ -89,8 +99,4 @@ class VolumeWindowReader:
         """Normalised window around slice z: float32 (N, H, W)."""
         data, low, high = self.volume(path)
         warn_if_deeper_than(data.shape[0], num_slices, path)
-        idx = window_indices(z, data.shape[0], num_slices, padding)
-        valid = idx >= 0
-        out = np.zeros((num_slices,) + data.shape[1:], dtype=np.float32)
-        out[valid] = normalise(data[idx[valid]], low, high)
-        return out
+        return normalised_slices(data, window_indices(z, data.shape[0], num_slices, padding), low, high)

@@ -4,21 +4,18 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..modeling.fusion import fusion_weights
+from ..modeling.fusion import fusion_weights, mean_slice_weights
 
 logger = logging.getLogger(__name__)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def mean_slice_weights(weights: torch.Tensor) -> torch.Tensor:
-    """(B, N) or (B, N, h, w) slice weights -> (N,) mean weight of every window position."""
-    return weights.transpose(0, 1).reshape(weights.shape[1], -1).float().mean(dim=1)
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 class FusionWeightLogger(HookBase):
@@ -32,7 +29,7 @@ class FusionWeightLogger(HookBase):
         if self.period <= 0 or (self.trainer.iter + 1) % self.period:
             return
         storage = self.trainer.storage
-        for name, weights in fusion_weights(_unwrap(self.trainer.model)).items():
+        for name, weights in fusion_weights(unwrap_ddp(self.trainer.model)).items():
             values = mean_slice_weights(weights)
             centre = len(values) // 2
             for i, value in enumerate(values.tolist()):

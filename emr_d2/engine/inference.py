@@ -6,7 +6,6 @@ import time
 from collections import OrderedDict
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation.evaluator import inference_context
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from ..data.ctc import read_raw_volume
 from ..predictor import VolumePredictor
+from .hooks import unwrap_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ def inference_on_volumes(model: torch.nn.Module, cfg, dataset_name: str, evaluat
     instances go to ``evaluator.process``. The main process returns the evaluator's results
     plus ``ctc/seconds_per_volume``; other processes return {}.
     """
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
+    model = unwrap_ddp(model)
     volumes: OrderedDict[str, list[dict]] = OrderedDict()
     for record in DatasetCatalog.get(dataset_name):
         volumes.setdefault(record["volume_id"], []).append(record)

@@ -81,16 +81,13 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         """Slices with a reference (slice-wise GT: only the annotated ones); empty slices stay
         unless DATALOADER.FILTER_EMPTY_ANNOTATIONS."""
-        records = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        records = [r for r in records if r.get("annotated", True)]
+        records = _annotated_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         return build_detection_train_loader(cfg, mapper=SliceStackMapper(cfg, is_train=True), dataset=records)
 
     @classmethod
     def build_validation_loader(cls, cfg):
         """Training-mode batches of DATASETS.VAL without augmentation, for the validation loss."""
-        records = [r for r in get_detection_dataset_dicts(cfg.DATASETS.VAL, filter_empty=False)
-                   if r.get("annotated", True)]
+        records = _annotated_records(cfg.DATASETS.VAL, filter_empty=False)
         mapper = SliceStackMapper(cfg, is_train=True, augmentations=build_slice_augmentations(cfg, False),
                                   intensity_augmentation=None)
         return build_detection_train_loader(cfg, mapper=mapper, dataset=records)
@@ -156,6 +153,12 @@ class Trainer(DefaultTrainer):
         if len(results) == 1:
             results = list(results.values())[0]
         return results
+
+
+def _annotated_records(names, filter_empty: bool) -> list[dict]:
+    """Slice records of the datasets that have a reference (slice-wise references: only the
+    annotated slices)."""
+    return [r for r in get_detection_dataset_dicts(names, filter_empty=filter_empty) if r.get("annotated", True)]
 
 
 CTC_TABLE_KEYS = ("SEG", "SEG_2D", "volume_AP", "precision", "recall", "count_error")

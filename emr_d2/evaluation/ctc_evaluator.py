@@ -7,16 +7,18 @@ import itertools
 import json
 import logging
 import os
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import Instances
 from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..atomic import atomic_write
 from ..data.ctc import gt_folder, list_gt, read_gt_frame, write_label_volume
 from .linking import link_options_from_config, link_volume
 from .seg import SEGAccumulator
@@ -79,6 +81,13 @@ def volume_average_precision(volumes: list[tuple[np.ndarray, np.ndarray, np.ndar
     return {"AP": mean_ap(precision), "AP50": mean_ap(precision[0]), "AP75": mean_ap(precision[5])}
 
 
+def instances_to_numpy(instances: Instances, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(K, H, W) bool masks and (K,) scores of the instances scoring at least the threshold."""
+    keep = instances.scores >= score_threshold
+    masks = instances.pred_masks[keep].cpu().numpy().astype(bool)
+    return masks, instances.scores[keep].cpu().numpy()
+
+
 class CTCEvaluator(DatasetEvaluator):
     """Restacks per-slice predictions into volumes, links them across z, writes
     ``<output_dir>/<seq>_RES/maskTTT.tif`` and scores them with the CTC SEG measure.
@@ -103,12 +112,10 @@ class CTCEvaluator(DatasetEvaluator):
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for record, output in zip(inputs, outputs):
-            instances = output["instances"].to("cpu")
-            keep = instances.scores >= self.score_threshold
-            masks = instances.pred_masks[keep].numpy().astype(np.uint8)
-            rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
-            self._predictions.append((record["volume_id"], int(record["z"]), rles,
-                                      instances.scores[keep].numpy()))
+            masks, scores = instances_to_numpy(output["instances"], self.score_threshold)
+            rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) \
+                if len(masks) else []
+            self._predictions.append((record["volume_id"], int(record["z"]), rles, scores))
 
     def _gathered(self) -> list:
         if not self.distributed:
@@ -151,17 +158,11 @@ class CTCEvaluator(DatasetEvaluator):
             return {"ctc": {}}
         summary = accumulator.summary()
         volume_ap = volume_average_precision(ap_inputs)
-        results = OrderedDict(
-            SEG=summary["SEG"], SEG_2D=summary["SEG_2D"], volume_AP=volume_ap["AP"],
-            volume_AP50=volume_ap["AP50"], volume_AP75=volume_ap["AP75"],
-            precision=summary["precision"], recall=summary["recall"],
-            count_error=summary["count_error"], foreground_IoU=summary["foreground_IoU"],
-            num_gt=summary["num_gt"], num_pred=summary["num_pred"], matched=summary["matched"],
-            missed=summary["missed"], extra=summary["extra"], num_volumes=len(ap_inputs),
-        )
+        results = dict(summary, volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
+                       volume_AP75=volume_ap["AP75"], num_volumes=len(ap_inputs))
         if self.output_dir:
             write_json(os.path.join(self.output_dir, "ctc_metrics.json"), results)
-        return {"ctc": dict(results)}
+        return {"ctc": results}
 
     def _link(self, slices: dict[int, tuple], shape: tuple[int, int, int]):
         decoded = (
@@ -173,11 +174,7 @@ class CTCEvaluator(DatasetEvaluator):
 
 def write_json(path: str, data: dict) -> None:
     """Write JSON atomically (temporary name, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(data, f, indent=2), "w")
 
 
 class AnnotatedSlicesOnly(DatasetEvaluator):

@@ -17,9 +17,9 @@ def seg_of_folders(res_dir: str, gt_dir: str) -> SEGAccumulator:
     references = list_gt(seg_dir)
     if not references:
         raise CTCFormatError(f"{seg_dir}: no reference frames (man_segTTT.tif) found")
-    results = list_results(res_dir)
     if not os.path.isdir(res_dir):
         raise CTCFormatError(f"{res_dir}: no such folder")
+    results = list_results(res_dir)
     accumulator = SEGAccumulator()
     for frame, gt_frame in sorted(references.items()):
         if frame not in results:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 STEM_SUFFIXES = ("stem.conv1.weight", "conv1_w")
@@ -35,6 +37,7 @@ class SliceStackCheckpointer(DetectionCheckpointer):
         shapes) is an error instead of a warning; for inference, where nothing is trained."""
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        self._path = None  # the file being loaded, for error messages
 
     def load(self, path: str, checkpointables=None):
         if not path:
@@ -63,7 +66,7 @@ class SliceStackCheckpointer(DetectionCheckpointer):
             problems = [f"{k}: {a} in the checkpoint, {b} in the model" for k, a, b in incompatible.incorrect_shapes]
             problems += [f"{k} missing" for k in incompatible.missing_keys]
             raise CheckpointMismatchError(
-                f"{getattr(self, '_path', 'checkpoint')}: does not match the config "
+                f"{self._path}: does not match the config "
                 f"({len(problems)} problems, e.g. {'; '.join(problems[:2])})")
         return incompatible
 
@@ -78,22 +81,10 @@ class SliceStackCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _atomic_write(save_file, lambda f: torch.save(data, f), "wb")
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
-                      lambda f: f.write(last_filename_basename), "w")
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename), "w")
 
-
-def _atomic_write(path: str, write, mode: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

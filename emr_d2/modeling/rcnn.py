@@ -30,7 +30,16 @@ class SliceStackRCNN(GeneralizedRCNN):
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         images = [self.intensity(self._move_to_current_device(x["image"])) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return self._batch([(x - self.pixel_mean) / self.pixel_std for x in images])
+
+    def preprocess_slices(self, slices: torch.Tensor) -> ImageList:
+        """(S, H, W) normalised slices, each on its own -> ImageList of (S, 1, H_pad, W_pad),
+        preprocessed as preprocess_image does (for per-slice backbone features; needs one
+        PIXEL_MEAN / PIXEL_STD value for all slices)."""
+        x = self.intensity(self._move_to_current_device(slices))[:, None]
+        return self._batch(list((x - self.pixel_mean[0]) / self.pixel_std[0]))
+
+    def _batch(self, images: list[torch.Tensor]) -> ImageList:
         return ImageList.from_tensors(
             images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
         )

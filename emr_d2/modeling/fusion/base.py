@@ -98,6 +98,11 @@ def fusion_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def mean_slice_weights(weights: torch.Tensor) -> torch.Tensor:
+    """(B, N) or (B, N, h, w) slice weights -> (N,) mean weight of every window position."""
+    return weights.transpose(0, 1).reshape(weights.shape[1], -1).float().mean(dim=1)
+
+
 def init_logit_layer(layer: nn.Module) -> nn.Module:
     """Start input-dependent logits near zero, so that training starts from the static prior.
 
