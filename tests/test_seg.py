@@ -5,7 +5,8 @@ import pytest
 import tifffile
 from ctc_metrics.utils.representations import match as ctc_match
 
-from emr_d2.evaluation.seg import SEGAccumulator, contingency, score_frame
+from emr_d2.evaluation import seg
+from emr_d2.evaluation.seg import SEGAccumulator, contingency, pair_counts, score_frame
 
 
 def random_volume(rng, shape, n_objects, labels, dtype):
@@ -147,6 +148,38 @@ def test_contingency_of_huge_labels():
     labels = np.array([[0, 2**40, 5], [5, 0, 2**40]], dtype=np.int64)
     table = contingency(labels, (labels > 0).astype(np.uint8))
     assert table.gt_ids.tolist() == [5, 2**40] and table.gt_sizes.tolist() == [2, 2]
-    assert table.intersection.tolist() == [[2], [2]]
+    assert table.res_ids.tolist() == [1] and table.res_sizes.tolist() == [4]
+    assert table.pair_gt.tolist() == [0, 1] and table.pair_res.tolist() == [0, 0]
+    assert table.pair_overlap.tolist() == [2, 2]
     with pytest.raises(ValueError, match="shape"):
         contingency(labels, labels[:, :2])
+
+
+@pytest.mark.parametrize("block_voxels", [1, 400, 1 << 18])  # a plane, two planes, the whole volume
+@pytest.mark.parametrize("per_plane", [False, True])
+def test_pair_counts_equal_a_count_of_every_voxel(monkeypatch, block_voxels, per_plane):
+    monkeypatch.setattr(seg, "_BLOCK_VOXELS", block_voxels)
+    rng = np.random.default_rng(block_voxels)
+    gt = random_volume(rng, (5, 12, 16), 8, [2**40, -3, 7, 2**40 + 1, 9, 11, 12, 13], np.int64)
+    res = random_volume(rng, (5, 12, 16), 6, [1, 2, 3, 4, 5, 6], np.uint8)
+    gt[:, -1, -1], gt[:, 0, 0], res[:, -1, -1], res[:, 0, 0] = 9, 9, 2, 2  # runs across planes
+    pairs = pair_counts(gt, res, per_plane)
+    counted = {}
+    for key in zip(pairs.plane.tolist(), pairs.gt.tolist(), pairs.res.tolist(), pairs.voxels.tolist()):
+        counted[key[:3]] = counted.get(key[:3], 0) + key[3]
+    z = np.broadcast_to(np.arange(5)[:, None, None] if per_plane else 0, gt.shape)
+    foreground = (gt != 0) | (res != 0)
+    triples, expected = np.unique(np.stack([z[foreground], gt[foreground], res[foreground]]), axis=1,
+                                  return_counts=True)
+    assert counted == {tuple(t): int(n) for t, n in zip(triples.T.tolist(), expected)}
+
+
+def test_seg_2d_equals_py_ctcmetrics_on_every_slice(tmp_path):
+    rng = np.random.default_rng(3)
+    gt = random_volume(rng, (5, 24, 24), 8, list(range(1, 9)), np.uint16)
+    res = random_volume(rng, (5, 24, 24), 6, [40, 41, 42, 43, 44, 45], np.uint16)
+    res[gt > 0] = np.where(rng.random(np.count_nonzero(gt)) < 0.7, 40, res[gt > 0])
+    acc = SEGAccumulator()
+    acc.add("f", gt, res)
+    slices = [(gt[z], res[z]) for z in range(len(gt))]
+    assert acc.summary()["SEG_2D"] == pytest.approx(reference_seg(tmp_path, slices), abs=1e-9)

@@ -146,12 +146,13 @@ def read_raw_volume(path: str, memmap: bool = True) -> np.ndarray:
     return data
 
 
-def read_label_volume(path: str, memmap: bool = False) -> np.ndarray:
-    """Read a label image (2D slice or 3D volume) with integer labels, 0 = background."""
+def read_label_volume(path: str, memmap: bool = True) -> np.ndarray:
+    """Read a label image (2D slice or 3D volume) with integer labels, 0 = background
+    (read-only and memory-mapped when the file allows it)."""
     data = _open_tiff(path, memmap)
     if data.dtype.kind not in "ui":
         raise CTCFormatError(f"{path}: labels must be integers, got pixel type {data.dtype}")
-    if data.size and data.min() < 0:
+    if data.dtype.kind == "i" and data.size and data.min() < 0:
         raise CTCFormatError(f"{path}: negative labels")
     return data
 

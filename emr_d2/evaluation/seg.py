@@ -13,105 +13,149 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_LOOKUP_LIMIT = 1 << 24  # keys below this are counted with bincount, above with a sort
+_DENSE_LIMIT = 1 << 22  # label pair tables up to this size are counted with bincount, larger with a sort
+_BLOCK_VOXELS = 1 << 20  # planes are scanned in blocks of about this many voxels: faster than all at once
 
 
-def _dense_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted distinct keys, index of each key into them, count of each distinct key)."""
-    if keys.size and int(keys.max()) < _LOOKUP_LIMIT and int(keys.min()) >= 0:
-        counts = np.bincount(keys.astype(np.int64, copy=False))
-        ids = np.flatnonzero(counts)
-        lookup = np.zeros(len(counts), dtype=np.int64)
-        lookup[ids] = np.arange(len(ids))
-        return ids, lookup[keys], counts[ids]
-    ids, index, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return ids, index.ravel(), counts
+def _label_codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, codes) with ``labels == ids[codes]``; ids keep the labels' dtype. Small non-negative
+    labels are their own codes (ids = 0..max, absent labels included); other labels are ranked."""
+    small = labels.dtype.kind == "u" or (labels.dtype.kind == "i" and (not labels.size or int(labels.min()) >= 0))
+    top = int(labels.max()) if small and labels.size else 0
+    if small and top < _DENSE_LIMIT:
+        return np.arange(top + 1, dtype=labels.dtype), labels.astype(np.int64) if labels.dtype == np.uint64 else labels
+    return np.unique(labels, return_inverse=True)
 
 
-def _index_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Position of every value in the sorted distinct ``ids`` (all values must occur there)."""
-    if ids.size and int(ids.max()) < _LOOKUP_LIMIT:
-        lookup = np.zeros(int(ids.max()) + 1, dtype=np.int64)
-        lookup[ids] = np.arange(len(ids))
-        return lookup[values]
-    return np.searchsorted(ids, values)
+@dataclass
+class PairCounts:
+    """Voxel counts of the (reference label, result label) pairs that occur where either image
+    is foreground, per plane along the first axis or (plane 0) for the whole image. Without
+    planes, a pair met in several blocks of planes has one partial count per block."""
+
+    plane: np.ndarray  # (P,) int64
+    gt: np.ndarray  # (P,) reference label, 0 = background
+    res: np.ndarray  # (P,) result label, 0 = background
+    voxels: np.ndarray  # (P,) int64
+
+
+def _count_block(g: np.ndarray, r: np.ndarray, plane_size: int) -> tuple[np.ndarray, ...]:
+    """(plane, gt label, res label, voxels) of one flat block (plane_size 0: no planes).
+
+    Counts runs of consecutive voxels with the same label pair rather than voxels, so that
+    after two comparisons the work scales with the object boundaries, not the volume.
+    """
+    change = g[1:] != g[:-1]
+    change |= r[1:] != r[:-1]
+    if plane_size:
+        change[plane_size - 1 :: plane_size] = True  # no run crosses a plane boundary
+    starts = np.flatnonzero(change)
+    starts += 1
+    starts = np.concatenate(([0], starts))
+    lengths = np.diff(starts, append=g.size)
+    g_labels, r_labels = g.take(starts), r.take(starts)
+    foreground = np.logical_or(g_labels, r_labels)
+    starts, lengths = starts[foreground], lengths[foreground]
+    g_ids, g_codes = _label_codes(g_labels[foreground])
+    r_ids, r_codes = _label_codes(r_labels[foreground])
+    pair_count = len(g_ids) * len(r_ids)
+    keys = np.multiply(g_codes, len(r_ids), dtype=np.int64)
+    keys += r_codes
+    planes = -(-g.size // plane_size) if plane_size else 1
+    if planes > 1:
+        keys += starts // plane_size * pair_count
+    if planes * pair_count <= _DENSE_LIMIT:
+        counts = np.bincount(keys, weights=lengths, minlength=planes * pair_count)
+        keys = np.flatnonzero(counts)
+        counts = counts[keys]
+    else:
+        keys, index = np.unique(keys, return_inverse=True)
+        counts = np.bincount(index, weights=lengths)
+    plane, pair = np.divmod(keys, pair_count)
+    g_code, r_code = np.divmod(pair, len(r_ids))
+    return plane, g_ids[g_code], r_ids[r_code], counts.astype(np.int64)
+
+
+def pair_counts(gt: np.ndarray, res: np.ndarray, per_plane: bool = False) -> PairCounts:
+    """Count the label pairs of two label images of the same shape (any integer dtype), reading
+    both once, a block of planes at a time."""
+    if gt.shape != res.shape:
+        raise ValueError(f"reference shape {gt.shape} differs from result shape {res.shape}")
+    g, r = np.asarray(gt), np.asarray(res)
+    rows, plane_size = (g.shape[0] if g.ndim else 1), int(np.prod(g.shape[1:]))
+    g, r = g.reshape(rows, plane_size), r.reshape(rows, plane_size)
+    step = max(1, _BLOCK_VOXELS // max(plane_size, 1))
+    blocks = []
+    for first in range(0, rows if plane_size else 0, step):
+        plane, g_labels, r_labels, voxels = _count_block(
+            g[first:first + step].ravel(), r[first:first + step].ravel(), plane_size if per_plane else 0
+        )
+        blocks.append((plane + first if per_plane else plane, g_labels, r_labels, voxels))
+    if not blocks:
+        return PairCounts(np.zeros(0, np.int64), np.zeros(0, g.dtype), np.zeros(0, r.dtype), np.zeros(0, np.int64))
+    return PairCounts(*(np.concatenate(column) for column in zip(*blocks)))
+
+
+def _totals(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct keys, index of each key into them, summed count of each distinct key)."""
+    distinct, index = np.unique(keys, return_inverse=True)
+    return distinct, index, np.bincount(index, weights=counts, minlength=len(distinct)).astype(np.int64)
 
 
 @dataclass
 class Contingency:
-    """Overlaps of the reference objects (rows) with the result objects (columns) of one frame."""
+    """Sparse overlap table of the reference objects with the result objects of one frame."""
 
     gt_ids: np.ndarray  # (G,) reference labels
     res_ids: np.ndarray  # (S,) result labels
     gt_sizes: np.ndarray  # (G,) voxels
     res_sizes: np.ndarray  # (S,) voxels
-    intersection: np.ndarray  # (G, S) voxels
+    pair_gt: np.ndarray  # (P,) index into gt_ids of every overlapping (reference, result) pair
+    pair_res: np.ndarray  # (P,) index into res_ids of the same pairs
+    pair_overlap: np.ndarray  # (P,) voxels the pair shares
 
-    @property
-    def jaccard(self) -> np.ndarray:
-        union = self.gt_sizes[:, None] + self.res_sizes[None, :] - self.intersection
-        return self.intersection / np.maximum(union, 1)
+    @classmethod
+    def from_pairs(cls, pairs: PairCounts, slice_wise: bool = False) -> "Contingency":
+        """Objects are labels, or with slice_wise the cross-section of a label in one plane
+        (gt_ids and res_ids then hold the label of each cross-section)."""
+        plane = pairs.plane if slice_wise else np.zeros_like(pairs.plane)
+        g_ids, g_codes = np.unique(pairs.gt, return_inverse=True)
+        r_ids, r_codes = np.unique(pairs.res, return_inverse=True)
+        is_gt, is_res = pairs.gt != 0, pairs.res != 0
+        gt_keys, gt_index, gt_sizes = _totals((plane * len(g_ids) + g_codes)[is_gt], pairs.voxels[is_gt])
+        res_keys, res_index, res_sizes = _totals((plane * len(r_ids) + r_codes)[is_res], pairs.voxels[is_res])
+        both = is_gt & is_res
+        overlap_keys, _, overlap = _totals(
+            gt_index[both[is_gt]] * len(res_keys) + res_index[both[is_res]], pairs.voxels[both]
+        )
+        pair_gt, pair_res = np.divmod(overlap_keys, max(len(res_keys), 1))
+        return cls(g_ids[gt_keys % len(g_ids)], r_ids[res_keys % len(r_ids)], gt_sizes, res_sizes,
+                   pair_gt, pair_res, overlap)
+
+    def _matched_pairs(self) -> np.ndarray:
+        """(P,) bool: the pair satisfies |R & S| > 0.5 |R| (at most one pair per reference)."""
+        return 2 * self.pair_overlap > self.gt_sizes[self.pair_gt]
 
     def ctc_match(self) -> np.ndarray:
         """(G,) index of the result object matched to each reference object, -1 if none."""
         match = np.full(len(self.gt_ids), -1)
-        if self.intersection.size:
-            matched = 2 * self.intersection > self.gt_sizes[:, None]
-            rows = matched.any(axis=1)
-            match[rows] = np.argmax(matched[rows], axis=1)
+        matched = self._matched_pairs()
+        match[self.pair_gt[matched]] = self.pair_res[matched]
         return match
 
-
-def _small_label_contingency(g_flat, r_flat, g_pos, r_pos) -> Contingency | None:
-    """The common case of small non-negative labels: one bincount over (reference, result)
-    label pairs, without relabelling. None where the labels are too large for that."""
-    if any(a.dtype.kind not in "ui" or a.dtype == np.uint64 for a in (g_flat, r_flat)):
-        return None  # bincount needs a safe cast to int64
-    g_labels, r_labels, r_at_gt = g_flat.take(g_pos), r_flat.take(r_pos), r_flat.take(g_pos)
-    g_max = int(g_labels.max()) if g_labels.size else 0
-    r_max = int(r_labels.max()) if r_labels.size else 0
-    if (g_max + 1) * (r_max + 1) > _LOOKUP_LIMIT or (g_labels.size and int(g_labels.min()) < 0) \
-            or (r_labels.size and int(r_labels.min()) < 0):
-        return None
-    gt_counts = np.bincount(g_labels, minlength=g_max + 1)
-    res_counts = np.bincount(r_labels, minlength=r_max + 1)
-    pairs = g_labels.astype(np.int64) * (r_max + 1) + r_at_gt
-    table = np.bincount(pairs, minlength=(g_max + 1) * (r_max + 1)).reshape(g_max + 1, r_max + 1)
-    gt_ids, res_ids = np.flatnonzero(gt_counts), np.flatnonzero(res_counts)
-    return Contingency(gt_ids, res_ids, gt_counts[gt_ids], res_counts[res_ids], table[np.ix_(gt_ids, res_ids)])
+    def matched_jaccard(self) -> np.ndarray:
+        """(G,) Jaccard index of each reference object with its matched result object, 0 if none."""
+        matched = self._matched_pairs()
+        gt, res, overlap = self.pair_gt[matched], self.pair_res[matched], self.pair_overlap[matched]
+        scores = np.zeros(len(self.gt_ids))
+        scores[gt] = overlap / (self.gt_sizes[gt] + self.res_sizes[res] - overlap)
+        return scores
 
 
 def contingency(gt: np.ndarray, res: np.ndarray, slice_wise: bool = False) -> Contingency:
-    """Overlap table of two label images of the same shape (2D or 3D, any integer dtype).
-
-    Works on the foreground voxels only; slice_wise scores every 2D cross-section of every
-    object as an object of its own (SEG per slice). Object ids are then opaque keys.
-    """
-    if gt.shape != res.shape:
-        raise ValueError(f"reference shape {gt.shape} differs from result shape {res.shape}")
-    g_flat, r_flat = gt.ravel(), res.ravel()
-    g_pos, r_pos = np.flatnonzero(g_flat != 0), np.flatnonzero(r_flat != 0)
-    if not slice_wise:
-        small = _small_label_contingency(g_flat, r_flat, g_pos, r_pos)
-        if small is not None:
-            return small
-    gt_ids, g_index, gt_sizes = _dense_ids(g_flat.take(g_pos))
-    res_ids, r_index, res_sizes = _dense_ids(r_flat.take(r_pos))
-    r_at_gt = r_flat.take(g_pos)  # the result label at every reference voxel
-    both = r_at_gt != 0
-    g_both = g_index[both]
-    r_both = _index_of(r_at_gt[both], res_ids)
-    if slice_wise:  # objects become (slice, object) pairs
-        plane = int(np.prod(gt.shape[1:]))
-        g_z, r_z = g_pos // plane, r_pos // plane
-        gt_ids, g_index, gt_sizes = _dense_ids(g_z * len(gt_ids) + g_index)
-        res_keys_at_gt = g_z[both] * len(res_ids) + r_both
-        res_ids, _, res_sizes = _dense_ids(r_z * len(res_ids) + r_index)
-        g_both = g_index[both]
-        r_both = _index_of(res_keys_at_gt, res_ids)
-    n_r = len(res_ids)
-    table = np.bincount(g_both * n_r + r_both, minlength=len(gt_ids) * n_r)
-    return Contingency(gt_ids, res_ids, gt_sizes, res_sizes, table.reshape(len(gt_ids), n_r))
+    """Overlap table of two label images of the same shape (2D or 3D, any integer dtype);
+    slice_wise scores every cross-section along the first axis as an object of its own."""
+    return Contingency.from_pairs(pair_counts(gt, res, per_plane=slice_wise), slice_wise)
 
 
 @dataclass
@@ -126,23 +170,23 @@ class FrameScores:
     fg_union: int  # voxels foreground in either
 
 
-def score_frame(gt: np.ndarray, res: np.ndarray, slice_wise: bool = False) -> FrameScores:
-    """Per-object SEG scores and counts of one frame under the CTC matching rule
-    (slice_wise: of every 2D cross-section, for SEG per slice)."""
-    table = contingency(gt, res, slice_wise)
+def _frame_scores(table: Contingency) -> FrameScores:
     match = table.ctc_match()
-    has = match >= 0
-    scores = np.zeros(len(table.gt_ids))
-    scores[has] = table.jaccard[np.flatnonzero(has), match[has]]
-    intersection = int(table.intersection.sum())
+    intersection = int(table.pair_overlap.sum())
     return FrameScores(
         gt_ids=table.gt_ids,
-        scores=scores,
+        scores=table.matched_jaccard(),
         num_results=len(table.res_ids),
-        matched_results=len(np.unique(match[has])),
+        matched_results=len(np.unique(match[match >= 0])),
         fg_intersection=intersection,
         fg_union=int(table.gt_sizes.sum() + table.res_sizes.sum()) - intersection,
     )
+
+
+def score_frame(gt: np.ndarray, res: np.ndarray, slice_wise: bool = False) -> FrameScores:
+    """Per-object SEG scores and counts of one frame under the CTC matching rule
+    (slice_wise: of every 2D cross-section, for SEG per slice)."""
+    return _frame_scores(contingency(gt, res, slice_wise))
 
 
 @dataclass
@@ -154,11 +198,15 @@ class SEGAccumulator:
 
     def add(self, name: str, gt: np.ndarray, res: np.ndarray, annotated_slices=None) -> FrameScores:
         """Score one frame. With annotated_slices (slice-wise reference), only those slices count,
-        in 2D, as the CTC does."""
+        in 2D, as the CTC does. Both measures come from one pass over the voxels."""
         if annotated_slices is not None:
             gt, res = gt[annotated_slices], res[annotated_slices]
-        self.frames_2d[name] = score_frame(gt, res, slice_wise=True)
-        self.frames[name] = self.frames_2d[name] if annotated_slices is not None else score_frame(gt, res)
+        pairs = pair_counts(gt, res, per_plane=True)
+        self.frames_2d[name] = _frame_scores(Contingency.from_pairs(pairs, slice_wise=True))
+        self.frames[name] = (
+            self.frames_2d[name] if annotated_slices is not None
+            else _frame_scores(Contingency.from_pairs(pairs))
+        )
         return self.frames[name]
 
     @staticmethod
