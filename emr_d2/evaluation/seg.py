@@ -20,10 +20,11 @@ _BLOCK_VOXELS = 1 << 20  # planes are scanned in blocks of about this many voxel
 def _label_codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, codes) with ``labels == ids[codes]``; ids keep the labels' dtype. Small non-negative
     labels are their own codes (ids = 0..max, absent labels included); other labels are ranked."""
-    small = labels.dtype.kind == "u" or (labels.dtype.kind == "i" and (not labels.size or int(labels.min()) >= 0))
-    top = int(labels.max()) if small and labels.size else 0
-    if small and top < _DENSE_LIMIT:
-        return np.arange(top + 1, dtype=labels.dtype), labels.astype(np.int64) if labels.dtype == np.uint64 else labels
+    if labels.dtype.kind == "u" or (labels.dtype.kind == "i" and (not labels.size or labels.min() >= 0)):
+        top = int(labels.max()) if labels.size else 0
+        if top < _DENSE_LIMIT:
+            codes = labels.astype(np.int64) if labels.dtype == np.uint64 else labels  # uint64 + int64: float
+            return np.arange(top + 1, dtype=labels.dtype), codes
     return np.unique(labels, return_inverse=True)
 
 
@@ -92,7 +93,8 @@ def pair_counts(gt: np.ndarray, res: np.ndarray, per_plane: bool = False) -> Pai
         )
         blocks.append((plane + first if per_plane else plane, g_labels, r_labels, voxels))
     if not blocks:
-        return PairCounts(np.zeros(0, np.int64), np.zeros(0, g.dtype), np.zeros(0, r.dtype), np.zeros(0, np.int64))
+        none = np.zeros(0, np.int64)
+        return PairCounts(none, none.astype(g.dtype), none.astype(r.dtype), none)
     return PairCounts(*(np.concatenate(column) for column in zip(*blocks)))
 
 
