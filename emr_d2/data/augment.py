@@ -98,8 +98,8 @@ class IntensityAugmentation:
     def __call__(self, window: np.ndarray, rng) -> np.ndarray:
         """window: float32 (H, W, N) normalised to about [0, 1]; returns the same shape.
 
-        rng: a ``np.random.Generator``, or the ``np.random`` module (which detectron2 seeds in
-        every data-loader worker).
+        rng: the ``np.random`` module (which detectron2 seeds in every data-loader worker) or a
+        ``np.random.RandomState``.
         """
         gamma = float(np.exp(rng.uniform(np.log(self.gamma[0]), np.log(self.gamma[1]))))
         contrast = float(rng.uniform(*self.contrast))
@@ -109,7 +109,6 @@ class IntensityAugmentation:
         mean = float(out.mean())
         out.sub_(mean).mul_(contrast).add_(mean)
         if noise_std > 0:
-            generator = torch.Generator().manual_seed(int(rng.randint(2**31)) if hasattr(rng, "randint")
-                                                      else int(rng.integers(2**31)))
+            generator = torch.Generator().manual_seed(int(rng.randint(2**31)))
             out.add_(torch.randn(out.shape, generator=generator), alpha=noise_std)
         return out.numpy()

@@ -40,6 +40,12 @@ class PairCounts:
     voxels: np.ndarray  # (P,) int64
 
 
+def _totals(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct keys, index of each key into them, summed count of each distinct key)."""
+    distinct, index = np.unique(keys, return_inverse=True)
+    return distinct, index, np.bincount(index, weights=counts, minlength=len(distinct)).astype(np.int64)
+
+
 def _count_block(g: np.ndarray, r: np.ndarray, plane_size: int) -> tuple[np.ndarray, ...]:
     """(plane, gt label, res label, voxels) of one flat block (plane_size 0: no planes).
 
@@ -70,8 +76,7 @@ def _count_block(g: np.ndarray, r: np.ndarray, plane_size: int) -> tuple[np.ndar
         keys = np.flatnonzero(counts)
         counts = counts[keys]
     else:
-        keys, index = np.unique(keys, return_inverse=True)
-        counts = np.bincount(index, weights=lengths)
+        keys, _, counts = _totals(keys, lengths)
     plane, pair = np.divmod(keys, pair_count)
     g_code, r_code = np.divmod(pair, len(r_ids))
     return plane, g_ids[g_code], r_ids[r_code], counts.astype(np.int64)
@@ -96,12 +101,6 @@ def pair_counts(gt: np.ndarray, res: np.ndarray, per_plane: bool = False) -> Pai
         none = np.zeros(0, np.int64)
         return PairCounts(none, none.astype(g.dtype), none.astype(r.dtype), none)
     return PairCounts(*(np.concatenate(column) for column in zip(*blocks)))
-
-
-def _totals(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct keys, index of each key into them, summed count of each distinct key)."""
-    distinct, index = np.unique(keys, return_inverse=True)
-    return distinct, index, np.bincount(index, weights=counts, minlength=len(distinct)).astype(np.int64)
 
 
 @dataclass
