@@ -1,8 +1,10 @@
-"""The fusion benchmark: train and evaluate configs x seeds, collect a results table and a plot.
+"""The fusion benchmark: configs x seeds trained and evaluated on one or more datasets.
 
-Each (config, seed) runs ``tools/train_net.py`` twice in a subprocess: training on the train
-dataset (timed), then ``--eval-only`` of its final weights on the test dataset at native
-resolution. A finished run leaves ``<output>/<config>/seed<k>/row.json`` and is not run again.
+Each (dataset, config, seed) runs ``tools/train_net.py`` in subprocesses: training on the
+``_01_train`` time block (timed), with the linking calibrated on the ``_01_val`` block at the end,
+then ``--eval-only`` of the final weights on the held-out sequence ``_02`` at native resolution,
+once with the configured linking and once with the calibrated one. A finished run leaves
+``<output>/<dataset>/<config>/seed<k>/row.json`` and is not run again.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,67 +24,108 @@ from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["config", "seed", "SEG", "SEG_2D", "segm_AP", "volume_AP", "count_error",
-           "train_time_s", "inference_s_per_volume"]
-METRICS = COLUMNS[2:]
+COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "SEG_oracle_link", "SEG_2D",
+           "SEG_poles", "SEG_core", "splits", "merges", "segm_AP", "volume_AP", "count_error",
+           "train_time_s", "inference_s_per_volume", "linking"]
+METRICS = COLUMNS[3:-1]
 TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train_net.py")
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    """A CTC dataset registered as ``<name>_01``/``_02``: train on the leading time block of 01,
+    calibrate the linking on its trailing block, test on 02."""
+
+    name: str
+
+    @property
+    def train(self) -> str:
+        return f"{self.name}_01_train"
+
+    @property
+    def val(self) -> str:
+        return f"{self.name}_01_val"
+
+    @property
+    def test(self) -> str:
+        return f"{self.name}_02"
 
 
 def config_name(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def run_one(config: str, seed: int, train: str, test: str, output: str, opts: list[str],
+def linking_label(choice: dict) -> str:
+    """A short name of a calibrated linking: ``overlap 0.8 lb1 min2`` (``connected min2``)."""
+    if choice["LINKING"] == "connected":
+        return f"connected min{choice['MIN_SLICES']}"
+    return (f"{choice['LINKING']} {choice['LINK_THRESHOLD']:g} lb{choice['LOOK_BACK']} "
+            f"min{choice['MIN_SLICES']}")
+
+
+def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
             env: dict | None = None) -> dict:
-    """Train and evaluate one (config, seed); returns its row (cached in row.json)."""
-    run_dir = os.path.join(output, config_name(config), f"seed{seed}")
+    """Train and evaluate one (config, seed) on a dataset; returns its row (cached in row.json)."""
+    run_dir = os.path.join(output, dataset.name, config_name(config), f"seed{seed}")
     row_file = os.path.join(run_dir, "row.json")
     if os.path.isfile(row_file):
         with open(row_file) as f:
             return json.load(f)
     os.makedirs(run_dir, exist_ok=True)
     common = [sys.executable, TRAIN_NET, "--config-file", config]
-    datasets = ["DATASETS.TRAIN", f"('{train}',)", "SEED", str(seed), "OUTPUT_DIR", run_dir, *opts]
+    datasets = ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
+                "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", str(seed), *opts]
+    weights = os.path.join(run_dir, "model_final.pth")
+    results = {}
     with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
         start = time.perf_counter()
-        subprocess.run(common + ["--resume", *datasets, "DATASETS.TEST", "()"], check=True,
-                       stdout=log, stderr=subprocess.STDOUT, env=env)
-        train_time = time.perf_counter() - start
-        subprocess.run(common + ["--eval-only", *datasets, "DATASETS.TEST", f"('{test}',)",
-                                 "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")],
+        subprocess.run(common + ["--resume", *datasets, "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
                        check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-    with open(os.path.join(run_dir, "inference", test, "results.json")) as f:
-        results = json.load(f)
-    ctc = results["ctc"]
+        train_time = time.perf_counter() - start
+        for linking, use_calibrated in (("default", "False"), ("calibrated", "True")):
+            eval_dir = os.path.join(run_dir, "eval", linking)
+            subprocess.run(common + ["--eval-only", *datasets, "DATASETS.TEST", f"('{dataset.test}',)",
+                                     "MODEL.WEIGHTS", weights, "OUTPUT_DIR", eval_dir,
+                                     "TEST.CTC.USE_CALIBRATED_LINKING", use_calibrated],
+                           check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+            with open(os.path.join(eval_dir, "inference", dataset.test, "results.json")) as f:
+                results[linking] = json.load(f)
+    with open(os.path.join(run_dir, "linking.json")) as f:
+        choice = json.load(f)["choice"]
+    ctc = results["default"]["ctc"]
     row = {
-        "config": config_name(config), "seed": seed, "SEG": ctc["SEG"], "SEG_2D": ctc["SEG_2D"],
-        "segm_AP": results.get("segm", {}).get("AP", float("nan")), "volume_AP": ctc["volume_AP"],
-        "count_error": ctc["count_error"], "train_time_s": train_time,
-        "inference_s_per_volume": ctc["seconds_per_volume"],
+        "dataset": dataset.name, "config": config_name(config), "seed": seed,
+        "SEG": ctc["SEG"], "SEG_calibrated": results["calibrated"]["ctc"]["SEG"],
+        **{k: ctc[k] for k in ("SEG_oracle_link", "SEG_2D", "SEG_poles", "SEG_core", "splits", "merges")},
+        "segm_AP": results["default"].get("segm", {}).get("AP", float("nan")),
+        "volume_AP": ctc["volume_AP"], "count_error": ctc["count_error"], "train_time_s": train_time,
+        "inference_s_per_volume": ctc["seconds_per_volume"], "linking": linking_label(choice),
     }
     atomic_write(row_file, lambda f: json.dump(row, f), "w")
     return row
 
 
-def run_benchmark(configs: list[str], train: str, test: str, seeds: int, output: str,
-                  opts: list[str] = (), gpus: int = 0) -> list[dict]:
-    """All configs x seeds (one at a time, or one per GPU in parallel); writes the results."""
+def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
+                  results_dir: str, opts: list[str] = (), gpus: int = 0) -> list[dict]:
+    """All configs x seeds on one dataset (one at a time, or one per GPU in parallel); writes
+    ``<results_dir>/<dataset>/results.{csv,md,png}`` after every run."""
     jobs = [(c, s) for s in range(seeds) for c in configs]
+    results = os.path.join(results_dir, dataset.name)
     if gpus > 1:
         def on_gpu(index_job):
             index, (config, seed) = index_job
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(index % gpus))
-            return run_one(config, seed, train, test, output, list(opts), env)
+            return run_one(config, seed, dataset, output, list(opts), env)
 
         with ThreadPoolExecutor(gpus) as pool:
             rows = list(pool.map(on_gpu, enumerate(jobs)))
     else:
         rows = []
         for k, (config, seed) in enumerate(jobs, 1):
-            logger.info(f"[{k}/{len(jobs)}] {config_name(config)} seed {seed}")
-            rows.append(run_one(config, seed, train, test, output, list(opts)))
-            write_results(rows, output)
-    write_results(rows, output)
+            logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
+            rows.append(run_one(config, seed, dataset, output, list(opts)))
+            write_results(rows, results)
+    write_results(rows, results)
     return rows
 
 
@@ -96,7 +140,8 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
     return summary
 
 
-LOWER_IS_BETTER = {"count_error", "train_time_s", "inference_s_per_volume"}
+LOWER_IS_BETTER = {"splits", "merges", "count_error", "train_time_s", "inference_s_per_volume"}
+ONE_DECIMAL = {"segm_AP", "volume_AP", "splits", "merges", "train_time_s", "inference_s_per_volume"}
 
 
 def results_markdown(rows: list[dict]) -> str:
@@ -110,35 +155,41 @@ def results_markdown(rows: list[dict]) -> str:
     for config, s in summary.items():
         cells = []
         for m in METRICS:
-            text = f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if "time" not in m and "per_volume" not in m \
-                else f"{s[m][0]:.1f} ± {s[m][1]:.1f}"
+            text = f"{s[m][0]:.1f} ± {s[m][1]:.1f}" if m in ONE_DECIMAL else f"{s[m][0]:.3f} ± {s[m][1]:.3f}"
             cells.append(f"**{text}**" if best[m] == config and len(summary) > 1 else text)
         lines.append(f"| {config} | {s['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_results(rows: list[dict], output: str) -> None:
-    """results.csv (one row per config and seed), results.md and results.png."""
+    """results.csv (one row per dataset, config and seed), results.md and results.png, each
+    written atomically."""
     os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "results.csv"), "w", newline="") as f:
+
+    def write_csv(f):
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    with open(os.path.join(output, "results.md"), "w") as f:
-        f.write(results_markdown(rows))
-    plot_results(rows, os.path.join(output, "results.png"))
+
+    atomic_write(os.path.join(output, "results.csv"), write_csv, "w")
+    atomic_write(os.path.join(output, "results.md"), lambda f: f.write(results_markdown(rows)), "w")
+    atomic_write(os.path.join(output, "results.png"), lambda f: plot_results(rows, f))
 
 
-def plot_results(rows: list[dict], path: str) -> None:
-    import matplotlib
+PLOTTED = ["SEG", "SEG_calibrated", "SEG_oracle_link", "volume_AP"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_results(rows: list[dict], file) -> None:
+    """Bars of PLOTTED metrics per config (mean and std over seeds, every seed a dot) as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     summary = summarise(rows)
     names = list(summary)
-    fig, axes = plt.subplots(1, 3, figsize=(4 * 3, 3.6))
-    for ax, metric in zip(axes, ["SEG", "SEG_2D", "volume_AP"]):
+    fig = Figure(figsize=(4 * len(PLOTTED), 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(PLOTTED))
+    for ax, metric in zip(axes, PLOTTED):
         means = [summary[c][metric][0] for c in names]
         stds = [summary[c][metric][1] for c in names]
         ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
@@ -152,5 +203,4 @@ def plot_results(rows: list[dict], path: str) -> None:
         if metric != "volume_AP":
             ax.set_ylim(max(0.0, low - 0.05), 1.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(file, dpi=110, format="png")

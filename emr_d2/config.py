@@ -124,6 +124,19 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.CTC.BATCH_SLICES = 4
     # Also run detectron2's COCOEvaluator (per-slice segm and bbox AP) on CTC datasets.
     _c.TEST.CTC.COCO_AP = True
+    # Choose the linking (LINKING, LINK_THRESHOLD, LOOK_BACK, MIN_SLICES) on DATASETS.VAL before
+    # every evaluation during training and at its end, over the TEST.CTC.CALIBRATION grid; the
+    # choice goes to OUTPUT_DIR/linking.json and OUTPUT_DIR/config.yaml. The test is never read.
+    _c.TEST.CTC.CALIBRATE_LINKING = False
+    # Apply the linking.json found beside MODEL.WEIGHTS (keys given on the command line win).
+    _c.TEST.CTC.USE_CALIBRATED_LINKING = True
+    # The calibration grid: linkers x thresholds x look-backs x minimum slices ("connected"
+    # ignores thresholds and look-backs).
+    _c.TEST.CTC.CALIBRATION = CN()
+    _c.TEST.CTC.CALIBRATION.LINKERS = ["hungarian", "overlap", "connected"]
+    _c.TEST.CTC.CALIBRATION.THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    _c.TEST.CTC.CALIBRATION.LOOK_BACKS = [0, 1, 2]
+    _c.TEST.CTC.CALIBRATION.MIN_SLICES = [1, 2, 3]
 
     # ---------------------------------------------------------------- training engine
     # "SGD" (detectron2's) or "ADAMW". Fusion modules get no weight decay with either.

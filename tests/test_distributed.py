@@ -1,4 +1,5 @@
-"""Two processes on the CPU (gloo) lose or double nothing; the same seed gives the same run."""
+"""Two processes on the CPU (gloo) lose or double nothing, and calibrate the linking as one; the
+same seed gives the same run."""
 import json
 import os
 
@@ -8,7 +9,8 @@ from test_engine import tool
 COMMON = [*TINY_MODEL, "DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)", "INPUT.NUM_SLICES", "3",
           "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "()",
           "SOLVER.MAX_ITER", "6", "TEST.CTC.COCO_AP", "False", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05",
-          "TEST.CTC.SCORE_THRESHOLD", "0.05"]
+          "TEST.CTC.SCORE_THRESHOLD", "0.05", "DATASETS.VAL", "('TINY_01_val',)", "DATASETS.SPLIT.GAP", "1",
+          "TEST.CTC.CALIBRATE_LINKING", "True"]
 CONFIG = os.path.join(CONFIGS, "mlp_fusion.yaml")
 
 
@@ -31,6 +33,11 @@ def test_two_processes_evaluate_like_one(tiny_dataset, tmp_path):
         assert distributed[key] == single[key], key
     assert sorted(os.listdir(os.path.join(two, "inference", "TINY_02", "02_RES"))) == \
         ["mask000.tif", "mask001.tif", "mask002.tif"]
+    with open(os.path.join(two, "linking.json")) as f:
+        calibration = json.load(f)
+    assert calibration["volumes"] == 1  # the one TINY_01_val volume, gathered, not doubled
+    with open(os.path.join(one, "config.yaml")) as f:
+        assert f"LINKING: {calibration['choice']['LINKING']}" in f.read()
 
 
 def test_same_seed_same_metrics(tiny_dataset, tmp_path):

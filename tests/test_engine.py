@@ -16,7 +16,7 @@ from helpers import CONFIGS, ROOT, TINY_MODEL
 
 TRAIN = ["DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)", "SOLVER.IMS_PER_BATCH", "2",
          "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "()", "INPUT.NUM_SLICES", "3",
-         "TEST.CTC.COCO_AP", "True"]
+         "TEST.CTC.COCO_AP", "True", "DATASETS.VAL", "()", "TEST.CTC.CALIBRATE_LINKING", "False"]
 
 
 def tool(name: str, *args: str, dataset_root: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -27,12 +27,14 @@ def tool(name: str, *args: str, dataset_root: str, check: bool = True, **kwargs)
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
-    """A tiny mlp_fusion model trained for 30 iterations; evaluation runs at the end."""
+    """A tiny mlp_fusion model trained for 30 iterations; the linking is calibrated on TINY_01_val
+    and evaluation runs at the end."""
     out = str(tmp_path_factory.mktemp("train"))
     run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), *TINY_MODEL, *TRAIN,
                "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", out,
                "DATASETS.VAL", "('TINY_01_val',)", "DATASETS.SPLIT.GAP", "1", "TEST.VAL_LOSS_PERIOD", "10",
-               "TEST.VAL_LOSS_BATCHES", "2", "SEED", "1", dataset_root=tiny_dataset)
+               "TEST.VAL_LOSS_BATCHES", "2", "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", "1",
+               dataset_root=tiny_dataset)
     return out, run.stdout + run.stderr
 
 
@@ -50,6 +52,16 @@ def test_training_learns_evaluates_and_logs_fusion_weights(trained):
     assert os.path.isfile(os.path.join(out, "model_best.pth"))  # BestCheckpointer on ctc/SEG
 
 
+def test_training_calibrates_the_linking_before_the_final_evaluation(trained):
+    out, log = trained
+    calibration = json.load(open(os.path.join(out, "linking.json")))
+    assert calibration["validation"] == ["TINY_01_val"] and len(calibration["table"]) == 165
+    choice = calibration["choice"]
+    saved = open(os.path.join(out, "config.yaml")).read()
+    assert f"LINKING: {choice['LINKING']}" in saved and f"MIN_SLICES: {choice['MIN_SLICES']}" in saved
+    assert log.index("Linking calibrated on") < log.index("CTC metrics on TINY_02")
+
+
 def test_eval_only_writes_res_for_every_frame_and_prints_tables(trained, tiny_dataset, tmp_path):
     out, _ = trained
     run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--eval-only",
@@ -58,6 +70,7 @@ def test_eval_only_writes_res_for_every_frame_and_prints_tables(trained, tiny_da
     log = run.stdout + run.stderr
     assert "Evaluation results for segm" in log and "Evaluation results for bbox" in log
     assert "CTC metrics on TINY_02" in log and "copypaste: Task: ctc" in log
+    assert "Using the linking calibrated in" in log
     res_dir = tmp_path / "inference" / "TINY_02" / "02_RES"
     frames = sorted(os.listdir(os.path.join(tiny_dataset, "02")))
     assert sorted(os.listdir(res_dir)) == [f.replace("t", "mask", 1) for f in frames]
@@ -65,7 +78,8 @@ def test_eval_only_writes_res_for_every_frame_and_prints_tables(trained, tiny_da
     res = tifffile.imread(res_dir / frames[0].replace("t", "mask", 1))
     assert res.shape == raw.shape and res.dtype == np.uint16
     metrics = json.load(open(tmp_path / "inference" / "TINY_02" / "ctc_metrics.json"))
-    assert {"SEG", "SEG_2D", "volume_AP", "precision", "recall", "count_error"} <= set(metrics)
+    assert {"SEG", "SEG_2D", "SEG_poles", "SEG_core", "SEG_oracle_link", "splits", "merges", "volume_AP",
+            "precision", "recall", "count_error"} <= set(metrics)
     seg = tool("ctc_seg.py", str(res_dir), os.path.join(tiny_dataset, "02_GT"), dataset_root=tiny_dataset)
     assert f"SEG measure: {metrics['SEG']:.6f}" in seg.stdout
 
@@ -76,9 +90,10 @@ def test_predict_on_a_raw_stack_without_reference(trained, tiny_dataset, tmp_pat
     stack.parent.mkdir()
     raw = tifffile.imread(os.path.join(tiny_dataset, "02", "t001.tif"))[:, :60, :50]
     tifffile.imwrite(stack, raw, photometric="minisblack")
-    tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input", str(stack),
-         "--output", str(tmp_path / "out"), *TINY_MODEL, "INPUT.NUM_SLICES", "3",
-         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), dataset_root=tiny_dataset)
+    run = tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input", str(stack),
+               "--output", str(tmp_path / "out"), *TINY_MODEL, "INPUT.NUM_SLICES", "3",
+               "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), dataset_root=tiny_dataset)
+    assert "Using the linking calibrated in" in run.stdout + run.stderr
     labels = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
     assert labels.shape == raw.shape and labels.dtype == np.uint16
     tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",

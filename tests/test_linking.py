@@ -95,3 +95,22 @@ def test_object_score_is_mean_of_slice_scores():
 def test_unknown_strategy_is_an_error():
     with pytest.raises(ValueError, match="TEST.CTC.LINKING"):
         link_slices(np.zeros((1, 4, 4), np.int32), [np.zeros(0)], strategy="magic")
+
+
+def test_oracle_link_of_perfect_masks_with_scrambled_ids_is_perfect_while_linking_is_not():
+    from emr_d2.evaluation.linking import link_with_reference, paste_volume
+    from emr_d2.evaluation.seg import SEGAccumulator
+
+    gt = ellipsoids()
+    gt[6:, 30:, :] = 0  # the second object ends halfway, and a stray region overlaps nothing
+    slice_maps, scores = paste_volume(per_slice(gt), gt.shape)
+    slice_maps[2, 45:, 45:] = slice_maps[2].max() + 1
+    scores[2] = np.append(scores[2], 0.5)
+    linked = link_slices(slice_maps, scores, strategy="hungarian", threshold=0.99, look_back=0)
+    oracle = link_with_reference(slice_maps, gt)
+    acc_linked, acc_oracle = SEGAccumulator(), SEGAccumulator()
+    acc_linked.add("t", gt, linked.labels)
+    acc_oracle.add("t", gt, oracle)
+    assert acc_oracle.summary()["SEG"] == 1.0
+    assert acc_oracle.summary()["extra"] == 1  # the stray region stays an object of its own
+    assert acc_linked.summary()["SEG"] < 1.0

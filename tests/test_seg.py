@@ -183,3 +183,35 @@ def test_seg_2d_equals_py_ctcmetrics_on_every_slice(tmp_path):
     acc.add("f", gt, res)
     slices = [(gt[z], res[z]) for z in range(len(gt))]
     assert acc.summary()["SEG_2D"] == pytest.approx(reference_seg(tmp_path, slices), abs=1e-9)
+
+
+def test_a_reference_split_in_two_along_z_is_one_split_and_no_merge():
+    gt = np.zeros((10, 20, 20), np.uint16)
+    gt[1:9, 5:15, 5:15] = 1
+    gt[1:9, 5:15, 16:19] = 2  # 30 % of the voxels of object 1
+    res = gt.copy()
+    res[5:9][gt[5:9] == 1] = 3  # the lower half of object 1 becomes another result object
+    summary = SEGAccumulator()
+    summary.add("t", gt, res)
+    counts = summary.summary()
+    assert (counts["splits"], counts["merges"]) == (1, 0)
+    merged = np.where(gt > 0, 1, 0)  # one result object covering both references
+    assert contingency(gt, merged).shared_objects() == (0, 1)
+
+
+def test_seg_poles_and_core_of_a_known_ellipsoid():
+    z, y, x = np.mgrid[:12, :32, :32]
+    gt = (((z - 5.5) / 4.2) ** 2 + ((y - 16) / 10) ** 2 + ((x - 16) / 10) ** 2 <= 1).astype(np.uint16)
+    planes = np.flatnonzero(gt.any(axis=(1, 2)))
+    assert planes.tolist() == list(range(2, 10))  # 8 slices: the outer quarter is 2 at each end
+    table = contingency(gt, gt, slice_wise=True)
+    polar = table.polar_cross_sections()
+    assert table.gt_planes[polar].tolist() == [2, 3, 8, 9]
+    res = gt.copy()
+    res[[2, 3, 8, 9]] = 0  # the masks miss the poles, the core is perfect
+    acc = SEGAccumulator()
+    acc.add("t", gt, res)
+    summary = acc.summary()
+    assert summary["SEG_core"] == 1.0
+    assert summary["SEG_poles"] == 0.0
+    assert summary["SEG_2D"] == pytest.approx(4 / 8)

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""The fusion benchmark: every config x seed trained and evaluated on a held-out sequence.
+"""The fusion benchmark: every config x seed trained and evaluated on held-out data, per dataset.
 
-    python tools/benchmark.py --configs configs/bench/baseline_2d.yaml configs/bench/mlp_fusion.yaml \\
-        --seeds 3 --output output/benchmark [KEY VALUE ...]
+    python tools/benchmark.py --datasets bench aniso --configs configs/bench/baseline_2d.yaml \\
+        configs/bench/mlp_fusion.yaml --seeds 3 --output output/benchmark --results benchmarks/results
 
-Defaults to the synthetic bench preset (train SIM-bench_01, test SIM-bench_02), generated into
-$EMR_DATASETS/SIM-bench if missing. Writes results.csv, results.md and results.png; finished
-runs are not run again.
+--datasets takes synthetic presets (bench, aniso, ...: dataset SIM-<preset>, generated into
+$EMR_DATASETS if missing) or names of registered CTC datasets (e.g. Fluo-N3DH-SIM+). Each model
+trains on <dataset>_01_train, calibrates its linking on <dataset>_01_val and is tested on
+<dataset>_02. Writes <results>/<dataset>/results.csv, results.md and results.png; finished runs
+are not run again.
 """
 import argparse
 import logging
@@ -16,21 +18,33 @@ import sys
 import torch
 from detectron2.utils.logger import setup_logger
 
-from emr_d2.benchmark import run_benchmark
+from emr_d2.benchmark import BenchDataset, run_benchmark
 from emr_d2.cli import run_cli
-from emr_d2.data.catalog import datasets_root
-from emr_d2.data.synthetic import write_synthetic_dataset
+from emr_d2.data.catalog import datasets_root, register_ctc_dataset
+from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 
-BENCH_DATASET = "SIM-bench"
+
+def prepare_dataset(name: str) -> BenchDataset:
+    """A preset name becomes SIM-<preset>, generated (and registered) if missing."""
+    if name not in PRESETS:
+        return BenchDataset(name)
+    dataset = BenchDataset(f"SIM-{name}")
+    root = os.path.join(datasets_root(), dataset.name)
+    if not os.path.isdir(root):
+        logging.getLogger("emr_d2").info(f"Generating the {name} preset into {root}")
+        write_synthetic_dataset(root, name, seed=0)
+        register_ctc_dataset(root, dataset.name)
+    return dataset
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", required=True)
-    parser.add_argument("--train", default=f"{BENCH_DATASET}_01")
-    parser.add_argument("--test", default=f"{BENCH_DATASET}_02")
+    parser.add_argument("--datasets", nargs="+", default=["bench"],
+                        help="synthetic presets or registered CTC dataset names")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--output", default="output/benchmark")
+    parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
+    parser.add_argument("--results", default=None, help="folder of the results tables (default: --output)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     args = parser.parse_args(argv)
     setup_logger(name="emr_d2")
@@ -38,15 +52,14 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: config file(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 2
-    bench_root = os.path.join(datasets_root(), BENCH_DATASET)
-    if args.train.startswith(BENCH_DATASET + "_") and not os.path.isdir(bench_root):
-        logging.getLogger("emr_d2").info(f"Generating the bench dataset into {bench_root}")
-        write_synthetic_dataset(bench_root, "bench", seed=0)
-    rows = run_benchmark(args.configs, args.train, args.test, args.seeds, args.output, args.opts,
-                         gpus=torch.cuda.device_count())
-    with open(os.path.join(args.output, "results.md")) as f:
-        print(f.read())
-    print(f"{len(rows)} runs; results in {args.output}/results.csv, results.md, results.png")
+    results = args.results or args.output
+    for name in args.datasets:
+        dataset = prepare_dataset(name)
+        rows = run_benchmark(args.configs, dataset, args.seeds, args.output, results, args.opts,
+                             gpus=torch.cuda.device_count())
+        with open(os.path.join(results, dataset.name, "results.md")) as f:
+            print(f"## {dataset.name}\n{f.read()}")
+        print(f"{len(rows)} runs; results in {os.path.join(results, dataset.name)}/results.csv, results.md, results.png")
     return 0
 
 

@@ -3,6 +3,7 @@
 
     python tools/make_synthetic.py --out datasets/SIM-demo                   # demo preset
     python tools/make_synthetic.py --out datasets/SIM-bench --preset bench
+    python tools/make_synthetic.py --out datasets/SIM-aniso --preset aniso      # CHO-like, 5x anisotropic
     python tools/make_synthetic.py --out datasets/SIM-full --preset sim+ --frames 10
 """
 import argparse
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=None, help="frames per sequence (default: the preset's)")
     parser.add_argument("--scale", type=float, default=None,
-                        help="resolution relative to the native SIM+ voxel (default: the preset's)")
+                        help="resolution relative to the preset's native voxel (default: the preset's)")
     args = parser.parse_args(argv)
     preset = write_synthetic_dataset(args.out, args.preset, seed=args.seed, frames=args.frames, scale=args.scale)
     print(f"Wrote {args.preset} dataset to {args.out}: volumes of {preset.shape} voxels "

@@ -14,6 +14,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from emr_d2.calibration import apply_calibrated_linking
 from emr_d2.cli import run_cli
 from emr_d2.data.catalog import check_datasets_registered
 from emr_d2.engine import Trainer, setup_config
@@ -21,11 +22,12 @@ from emr_d2.modeling import SliceStackCheckpointer
 
 
 def worker(args):
-    cfg = setup_config(args.config_file, args.opts, freeze=False)
+    cfg = setup_config(args.config_file, args.opts, freeze=False, calibrated_linking=False)
     check_datasets_registered([*([] if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL]),
                                *cfg.DATASETS.TEST])
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="emr_d2")
+    apply_calibrated_linking(cfg, args.opts)  # after the logger: says which linking.json it applies
     cfg.freeze()
     if args.eval_only:
         model = Trainer.build_model(cfg)

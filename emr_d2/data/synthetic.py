@@ -1,10 +1,12 @@
-"""A generator of Fluo-N3DH-SIM+-like data, written in the CTC layout.
+"""A generator of Fluo-N3DH-SIM+-like (and Fluo-N3DH-CHO-like) data, written in the CTC layout.
 
 Nuclei are deformed, textured ellipsoids that drift, deform and sometimes divide over time
 (labels persist along tracks). Image formation follows what is published about SIM+ (MitoGen):
 about 600 * (0.2 + phantom) photons inside nuclei, a Gaussian PSF (sigma about 1 px laterally
 and 1.3 slices axially at the native voxel of 0.125 x 0.125 x 0.2 um), Poisson shot noise, and a
-camera offset of about 700 with Gaussian read-out noise of sigma about 90.
+camera offset of about 700 with Gaussian read-out noise of sigma about 90. The ``aniso`` preset
+adds what real anisotropic stacks show (see its entry in PRESETS): out-of-focus haze from a broad
+axial PSF component, and per-slice brightness variation.
 
 Output (``write_synthetic_dataset``)::
 
@@ -48,10 +50,19 @@ class SyntheticPreset:
     drift_um: float = 0.25  # per frame
     deform: float = 0.06  # amplitude of the radial modulation
     division_rate: float = 0.02  # per nucleus and frame
+    native_voxel_um: tuple[float, float, float] = FULL_VOXEL_UM  # the voxel at scale 1.0
+    # Out-of-focus light: this fraction of the signal is spread by a broad Gaussian of
+    # haze_sigma_um (Z, Y, X) instead of the in-focus PSF (0: none).
+    haze_fraction: float = 0.0
+    haze_sigma_um: tuple[float, float, float] = (4.0, 1.0, 1.0)
+    # Per-slice gain: bleaching exp(-bleaching * z / Z) along the acquisition, times a flicker
+    # of 1 + N(0, flicker) drawn per slice and frame.
+    bleaching: float = 0.0
+    flicker: float = 0.0
 
     @property
     def voxel_um(self) -> tuple[float, float, float]:
-        return tuple(v / self.scale for v in FULL_VOXEL_UM)
+        return tuple(v / self.scale for v in self.native_voxel_um)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -66,6 +77,19 @@ PRESETS = {
     "bench": SyntheticPreset(field_um=(10.0, 32.0, 32.0), scale=0.5, frames={"01": 24, "02": 10},
                              num_nuclei=16, min_separation=0.85, photons=300.0,
                              psf_sigma_px=(1.8, 1.0, 1.0), deform=0.1),
+    # Fluo-N3DH-CHO-like anisotropy at CPU size: 12 x 96 x 96 voxels of 2.0 x 0.4 x 0.4 um (CHO's
+    # published 1.0 x 0.2 x 0.2 um voxel at half resolution: z spacing 5x the pixel). CHO nuclei
+    # are about 10-14 um across (radius 6 um +- 15 %), so a nucleus spans 5-7 slices and the
+    # 24 um deep field holds two layers that touch along z as well as in the plane. Axial PSF
+    # FWHM 2.5 um (sigma 1.06 um, about 0.5 slice) as for a confocal with a 1.0 NA objective at
+    # this depth, plus 35 % out-of-focus haze (axial sigma 4 um, lateral 1.2 um), so a nucleus
+    # shows dimly and nearly full-size in the slices above and below its poles. Bleaching of
+    # 30 % over the stack and 10 % slice-to-slice flicker; fewer photons than bench (lower SNR).
+    "aniso": SyntheticPreset(field_um=(24.0, 38.4, 38.4), scale=0.5, frames={"01": 24, "02": 10},
+                             num_nuclei=14, radius_um=6.0, min_separation=0.85, photons=220.0,
+                             psf_sigma_px=(1.06, 1.0, 1.0), deform=0.1,
+                             native_voxel_um=(1.0, 0.2, 0.2), haze_fraction=0.35,
+                             haze_sigma_um=(4.0, 1.2, 1.2), bleaching=0.3, flicker=0.1),
     # Full SIM+ size: 59 x 350 x 650 voxels at 0.2 x 0.125 x 0.125 um, 150 and 80 frames.
     "sim+": SyntheticPreset(field_um=(11.8, 43.75, 81.25), scale=1.0, frames={"01": 150, "02": 80},
                             num_nuclei=20, min_separation=0.9),
@@ -195,8 +219,16 @@ class SequenceSimulator:
             labels[region][inside] = n.label
             phantom[region][inside] = np.clip(texture[inside] * (1.1 - 0.3 * rho[inside] ** 4), 0, 1)
         signal = np.where(labels > 0, p.photons * (0.2 + phantom), 0.0)
-        sigma = np.array(p.psf_sigma_px) * np.array(FULL_VOXEL_UM) / voxel
+        sigma = np.array(p.psf_sigma_px) * np.array(p.native_voxel_um) / voxel
         blurred = ndimage.gaussian_filter(signal, sigma=sigma)
+        if p.haze_fraction > 0:
+            haze = ndimage.gaussian_filter(signal, sigma=np.array(p.haze_sigma_um) / voxel)
+            blurred = (1 - p.haze_fraction) * blurred + p.haze_fraction * haze
+        if p.bleaching > 0 or p.flicker > 0:
+            depth = blurred.shape[0]
+            gain = np.exp(-p.bleaching * np.arange(depth) / depth)
+            gain = gain * np.clip(1 + p.flicker * self.rng.normal(size=depth), 0.5, 1.5)
+            blurred = blurred * gain[:, None, None]
         counts = self.rng.poisson(np.clip(blurred, 0, None)).astype(np.float64)
         raw = counts + p.offset + self.rng.normal(0, p.read_noise, size=counts.shape)
         return np.clip(np.rint(raw), 0, 65535).astype(np.uint16), labels
@@ -241,7 +273,7 @@ def write_synthetic_dataset(out_dir: str, preset: str | SyntheticPreset = "demo"
     """Write a SIM+-like CTC dataset (sequences 01 and 02) to out_dir; returns the preset used.
 
     frames: frames per sequence (default: the preset's); scale: resolution relative to the
-    native SIM+ voxel (default: the preset's).
+    preset's native voxel (default: the preset's).
     """
     if isinstance(preset, str):
         if preset not in PRESETS:

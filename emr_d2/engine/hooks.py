@@ -1,13 +1,17 @@
-"""Training hooks: fusion-weight logging, validation loss, early stopping."""
+"""Training hooks: fusion-weight logging, validation loss, early stopping, linking calibration."""
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from detectron2.engine import HookBase
+from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
 
+from ..atomic import atomic_write
+from ..calibration import calibrate_linking, set_linking
 from ..modeling.fusion import fusion_weights, mean_slice_weights
 
 logger = logging.getLogger(__name__)
@@ -95,3 +99,34 @@ class EarlyStopping(HookBase):
             logger.info(f"Early stopping at iteration {iteration}: {self.metric} has not improved "
                         f"for {self.patience} evaluations (best {self.best:.4f})")
             raise EarlyStop()
+
+
+class LinkingCalibration(HookBase):
+    """Before every evaluation (every ``eval_period`` iterations and after training), chooses the
+    linking on DATASETS.VAL and sets it in the trainer's config, so that the evaluation that
+    follows uses it; writes OUTPUT_DIR/linking.json and the config with the choice. Must come
+    before the EvalHook."""
+
+    def __init__(self, eval_period: int):
+        self.eval_period = eval_period
+
+    def _calibrate(self):
+        cfg = self.trainer.cfg
+        model = unwrap_ddp(self.trainer.model)
+        with inference_context(model), torch.no_grad():
+            result = calibrate_linking(cfg, model, cfg.OUTPUT_DIR)
+        cfg.defrost()
+        set_linking(cfg, result["choice"])
+        cfg.freeze()
+        self.trainer.storage.put_scalar("linking/val_SEG", result["SEG"], smoothing_hint=False)
+        if comm.is_main_process():
+            atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump()), "w")
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if self.eval_period > 0 and next_iter % self.eval_period == 0 and next_iter != self.trainer.max_iter:
+            self._calibrate()
+
+    def after_train(self):
+        if self.trainer.iter + 1 >= self.trainer.max_iter:
+            self._calibrate()

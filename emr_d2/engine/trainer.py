@@ -21,7 +21,7 @@ from ..data.mapper import SliceStackMapper
 from ..evaluation.ctc_evaluator import AnnotatedSlicesOnly, CTCEvaluator, write_json
 from ..modeling.checkpoint import SliceStackCheckpointer
 from ..modeling.fusion import SliceFusion
-from .hooks import EarlyStop, EarlyStopping, FusionWeightLogger, ValidationLoss
+from .hooks import EarlyStop, EarlyStopping, FusionWeightLogger, LinkingCalibration, ValidationLoss
 from .inference import inference_on_volumes
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with SliceStackMapper loaders, CTC + COCO evaluation on whole volumes,
-    fusion-weight logging, best checkpoint, validation loss and early stopping."""
+    fusion-weight logging, best checkpoint, validation loss, early stopping and linking
+    calibration on the validation data."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, with DDP that also works on the CPU (gloo: no device_ids) and
@@ -55,6 +56,9 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         cfg = self.cfg
         hook_list = super().build_hooks()
+        if cfg.TEST.CTC.CALIBRATE_LINKING:
+            eval_index = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
+            hook_list.insert(eval_index, LinkingCalibration(cfg.TEST.EVAL_PERIOD))
         extra = [FusionWeightLogger(cfg.MODEL.FUSION.LOG_PERIOD)]
         if cfg.TEST.VAL_LOSS_PERIOD > 0 and cfg.DATASETS.VAL:
             extra.append(ValidationLoss(cfg.TEST.VAL_LOSS_PERIOD, self.build_validation_loader(cfg),
@@ -161,4 +165,5 @@ def _annotated_records(names, filter_empty: bool) -> list[dict]:
     return [r for r in get_detection_dataset_dicts(names, filter_empty=filter_empty) if r.get("annotated", True)]
 
 
-CTC_TABLE_KEYS = ("SEG", "SEG_2D", "volume_AP", "precision", "recall", "count_error")
+CTC_TABLE_KEYS = ("SEG", "SEG_2D", "SEG_poles", "SEG_core", "SEG_oracle_link", "splits", "merges",
+                  "volume_AP", "precision", "recall", "count_error")

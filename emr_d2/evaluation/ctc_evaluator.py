@@ -20,7 +20,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ..atomic import atomic_write
 from ..data.ctc import gt_folder, list_gt, read_gt_frame, write_label_volume
-from .linking import link_options_from_config, link_volume
+from .linking import link_options_from_config, link_slices, link_with_reference, paste_volume
 from .seg import SEGAccumulator
 
 logger = logging.getLogger(__name__)
@@ -94,8 +94,11 @@ class CTCEvaluator(DatasetEvaluator):
 
     Inputs to :meth:`process` are slice records (volume_id, z, ...); outputs carry ``instances``
     at the record's native size. Works under DDP: predictions are gathered on the main process.
-    :meth:`evaluate` returns ``{"ctc": {SEG, SEG_2D, volume_AP, precision, recall, count_error,
-    ...}}`` and writes the same to ``<output_dir>/ctc_metrics.json``.
+    :meth:`evaluate` returns ``{"ctc": {SEG, SEG_2D, SEG_poles, SEG_core, splits, merges,
+    SEG_oracle_link, volume_AP, precision, recall, count_error, ...}}`` and writes the same to
+    ``<output_dir>/ctc_metrics.json``. ``SEG_oracle_link`` is the SEG of the same per-slice masks
+    linked with the reference identities (:func:`link_with_reference`): ``SEG_oracle_link - SEG``
+    is what linking loses, ``1 - SEG_oracle_link`` what the masks lose.
     """
 
     def __init__(self, dataset_name: str, cfg, output_dir: str | None = None, distributed: bool = True):
@@ -138,7 +141,7 @@ class CTCEvaluator(DatasetEvaluator):
             records[record["volume_id"]][record["z"]] = record
         metadata = MetadataCatalog.get(self.dataset_name)
         gt_frames = list_gt(gt_folder(metadata.dataset_root, metadata.sequence))
-        accumulator, ap_inputs = SEGAccumulator(), []
+        accumulator, oracle, ap_inputs = SEGAccumulator(), SEGAccumulator(), []
         res_dir = os.path.join(self.output_dir or ".", f"{metadata.sequence}_RES")
         for volume_id, slices in records.items():
             if volume_id not in by_volume:
@@ -147,29 +150,34 @@ class CTCEvaluator(DatasetEvaluator):
             if len(by_volume[volume_id]) != first["depth"]:
                 raise RuntimeError(f"{volume_id}: {len(by_volume[volume_id])} of {first['depth']} "
                                    "slices were predicted")
-            linked = self._link(by_volume[volume_id], (first["depth"], first["height"], first["width"]))
+            slice_maps, slice_scores = self._paste(by_volume[volume_id],
+                                                   (first["depth"], first["height"], first["width"]))
+            linked = link_slices(slice_maps, slice_scores, **self.link_options)
             if self.write_res and self.output_dir:
                 write_label_volume(os.path.join(res_dir, res_file_name(first["file_name"])), linked.labels)
             gt, annotated = read_gt_frame(gt_frames[first["frame"]], linked.labels.shape)
             accumulator.add(volume_id, gt, linked.labels, annotated)
+            oracle.add(volume_id, gt, link_with_reference(slice_maps, gt), annotated)
             ap_inputs.append((gt, linked.labels, linked.scores))
         if not ap_inputs:
             logger.warning(f"CTCEvaluator on {self.dataset_name}: no volume was predicted")
             return {"ctc": {}}
         summary = accumulator.summary()
         volume_ap = volume_average_precision(ap_inputs)
-        results = dict(summary, volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
+        results = dict(summary, SEG_oracle_link=oracle.summary()["SEG"],
+                       volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
                        volume_AP75=volume_ap["AP75"], num_volumes=len(ap_inputs))
         if self.output_dir:
             write_json(os.path.join(self.output_dir, "ctc_metrics.json"), results)
         return {"ctc": results}
 
-    def _link(self, slices: dict[int, tuple], shape: tuple[int, int, int]):
+    @staticmethod
+    def _paste(slices: dict[int, tuple], shape: tuple[int, int, int]):
         decoded = (
             (z, mask_util.decode(rles).transpose(2, 0, 1).astype(bool) if len(rles) else [], scores)
             for z, (rles, scores) in slices.items()
         )
-        return link_volume(decoded, shape, **self.link_options)
+        return paste_volume(decoded, shape)
 
 
 def write_json(path: str, data: dict) -> None:

@@ -156,15 +156,49 @@ def link_options_from_config(cfg) -> dict:
                 min_slices=ctc.MIN_SLICES, fill_gaps=ctc.FILL_GAPS)
 
 
-def link_volume(predictions, shape: tuple[int, int, int], **options) -> LinkedVolume:
-    """Paste and link per-slice predictions of one volume.
+def paste_volume(predictions, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Paste the per-slice predictions of one volume: ((Z, H, W) int32 region maps, per-slice
+    (K_z,) scores), as :func:`link_slices` takes them.
 
     predictions: iterable of (z, (K, H, W) bool masks, (K,) scores); slices not given are empty.
-    options: those of :func:`link_slices`.
     """
     slice_maps = np.zeros(shape, dtype=np.int32)
     slice_scores = [np.zeros(0)] * shape[0]
     for z, masks, scores in predictions:
         if len(masks):
             slice_maps[z], slice_scores[z] = paste_slice(masks, scores)
-    return link_slices(slice_maps, slice_scores, **options)
+    return slice_maps, slice_scores
+
+
+def link_volume(predictions, shape: tuple[int, int, int], **options) -> LinkedVolume:
+    """Paste and link per-slice predictions of one volume (options: those of :func:`link_slices`)."""
+    return link_slices(*paste_volume(predictions, shape), **options)
+
+
+def link_with_reference(slice_maps: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Oracle linking: every region of every slice takes the reference label it overlaps most in
+    that slice; regions that overlap no reference object become objects of their own.
+
+    slice_maps: (Z, H, W) region maps as from :func:`paste_volume`; reference: (Z, H, W) labels.
+    Returns (Z, H, W) int64 labels. Its SEG is the most any linking of these masks can reach
+    (up to gap filling): the rest is lost by the masks themselves.
+    """
+    labels = np.zeros(slice_maps.shape, dtype=np.int64)
+    next_label = int(reference.max()) + 1 if reference.size else 1
+    for z in range(slice_maps.shape[0]):
+        regions = slice_maps[z]
+        count = int(regions.max())
+        if count == 0:
+            continue
+        ref_ids, ref_codes = np.unique(reference[z], return_inverse=True)
+        table = np.bincount(regions.ravel().astype(np.int64) * len(ref_ids) + ref_codes.ravel(),
+                            minlength=(count + 1) * len(ref_ids)).reshape(count + 1, len(ref_ids))
+        table[:, ref_ids == 0] = 0
+        best = table.argmax(axis=1)
+        lookup = np.where(table.max(axis=1) > 0, ref_ids[best], 0).astype(np.int64)
+        unmatched = np.flatnonzero(lookup[1:] == 0) + 1
+        lookup[unmatched] = next_label + np.arange(len(unmatched))
+        next_label += len(unmatched)
+        lookup[0] = 0
+        labels[z] = lookup[regions]
+    return labels

@@ -15,6 +15,7 @@ import numpy as np
 
 _DENSE_LIMIT = 1 << 22  # label pair tables up to this size are counted with bincount, larger with a sort
 _BLOCK_VOXELS = 1 << 20  # planes are scanned in blocks of about this many voxels: faster than all at once
+SHARE = 0.2  # share of an object's voxels that makes another object a part of a split or merge
 
 
 def _label_codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +115,7 @@ class Contingency:
     pair_gt: np.ndarray  # (P,) index into gt_ids of every overlapping (reference, result) pair
     pair_res: np.ndarray  # (P,) index into res_ids of the same pairs
     pair_overlap: np.ndarray  # (P,) voxels the pair shares
+    gt_planes: np.ndarray  # (G,) plane of each reference cross-section (slice_wise), else 0
 
     @classmethod
     def from_pairs(cls, pairs: PairCounts, slice_wise: bool = False) -> "Contingency":
@@ -131,7 +133,7 @@ class Contingency:
         )
         pair_gt, pair_res = np.divmod(overlap_keys, max(len(res_keys), 1))
         return cls(g_ids[gt_keys % len(g_ids)], r_ids[res_keys % len(r_ids)], gt_sizes, res_sizes,
-                   pair_gt, pair_res, overlap)
+                   pair_gt, pair_res, overlap, gt_keys // max(len(g_ids), 1))
 
     def _matched_pairs(self) -> np.ndarray:
         """(P,) bool: the pair satisfies |R & S| > 0.5 |R| (at most one pair per reference)."""
@@ -152,6 +154,26 @@ class Contingency:
         scores[gt] = overlap / (self.gt_sizes[gt] + self.res_sizes[res] - overlap)
         return scores
 
+    def shared_objects(self, share: float = SHARE) -> tuple[int, int]:
+        """(splits, merges): reference objects of which two or more result objects hold at least
+        ``share`` of the voxels each, and result objects shared so by two or more references."""
+        holds_gt = self.pair_overlap >= share * self.gt_sizes[self.pair_gt]
+        holds_res = self.pair_overlap >= share * self.res_sizes[self.pair_res]
+        splits = np.bincount(self.pair_gt[holds_gt], minlength=len(self.gt_ids)) >= 2
+        merges = np.bincount(self.pair_res[holds_res], minlength=len(self.res_ids)) >= 2
+        return int(splits.sum()), int(merges.sum())
+
+    def polar_cross_sections(self) -> np.ndarray:
+        """(G,) bool, for a slice-wise table: the cross-section lies in the outer quarter of its
+        reference object's z-extent at either end (slice centre within the first or last 25 %)."""
+        labels, index = np.unique(self.gt_ids, return_inverse=True)
+        first = np.full(len(labels), np.iinfo(np.int64).max)
+        last = np.full(len(labels), -1)
+        np.minimum.at(first, index, self.gt_planes)
+        np.maximum.at(last, index, self.gt_planes)
+        position = (self.gt_planes - first[index] + 0.5) / (last - first + 1)[index]
+        return (position < 0.25) | (position > 0.75)
+
 
 def contingency(gt: np.ndarray, res: np.ndarray, slice_wise: bool = False) -> Contingency:
     """Overlap table of two label images of the same shape (2D or 3D, any integer dtype);
@@ -169,11 +191,15 @@ class FrameScores:
     matched_results: int  # result objects matched to some reference object
     fg_intersection: int  # voxels foreground in both
     fg_union: int  # voxels foreground in either
+    splits: int  # reference objects shared by two or more result objects (Contingency.shared_objects)
+    merges: int  # result objects shared by two or more reference objects
+    polar: np.ndarray | None = None  # (G,) bool, slice-wise frames: cross-section near a pole
 
 
-def _frame_scores(table: Contingency) -> FrameScores:
+def _frame_scores(table: Contingency, slice_wise: bool = False) -> FrameScores:
     match = table.ctc_match()
     intersection = int(table.pair_overlap.sum())
+    splits, merges = table.shared_objects()
     return FrameScores(
         gt_ids=table.gt_ids,
         scores=table.matched_jaccard(),
@@ -181,13 +207,16 @@ def _frame_scores(table: Contingency) -> FrameScores:
         matched_results=len(np.unique(match[match >= 0])),
         fg_intersection=intersection,
         fg_union=int(table.gt_sizes.sum() + table.res_sizes.sum()) - intersection,
+        splits=splits,
+        merges=merges,
+        polar=table.polar_cross_sections() if slice_wise else None,
     )
 
 
 def score_frame(gt: np.ndarray, res: np.ndarray, slice_wise: bool = False) -> FrameScores:
     """Per-object SEG scores and counts of one frame under the CTC matching rule
     (slice_wise: of every 2D cross-section, for SEG per slice)."""
-    return _frame_scores(contingency(gt, res, slice_wise))
+    return _frame_scores(contingency(gt, res, slice_wise), slice_wise)
 
 
 @dataclass
@@ -203,7 +232,7 @@ class SEGAccumulator:
         if annotated_slices is not None:
             gt, res = gt[annotated_slices], res[annotated_slices]
         pairs = pair_counts(gt, res, per_plane=True)
-        self.frames_2d[name] = _frame_scores(Contingency.from_pairs(pairs, slice_wise=True))
+        self.frames_2d[name] = _frame_scores(Contingency.from_pairs(pairs, slice_wise=True), True)
         self.frames[name] = (
             self.frames_2d[name] if annotated_slices is not None
             else _frame_scores(Contingency.from_pairs(pairs))
@@ -211,13 +240,19 @@ class SEGAccumulator:
         return self.frames[name]
 
     @staticmethod
-    def _pooled(frames: dict) -> float:
-        scores = [f.scores for f in frames.values()]
+    def _pooled(frames: dict, polar: bool | None = None) -> float:
+        """Pooled SEG; polar True / False: only the cross-sections near / away from the poles."""
+        if polar is None:
+            scores = [f.scores for f in frames.values()]
+        else:
+            scores = [f.scores[f.polar == polar] for f in frames.values()]
         total = sum(len(s) for s in scores)
         return float(np.concatenate(scores).sum() / total) if total else float("nan")
 
     def summary(self) -> dict:
-        """SEG, SEG_2D, object counts, precision, recall, count error and foreground IoU."""
+        """SEG, SEG_2D (also over the slices near each reference object's poles, SEG_poles, and
+        the rest, SEG_core), object counts, splits and merges, precision, recall, count error
+        and foreground IoU."""
         frames = list(self.frames.values())
         n_gt = sum(len(f.scores) for f in frames)
         n_res = sum(f.num_results for f in frames)
@@ -227,11 +262,15 @@ class SEGAccumulator:
         return {
             "SEG": self._pooled(self.frames),
             "SEG_2D": self._pooled(self.frames_2d),
+            "SEG_poles": self._pooled(self.frames_2d, polar=True),
+            "SEG_core": self._pooled(self.frames_2d, polar=False),
             "num_gt": n_gt,
             "num_pred": n_res,
             "matched": matched_gt,
             "missed": n_gt - matched_gt,
             "extra": n_res - matched_res,
+            "splits": sum(f.splits for f in frames),
+            "merges": sum(f.merges for f in frames),
             "precision": matched_res / n_res if n_res else float("nan"),
             "recall": matched_gt / n_gt if n_gt else float("nan"),
             "count_error": float(np.mean([abs(f.num_results - len(f.scores)) for f in frames]))

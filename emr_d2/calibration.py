@@ -1,0 +1,170 @@
+"""Linking calibration: choose the z-linker and its settings on validation volumes, never the test.
+
+The validation volumes are predicted once; their per-slice masks are relinked for every point of
+a grid (linker x threshold x look-back x minimum slices) and scored with SEG; the best point wins.
+The choice and the whole table are written to ``linking.json``, which :func:`apply_calibrated_linking`
+applies to a config whose MODEL.WEIGHTS lie in the same folder.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
+from tqdm import tqdm
+
+from .data.ctc import gt_folder, list_gt, read_gt_frame, read_raw_volume
+from .evaluation.ctc_evaluator import instances_to_numpy, write_json
+from .evaluation.linking import LINKERS, link_slices, paste_volume
+from .evaluation.seg import SEGAccumulator
+from .predictor import VolumePredictor
+
+logger = logging.getLogger(__name__)
+
+LINKING_FILE = "linking.json"
+# Config key of each calibrated link_slices option.
+CALIBRATED_KEYS = {"strategy": "LINKING", "threshold": "LINK_THRESHOLD", "look_back": "LOOK_BACK",
+                   "min_slices": "MIN_SLICES"}
+
+
+@dataclass
+class PastedVolume:
+    """Per-slice predictions of one validation volume, pasted, with its reference."""
+
+    name: str
+    slice_maps: np.ndarray  # (Z, H, W) int32 regions of every slice
+    slice_scores: list  # Z arrays of (K_z,) region scores
+    reference: np.ndarray  # (Z, H, W) reference labels
+    annotated: list | None  # slices with a reference (slice-wise reference), None: all
+
+
+def check_calibration_config(cfg) -> None:
+    """One-line errors, before any work, for a calibration that could not run."""
+    if cfg.TEST.CTC.CALIBRATE_LINKING and not cfg.DATASETS.VAL:
+        raise ValueError("TEST.CTC.CALIBRATE_LINKING needs validation data: set DATASETS.VAL")
+    unknown = [name for name in cfg.TEST.CTC.CALIBRATION.LINKERS if name not in LINKERS]
+    if unknown:
+        raise ValueError(f"TEST.CTC.CALIBRATION.LINKERS: {unknown} not among {list(LINKERS)}")
+
+
+def linking_grid(cfg) -> list[dict]:
+    """link_slices options of every grid point of TEST.CTC.CALIBRATION. ``connected`` ignores
+    threshold and look-back, so it enters once per minimum length."""
+    grid = cfg.TEST.CTC.CALIBRATION
+    points = []
+    for strategy, min_slices in itertools.product(grid.LINKERS, grid.MIN_SLICES):
+        if strategy == "connected":
+            points.append(dict(strategy=strategy, threshold=0.0, look_back=0, min_slices=min_slices))
+            continue
+        for threshold, look_back in itertools.product(grid.THRESHOLDS, grid.LOOK_BACKS):
+            points.append(dict(strategy=strategy, threshold=float(threshold), look_back=int(look_back),
+                               min_slices=int(min_slices)))
+    return points
+
+
+def predict_validation_volumes(cfg, model: torch.nn.Module) -> list[PastedVolume]:
+    """Predict every volume of DATASETS.VAL once (volumes split over the processes) and paste
+    its per-slice masks; every process gets all volumes. Reads nothing else."""
+    if not cfg.DATASETS.VAL:
+        raise ValueError("linking calibration needs validation data: set DATASETS.VAL")
+    predictor = VolumePredictor(cfg, model)
+    jobs = []
+    for dataset_name in cfg.DATASETS.VAL:
+        metadata = MetadataCatalog.get(dataset_name)
+        gt_frames = list_gt(gt_folder(metadata.dataset_root, metadata.sequence))
+        first_slices = {r["volume_id"]: r for r in DatasetCatalog.get(dataset_name) if r["z"] == 0}
+        jobs += [(record, gt_frames[record["frame"]]) for record in first_slices.values()]
+    mine = jobs[comm.get_rank()::comm.get_world_size()]
+    volumes = []
+    for record, gt_frame in tqdm(mine, desc="calibration: predicting", unit="volume",
+                                 disable=not comm.is_main_process()):
+        raw = read_raw_volume(record["file_name"])
+        predictions = ((z, *instances_to_numpy(instances, predictor.score_threshold))
+                       for z, instances in predictor.slice_instances(raw))
+        slice_maps, slice_scores = paste_volume(predictions, raw.shape)
+        reference, annotated = read_gt_frame(gt_frame, raw.shape)
+        volumes.append(PastedVolume(record["volume_id"], slice_maps, slice_scores, reference, annotated))
+    if comm.get_world_size() > 1:
+        volumes = list(itertools.chain(*comm.all_gather(volumes)))
+    return volumes
+
+
+def score_linking(volumes: list[PastedVolume], options: dict, fill_gaps: bool) -> float:
+    """Pooled SEG of the volumes linked with one set of link_slices options."""
+    accumulator = SEGAccumulator()
+    for volume in volumes:
+        linked = link_slices(volume.slice_maps, volume.slice_scores, fill_gaps=fill_gaps, **options)
+        accumulator.add(volume.name, volume.reference, linked.labels, volume.annotated)
+    return accumulator.summary()["SEG"]
+
+
+def choose_linking(volumes: list[PastedVolume], grid: list[dict], fill_gaps: bool) -> tuple[dict, list[dict]]:
+    """(best options, table of every grid point with its SEG); ties go to the earlier point."""
+    if not volumes:
+        raise ValueError("linking calibration: the validation datasets hold no volume")
+    table = [dict(options, SEG=score_linking(volumes, options, fill_gaps))
+             for options in tqdm(grid, desc="calibration: relinking", unit="setting",
+                                 disable=not comm.is_main_process())]
+    best = max(range(len(table)), key=lambda i: (table[i]["SEG"], -i))
+    return {k: table[best][k] for k in CALIBRATED_KEYS}, table
+
+
+def calibrate_linking(cfg, model: torch.nn.Module, output_dir: str) -> dict:
+    """Choose the linking on DATASETS.VAL and write ``<output_dir>/linking.json`` (main process).
+
+    Returns {"choice": {config key: value}, "SEG": best validation SEG, "default": {...},
+    "table": [...]}, the same on every process.
+    """
+    volumes = predict_validation_volumes(cfg, model)
+    ctc = cfg.TEST.CTC
+    default = dict(strategy=ctc.LINKING, threshold=float(ctc.LINK_THRESHOLD), look_back=int(ctc.LOOK_BACK),
+                   min_slices=int(ctc.MIN_SLICES))
+    best, table = choose_linking(volumes, [default] + linking_grid(cfg), ctc.FILL_GAPS)
+    result = {
+        "choice": {CALIBRATED_KEYS[k]: v for k, v in best.items()},
+        "SEG": max(row["SEG"] for row in table),
+        "default": dict(table[0]),
+        "validation": list(cfg.DATASETS.VAL),
+        "volumes": len(volumes),
+        "table": table[1:],
+    }
+    logger.info(f"Linking calibrated on {len(volumes)} volumes of {', '.join(cfg.DATASETS.VAL)}: "
+                f"{result['choice']} (validation SEG {result['SEG']:.4f}; "
+                f"configured linking {table[0]['SEG']:.4f})")
+    if comm.is_main_process():
+        write_json(os.path.join(output_dir, LINKING_FILE), result)
+    return result
+
+
+def set_linking(cfg, choice: dict) -> None:
+    """Set TEST.CTC.<key> to every value of a calibrated choice (cfg must not be frozen)."""
+    for key, value in choice.items():
+        cfg.TEST.CTC[key] = value
+
+
+def apply_calibrated_linking(cfg, explicit: list[str] = ()) -> dict | None:
+    """Apply the linking.json beside MODEL.WEIGHTS, if any (and TEST.CTC.USE_CALIBRATED_LINKING),
+    except for keys the user gave explicitly (``explicit``: KEY VALUE overrides). Returns the
+    applied choice."""
+    weights = cfg.MODEL.WEIGHTS
+    if not (cfg.TEST.CTC.USE_CALIBRATED_LINKING and weights and os.path.isfile(weights)):
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(weights)), LINKING_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            choice = json.load(f)["choice"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: not a linking calibration file ({e})") from e
+    given = set(explicit[0::2])
+    applied = {k: v for k, v in choice.items() if f"TEST.CTC.{k}" not in given}
+    set_linking(cfg, applied)
+    logger.info(f"Using the linking calibrated in {path}: {applied}")
+    return applied
