@@ -9,6 +9,7 @@ once with the configured linking and once with the calibrated one. A finished ru
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import os
@@ -105,10 +106,21 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
     return row
 
 
+def finished_rows(output: str, dataset: BenchDataset) -> list[dict]:
+    """Rows of every finished run of a dataset under ``output``, by config name and seed."""
+    rows = []
+    for path in glob.glob(os.path.join(output, dataset.name, "*", "seed*", "row.json")):
+        with open(path) as f:
+            rows.append(json.load(f))
+    return sorted(rows, key=lambda r: (r["config"], r["seed"]))
+
+
 def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
                   results_dir: str, opts: list[str] = (), gpus: int = 0) -> list[dict]:
-    """All configs x seeds on one dataset (one at a time, or one per GPU in parallel); writes
-    ``<results_dir>/<dataset>/results.{csv,md,png}`` after every run."""
+    """All configs x seeds on one dataset (one at a time, or one per GPU in parallel). After every
+    run, ``<results_dir>/<dataset>/results.{csv,md,png}`` are rewritten from all finished runs of
+    the dataset under ``output`` (so later calls with other configs add to the same tables).
+    Returns those rows."""
     jobs = [(c, s) for s in range(seeds) for c in configs]
     results = os.path.join(results_dir, dataset.name)
     if gpus > 1:
@@ -118,13 +130,13 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
             return run_one(config, seed, dataset, output, list(opts), env)
 
         with ThreadPoolExecutor(gpus) as pool:
-            rows = list(pool.map(on_gpu, enumerate(jobs)))
+            list(pool.map(on_gpu, enumerate(jobs)))
     else:
-        rows = []
         for k, (config, seed) in enumerate(jobs, 1):
             logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
-            rows.append(run_one(config, seed, dataset, output, list(opts)))
-            write_results(rows, results)
+            run_one(config, seed, dataset, output, list(opts))
+            write_results(finished_rows(output, dataset), results)
+    rows = finished_rows(output, dataset)
     write_results(rows, results)
     return rows
 
