@@ -19,9 +19,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 from tqdm import tqdm
 
+from .data.catalog import z_voxel_size
 from .data.ctc import gt_folder, list_gt, read_gt_frame, read_raw_volume
-from .evaluation.ctc_evaluator import instances_to_numpy, write_json
-from .evaluation.linking import LINKERS, link_slices, paste_volume
+from .evaluation.ctc_evaluator import write_json
+from .linking import SliceRegions, link_slices
 from .evaluation.seg import SEGAccumulator
 from .predictor import VolumePredictor
 
@@ -38,19 +39,9 @@ class PastedVolume:
     """Per-slice predictions of one validation volume, pasted, with its reference."""
 
     name: str
-    slice_maps: np.ndarray  # (Z, H, W) int32 regions of every slice
-    slice_scores: list  # Z arrays of (K_z,) region scores
+    regions: SliceRegions  # the pasted per-slice predictions
     reference: np.ndarray  # (Z, H, W) reference labels
     annotated: list | None  # slices with a reference (slice-wise reference), None: all
-
-
-def check_calibration_config(cfg) -> None:
-    """One-line errors, before any work, for a calibration that could not run."""
-    if cfg.TEST.CTC.CALIBRATE_LINKING and not cfg.DATASETS.VAL:
-        raise ValueError("TEST.CTC.CALIBRATE_LINKING needs validation data: set DATASETS.VAL")
-    unknown = [name for name in cfg.TEST.CTC.CALIBRATION.LINKERS if name not in LINKERS]
-    if unknown:
-        raise ValueError(f"TEST.CTC.CALIBRATION.LINKERS: {unknown} not among {list(LINKERS)}")
 
 
 def linking_grid(cfg) -> list[dict]:
@@ -85,11 +76,9 @@ def predict_validation_volumes(cfg, model: torch.nn.Module) -> list[PastedVolume
     for record, gt_frame in tqdm(mine, desc="calibration: predicting", unit="volume",
                                  disable=not comm.is_main_process()):
         raw = read_raw_volume(record["file_name"])
-        predictions = ((z, *instances_to_numpy(instances, predictor.score_threshold))
-                       for z, instances in predictor.slice_instances(raw))
-        slice_maps, slice_scores = paste_volume(predictions, raw.shape)
+        regions = predictor.regions(raw, z_um=z_voxel_size(record))
         reference, annotated = read_gt_frame(gt_frame, raw.shape)
-        volumes.append(PastedVolume(record["volume_id"], slice_maps, slice_scores, reference, annotated))
+        volumes.append(PastedVolume(record["volume_id"], regions, reference, annotated))
     if comm.get_world_size() > 1:
         volumes = list(itertools.chain(*comm.all_gather(volumes)))
     return volumes
@@ -99,7 +88,7 @@ def score_linking(volumes: list[PastedVolume], options: dict, fill_gaps: bool) -
     """Pooled SEG of the volumes linked with one set of link_slices options."""
     accumulator = SEGAccumulator()
     for volume in volumes:
-        linked = link_slices(volume.slice_maps, volume.slice_scores, fill_gaps=fill_gaps, **options)
+        linked = link_slices(volume.regions, fill_gaps=fill_gaps, **options)
         accumulator.add(volume.name, volume.reference, linked.labels, volume.annotated)
     return accumulator.summary()["SEG"]
 

@@ -26,6 +26,12 @@ def add_emr_config(cfg: CN) -> None:
     # Number of slices the model sees: the centre slice z and its neighbours z-N//2 .. z+N//2
     # (for even N the window is z-N//2 .. z+N//2-1). 1 is plain 2D Mask R-CNN.
     _c.INPUT.NUM_SLICES = 5
+    # Explicit slice offsets of the window, e.g. [-2, 0, 2]: NUM_SLICES sorted integers with 0 at
+    # position NUM_SLICES // 2. Empty: the N adjacent slices (offsets -N//2 .. N - N//2 - 1).
+    _c.INPUT.SLICE_OFFSETS = []
+    # Spacing of the window's slices in micrometres (> 0; instead of SLICE_OFFSETS): the default
+    # offsets times round(SLICE_SPACING_UM / z voxel size), at least 1 slice, per dataset.
+    _c.INPUT.SLICE_SPACING_UM = 0.0
     # How slices outside the volume are filled: "replicate" (nearest edge slice),
     # "zero" (normalised value 0) or "reflect" (mirror at the edge, without repeating it).
     _c.INPUT.SLICE_PADDING = "replicate"
@@ -45,6 +51,23 @@ def add_emr_config(cfg: CN) -> None:
     _c.INPUT.INTENSITY_AUG.CONTRAST = (0.8, 1.25)
     # Standard deviation of additive Gaussian noise, drawn uniformly in [0, NOISE_STD].
     _c.INPUT.INTENSITY_AUG.NOISE_STD = 0.03
+
+    # Centre-slice degradation (training only): with probability PROB the centre slice of a window
+    # is replaced by a blurred (Gaussian, BLUR_SIGMA px), noisier (+ NOISE_STD) or dimmed (x DIM)
+    # copy, one of the three at random, while its reference masks stay: the neighbours must help.
+    _c.INPUT.CENTER_DEGRADE = CN()
+    _c.INPUT.CENTER_DEGRADE.PROB = 0.0
+    _c.INPUT.CENTER_DEGRADE.BLUR_SIGMA = 3.0
+    _c.INPUT.CENTER_DEGRADE.NOISE_STD = 0.3
+    _c.INPUT.CENTER_DEGRADE.DIM = 0.3
+
+    # ---------------------------------------------------------------- neighbour-mask head
+    # The mask head also predicts every centre-slice object's mask in each neighbour slice of the
+    # window (one more mask logit per slice offset), trained against the 3D reference; no-op for
+    # N = 1. Predicted neighbour masks feed TEST.CTC.LINKING "predicted".
+    _c.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS = False
+    # Weight of the neighbour-mask loss (binary cross-entropy, mean over neighbour slices).
+    _c.MODEL.ROI_MASK_HEAD.NEIGHBOR_LOSS_WEIGHT = 1.0
 
     # ---------------------------------------------------------------- datasets and splits
     # "<dataset>_<seq>_train" / "_val": the first (1 - VAL_FRACTION) of the frames of a sequence
@@ -102,14 +125,16 @@ def add_emr_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- CTC evaluation
     _c.TEST.CTC = CN()
     # z-linking of per-slice instances into 3D objects: "hungarian" (IoU between adjacent
-    # slices), "overlap" (overlap relative to the smaller mask) or "connected" (3D components of
-    # the union of all masks).
+    # slices), "overlap" (overlap relative to the smaller mask), "connected" (3D components of
+    # the union of all masks) or "predicted" (IoU of each object's predicted neighbour masks with
+    # the neighbour slices' objects; needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS).
     _c.TEST.CTC.LINKING = "hungarian"
-    # Minimal IoU (hungarian) or overlap (overlap) for two slices' masks to be linked.
+    # Minimal IoU (hungarian, predicted) or overlap (overlap) for two slices' masks to be linked.
     _c.TEST.CTC.LINK_THRESHOLD = 0.3
     # How many slices back an object may be continued from, bridging missed slices.
     _c.TEST.CTC.LOOK_BACK = 1
-    # Fill slices bridged by LOOK_BACK with the intersection of the object's masks around the gap.
+    # Fill slices bridged by LOOK_BACK with the object's predicted neighbour mask there (predicted
+    # linking), else with the intersection of the object's masks around the gap.
     _c.TEST.CTC.FILL_GAPS = True
     # Objects present in fewer slices than this are dropped.
     _c.TEST.CTC.MIN_SLICES = 2
@@ -121,7 +146,7 @@ def add_emr_config(cfg: CN) -> None:
     # every window (shared-backbone fusion variants only); False runs every window on its own.
     _c.TEST.CTC.CACHE_FEATURES = True
     # Windows per forward pass in whole-volume inference.
-    _c.TEST.CTC.BATCH_SLICES = 4
+    _c.TEST.CTC.BATCH_WINDOWS = 4
     # Also run detectron2's COCOEvaluator (per-slice segm and bbox AP) on CTC datasets.
     _c.TEST.CTC.COCO_AP = True
     # Choose the linking (LINKING, LINK_THRESHOLD, LOOK_BACK, MIN_SLICES) on DATASETS.VAL before
@@ -171,3 +196,60 @@ def resolve_pixel_stats(cfg: CN) -> None:
                 f"(used for every slice) or exactly {n}"
             )
         cfg.MODEL[key] = values
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: {value!r} is not one of {list(allowed)}")
+
+
+def check_config(cfg: CN) -> None:
+    """Check every enumerated emr_d2 key and the pairings between them; raise ValueError with one
+    line naming the key, the value and what is allowed. Called by every tool before any work."""
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    from .data.window import PADDING_MODES
+    from .linking import LINKERS
+    from .modeling.backbone import LATE_FUSION_BACKBONES, PROPOSAL_SOURCES
+    from .modeling.fusion.base import FUSION_REGISTRY, STATIC_INITS
+    from .modeling.intensity import INTENSITY_MODES
+    from .modeling.roi_heads import SliceFusionROIHeads
+
+    n = cfg.INPUT.NUM_SLICES
+    if n < 1:
+        raise ValueError(f"INPUT.NUM_SLICES: {n} must be at least 1")
+    offsets = list(cfg.INPUT.SLICE_OFFSETS)
+    if offsets and (len(offsets) != n or sorted(set(offsets)) != offsets or offsets[n // 2] != 0):
+        raise ValueError(f"INPUT.SLICE_OFFSETS: {offsets} must be {n} (INPUT.NUM_SLICES) increasing "
+                         f"integers with 0 at position {n // 2}")
+    if offsets and cfg.INPUT.SLICE_SPACING_UM > 0:
+        raise ValueError("INPUT.SLICE_SPACING_UM: give either it or INPUT.SLICE_OFFSETS, not both")
+    if cfg.INPUT.SLICE_SPACING_UM < 0:
+        raise ValueError(f"INPUT.SLICE_SPACING_UM: {cfg.INPUT.SLICE_SPACING_UM} must not be negative")
+    if not 0.0 <= cfg.INPUT.CENTER_DEGRADE.PROB <= 1.0:
+        raise ValueError(f"INPUT.CENTER_DEGRADE.PROB: {cfg.INPUT.CENTER_DEGRADE.PROB} is not a probability")
+    _choice("INPUT.SLICE_PADDING", cfg.INPUT.SLICE_PADDING, PADDING_MODES)
+    _choice("MODEL.INTENSITY.NAME", cfg.MODEL.INTENSITY.NAME, INTENSITY_MODES)
+    fusion = cfg.MODEL.FUSION
+    fusion_names = sorted(name for name, _ in FUSION_REGISTRY)
+    _choice("MODEL.FUSION.NAME", fusion.NAME, fusion_names)
+    _choice("MODEL.FUSION.LATE.NAME", fusion.LATE.NAME, fusion_names)
+    _choice("MODEL.FUSION.STATIC_INIT", fusion.STATIC_INIT, STATIC_INITS)
+    _choice("MODEL.FUSION.LATE.PROPOSALS_FROM", fusion.LATE.PROPOSALS_FROM, PROPOSAL_SOURCES)
+    late_backbone = cfg.MODEL.BACKBONE.NAME in LATE_FUSION_BACKBONES
+    late_heads = issubclass(ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME), SliceFusionROIHeads)
+    if late_backbone != late_heads:
+        raise ValueError(f"MODEL.ROI_HEADS.NAME: {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
+                         f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs build_late_fusion_backbone "
+                         "together with SliceFusionROIHeads")
+    _choice("TEST.CTC.LINKING", cfg.TEST.CTC.LINKING, LINKERS)
+    for name in cfg.TEST.CTC.CALIBRATION.LINKERS:
+        _choice("TEST.CTC.CALIBRATION.LINKERS", name, LINKERS)
+    if "predicted" in [cfg.TEST.CTC.LINKING, *cfg.TEST.CTC.CALIBRATION.LINKERS] and not (
+            cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and n > 1):
+        raise ValueError("TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and "
+                         "INPUT.NUM_SLICES > 1")
+    if cfg.TEST.CTC.CALIBRATE_LINKING and not cfg.DATASETS.VAL:
+        raise ValueError("TEST.CTC.CALIBRATE_LINKING: True needs validation data in DATASETS.VAL")
+    _choice("TEST.BEST_METRIC_MODE", cfg.TEST.BEST_METRIC_MODE, ("max", "min"))
+    _choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER.upper(), ("SGD", "ADAMW"))

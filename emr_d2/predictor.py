@@ -9,38 +9,29 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Instances
 from tqdm import tqdm
 
 from .data.ctc import CTCFormatError, list_frames, read_raw_volume, write_label_volume
-from .data.window import normalised_slices, percentile_range, warn_if_deeper_than, window_indices
-from .evaluation.ctc_evaluator import instances_to_numpy
-from .evaluation.linking import LinkedVolume, link_options_from_config, link_volume
-from .modeling.backbone import SharedSliceBackbone
+from .data.window import SliceWindow, normalised_slices, percentile_range, warn_if_deeper_than
+from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
+    paste_volume
 from .modeling.checkpoint import SliceStackCheckpointer
 
 logger = logging.getLogger(__name__)
 
 
-def supports_feature_cache(model: torch.nn.Module) -> bool:
-    """Whether per-slice features can be shared between windows: the backbone runs on each
-    slice alone (early / late fusion, attention) and every slice is normalised alike. Channel
-    fusion mixes the slices in its first convolution and cannot share."""
-    return (
-        isinstance(model.backbone, SharedSliceBackbone)
-        and bool((model.pixel_mean == model.pixel_mean.flatten()[0]).all())
-        and bool((model.pixel_std == model.pixel_std.flatten()[0]).all())
-    )
-
-
 class VolumePredictor:
     """Segments whole (Z, H, W) volumes with a slice-stack model.
 
-    Every slice z is predicted from its N-slice window (batched, ``TEST.CTC.BATCH_SLICES``
-    windows per forward pass). With TEST.CTC.CACHE_FEATURES and a shared-backbone model, each
-    slice's backbone features are computed once and kept in a rolling cache of the slices the
-    current windows need; only the fusion and the heads run per window. Instances come back at
-    the volume's native size; :meth:`__call__` links them into a 3D label volume.
+    It schedules the work; the model does the inference. Every slice z is predicted from its
+    window (INPUT.NUM_SLICES slices at INPUT.SLICE_OFFSETS / SLICE_SPACING_UM, padded at the
+    edges), ``TEST.CTC.BATCH_WINDOWS`` windows per forward pass. With TEST.CTC.CACHE_FEATURES and
+    a model that shares slice features, each slice's backbone features are computed once
+    (``model.slice_features``) and kept in a rolling cache of the slices the current windows
+    need; only fusion and heads run per window (``model.inference_from_slice_features``).
+    Instances come back at the volume's native size; :meth:`__call__` links them into a 3D
+    label volume.
     """
 
     def __init__(self, cfg, model: torch.nn.Module | None = None):
@@ -48,84 +39,79 @@ class VolumePredictor:
             model = build_model(cfg)
             SliceStackCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
         self.model = model
-        self.num_slices = cfg.INPUT.NUM_SLICES
-        self.padding = cfg.INPUT.SLICE_PADDING
+        self.window = SliceWindow.from_config(cfg)
         self.percentiles = tuple(cfg.INPUT.NORM_PERCENTILES)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        self.batch_size = max(int(cfg.TEST.CTC.BATCH_SLICES), 1)
-        self.use_cache = bool(cfg.TEST.CTC.CACHE_FEATURES) and supports_feature_cache(model)
+        self.batch_size = max(int(cfg.TEST.CTC.BATCH_WINDOWS), 1)
+        self.use_cache = bool(cfg.TEST.CTC.CACHE_FEATURES) and getattr(model, "shares_slice_features", False)
         self.link_options = link_options_from_config(cfg)
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
 
     # ------------------------------------------------------------------ per-slice prediction
-    def slice_instances(self, volume: np.ndarray, progress: bool = False) -> Iterator[tuple[int, Instances]]:
-        """Yield (z, Instances at native size) for every slice of a (Z, H, W) raw volume."""
+    def slice_offsets(self, z_um: float | None = None) -> np.ndarray:
+        """(N,) window offsets in slices for a volume of z voxel size z_um (micrometres)."""
+        return self.window.slice_offsets(z_um)
+
+    def slice_instances(self, volume: np.ndarray, progress: bool = False,
+                        z_um: float | None = None) -> Iterator[tuple[int, Instances]]:
+        """Yield (z, Instances at native size) for every slice of a (Z, H, W) raw volume whose
+        z voxel size is z_um (needed with INPUT.SLICE_SPACING_UM)."""
         if volume.ndim != 3:
             raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}")
+        offsets = self.slice_offsets(z_um)
         low, high = percentile_range(volume, self.percentiles)
         depth = volume.shape[0]
-        warn_if_deeper_than(depth, self.num_slices, "volume")
+        warn_if_deeper_than(depth, offsets, "volume")
+        windows = {z: self.window.indices(z, depth, offsets) for z in range(depth)}
         batches = [list(range(s, min(s + self.batch_size, depth))) for s in range(0, depth, self.batch_size)]
         predict = self._predict_cached if self.use_cache else self._predict_windows
-        state: dict = {}
+        cache: dict = {"features": {}, "image_size": None}  # slice index -> {level: (C, h, w)}
         self.model.eval()
         with torch.no_grad():
             for zs in tqdm(batches, desc="slices", unit="batch", disable=not progress):
-                yield from zip(zs, predict(volume, low, high, zs, state))
+                inputs = [{"height": volume.shape[1], "width": volume.shape[2], "z": z} for z in zs]
+                outputs = predict(volume, (low, high), [windows[z] for z in zs], inputs, cache)
+                yield from zip(zs, (out["instances"].to("cpu") for out in outputs))
 
-    def _slices(self, volume: np.ndarray, low: float, high: float, indices) -> np.ndarray:
+    def _slices(self, volume: np.ndarray, intensity_range: tuple[float, float], indices) -> np.ndarray:
         """Normalised, test-resized slices (S, H', W'); index -1 gives a zero slice."""
-        out = normalised_slices(volume, indices, low, high)
+        out = normalised_slices(volume, indices, *intensity_range)
         transform = self.resize.get_transform(out[0])
         return np.ascontiguousarray(transform.apply_image(out.transpose(1, 2, 0)).transpose(2, 0, 1))
 
-    def _inputs(self, volume: np.ndarray, zs: list[int]) -> list[dict]:
-        return [{"height": volume.shape[1], "width": volume.shape[2], "z": z} for z in zs]
-
-    def _predict_windows(self, volume, low, high, zs, state) -> list[Instances]:
+    def _predict_windows(self, volume, intensity_range, windows, inputs, cache) -> list[dict]:
         """Every window on its own: the backbone sees each slice N times."""
-        inputs = self._inputs(volume, zs)
-        for item in inputs:
-            idx = window_indices(item["z"], volume.shape[0], self.num_slices, self.padding)
-            item["image"] = torch.from_numpy(self._slices(volume, low, high, idx))
-        return [out["instances"].to("cpu") for out in self.model(inputs)]
+        for item, window in zip(inputs, windows):
+            item["image"] = torch.from_numpy(self._slices(volume, intensity_range, window))
+        return self.model(inputs)
 
-    def _predict_cached(self, volume, low, high, zs, state) -> list[Instances]:
+    def _predict_cached(self, volume, intensity_range, windows, inputs, cache) -> list[dict]:
         """Backbone features of each slice once, from a rolling cache; fusion + heads per window."""
-        model = self.model
-        cache: dict[int, dict[str, torch.Tensor]] = state.setdefault("cache", {})
-        windows = [window_indices(z, volume.shape[0], self.num_slices, self.padding) for z in zs]
-        needed = sorted(set(np.concatenate(windows).tolist()))
-        for index in [i for i in cache if i not in needed]:
-            del cache[index]
-        missing = [i for i in needed if i not in cache]
+        features = cache["features"]
+        needed = set(np.concatenate(windows).tolist())
+        for index in [i for i in features if i not in needed]:
+            del features[index]
+        missing = sorted(needed - set(features))
         if missing:
-            images = model.preprocess_slices(torch.from_numpy(self._slices(volume, low, high, missing)))
-            features = model.backbone.forward_slices(images.tensor)  # {level: (S, 1, C, h, w)}
-            for k, index in enumerate(missing):
-                cache[index] = {level: f[k, 0] for level, f in features.items()}
-            state["image_size"] = images.image_sizes[0]
-            state["padded"] = images.tensor.shape[-2:]
-        levels = cache[needed[0]].keys()
-        stacked = {level: torch.stack([torch.stack([cache[i][level] for i in w]) for w in windows])
-                   for level in levels}
-        features = model.backbone.combine(stacked)
-        device = next(iter(stacked.values())).device
-        images = ImageList(torch.zeros((len(zs), 1, *state["padded"]), device=device),
-                           [state["image_size"]] * len(zs))
-        proposals, _ = model.proposal_generator(images, features, None)
-        results, _ = model.roi_heads(images, features, proposals, None)
-        processed = model._postprocess(results, self._inputs(volume, zs), images.image_sizes)
-        return [out["instances"].to("cpu") for out in processed]
+            slices = torch.from_numpy(self._slices(volume, intensity_range, missing))
+            computed, cache["image_size"] = self.model.slice_features(slices)
+            features.update(zip(missing, computed))
+        return self.model.inference_from_slice_features(
+            [[features[i] for i in window] for window in windows], cache["image_size"], inputs)
 
     # ------------------------------------------------------------------ whole volume
-    def __call__(self, volume: np.ndarray, progress: bool = False) -> LinkedVolume:
+    def regions(self, volume: np.ndarray, progress: bool = False, z_um: float | None = None) -> SliceRegions:
+        """Predict and paste every slice of a (Z, H, W) raw volume (with predicted neighbour
+        masks for a neighbour-mask model), ready for linking."""
+        offsets = self.slice_offsets(z_um)
+        predictions = [(z, *instances_to_numpy(instances, self.score_threshold))
+                       for z, instances in self.slice_instances(volume, progress, z_um)]
+        has_neighbors = bool(predictions) and len(predictions[0]) == 4
+        return paste_volume(predictions, volume.shape, offsets[offsets != 0] if has_neighbors else ())
+
+    def __call__(self, volume: np.ndarray, progress: bool = False, z_um: float | None = None) -> LinkedVolume:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""
-        predictions = (
-            (z, *instances_to_numpy(instances, self.score_threshold))
-            for z, instances in self.slice_instances(volume, progress)
-        )
-        return link_volume(predictions, volume.shape, **self.link_options)
+        return link_slices(self.regions(volume, progress, z_um), **self.link_options)
 
 
 def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:

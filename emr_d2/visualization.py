@@ -166,33 +166,31 @@ def plot_training_curves(metrics_file: str, path: str) -> None:
     plt.close(fig)
 
 
-def collect_fusion_weights(cfg, model, volume: np.ndarray) -> tuple[dict, dict]:
-    """Run the model window by window over a (Z, H, W) volume and average each fusion module's
-    slice weights per offset, separately for edge windows (touching padding) and interior ones.
+def collect_fusion_weights(cfg, model, volume: np.ndarray, z_um: float | None = None) -> tuple[dict, dict]:
+    """Predict a (Z, H, W) volume one window at a time (VolumePredictor, as inference does) and
+    average each fusion module's slice weights per window position, separately for edge windows
+    (touching padding) and interior ones.
 
     Returns (module -> {"interior": (N,), "edge": (N,)}, module -> (N, h, w) per-pixel weights
     of the centre window, for modules that weight per pixel or window).
     """
-    import torch
-
-    from .data.window import normalised_slices, window_indices, window_offsets
     from .modeling.fusion import fusion_weights, mean_slice_weights
+    from .predictor import VolumePredictor
 
-    n, depth = cfg.INPUT.NUM_SLICES, volume.shape[0]
-    low, high = percentile_range(volume, tuple(cfg.INPUT.NORM_PERCENTILES))
+    one_window = cfg.clone()
+    one_window.defrost()
+    one_window.TEST.CTC.BATCH_WINDOWS = 1
+    predictor = VolumePredictor(one_window, model)
+    offsets, depth = predictor.slice_offsets(z_um), volume.shape[0]
     sums: dict[str, dict[str, list]] = {}
     maps = {}
-    model.eval()
-    with torch.no_grad():
-        for z in range(depth):
-            window = normalised_slices(volume, window_indices(z, depth, n, cfg.INPUT.SLICE_PADDING), low, high)
-            model([{"image": torch.from_numpy(window), "height": volume.shape[1], "width": volume.shape[2]}])
-            reach = z + window_offsets(n)
-            group = "edge" if reach.min() < 0 or reach.max() >= depth else "interior"
-            for name, w in fusion_weights(model).items():
-                sums.setdefault(name, {}).setdefault(group, []).append(mean_slice_weights(w).cpu().numpy())
-                if z == depth // 2 and w.dim() == 4:
-                    maps[name] = w[0].cpu().numpy()
+    for z, _ in predictor.slice_instances(volume, z_um=z_um):
+        reach = z + offsets
+        group = "edge" if reach.min() < 0 or reach.max() >= depth else "interior"
+        for name, w in fusion_weights(model).items():
+            sums.setdefault(name, {}).setdefault(group, []).append(mean_slice_weights(w).cpu().numpy())
+            if z == depth // 2 and w.dim() == 4:
+                maps[name] = w[0].cpu().numpy()
     weights = {name: {g: np.mean(v, axis=0) for g, v in groups.items()} for name, groups in sums.items()}
     return weights, maps
 

@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from emr_d2.calibration import (LINKING_FILE, PastedVolume, apply_calibrated_linking, calibrate_linking,
                                 choose_linking, linking_grid)
 from emr_d2.data.catalog import register_ctc_dataset
-from emr_d2.evaluation.linking import paste_volume
+from emr_d2.linking import paste_volume
 
 from helpers import tiny_cfg
 
@@ -35,7 +35,7 @@ def per_slice(labels):
 
 def test_calibration_picks_the_only_linking_that_separates_touching_objects():
     gt = stacked_discs()
-    volume = PastedVolume("v", *paste_volume(per_slice(gt), gt.shape), gt, None)
+    volume = PastedVolume("v", paste_volume(per_slice(gt), gt.shape), gt, None)
     grid = [dict(strategy=s, threshold=t, look_back=0, min_slices=1)
             for s in ("hungarian", "overlap") for t in (0.3, 0.5, 0.7)]
     grid.append(dict(strategy="connected", threshold=0.0, look_back=0, min_slices=1))

@@ -6,23 +6,29 @@ import tifffile
 import torch
 from detectron2.modeling import build_model
 
-from emr_d2.predictor import VolumePredictor, supports_feature_cache
+from emr_d2.predictor import VolumePredictor
 
 from helpers import tiny_cfg
 
-EXTRA = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.BATCH_SLICES", "3"]
+EXTRA = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.BATCH_WINDOWS", "3"]
 
 
-@pytest.mark.parametrize("variant,padding", [
-    ("mlp_fusion", "replicate"), ("windowed_fusion", "zero"), ("late_fusion_se", "reflect"),
-    ("late_fusion_center", "replicate"), ("cross_slice_attention", "zero"),
+# Non-contiguous offsets with the neighbour-mask head: its pasted neighbour masks must agree too.
+NEIGHBORS = ["INPUT.SLICE_OFFSETS", "[-3, -1, 0, 2, 3]", "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True"]
+
+
+@pytest.mark.parametrize("variant,padding,extra", [
+    ("mlp_fusion", "replicate", []), ("windowed_fusion", "zero", []), ("late_fusion_se", "reflect", []),
+    ("late_fusion_center", "replicate", []), ("cross_slice_attention", "zero", []),
+    ("mlp_fusion", "reflect", NEIGHBORS), ("late_fusion_center", "zero", NEIGHBORS),
 ])
-def test_cached_and_per_window_inference_agree(tiny_dataset, variant, padding):
+def test_cached_and_per_window_inference_agree(tiny_dataset, variant, padding, extra):
     torch.manual_seed(0)
     volume = tifffile.imread(f"{tiny_dataset}/02/t000.tif")
-    cached_cfg = tiny_cfg(variant, 5, EXTRA + ["INPUT.SLICE_PADDING", padding])
+    cached_cfg = tiny_cfg(variant, 5, EXTRA + extra + ["INPUT.SLICE_PADDING", padding])
     model = build_model(cached_cfg).eval()
-    naive_cfg = tiny_cfg(variant, 5, EXTRA + ["INPUT.SLICE_PADDING", padding, "TEST.CTC.CACHE_FEATURES", "False"])
+    naive_cfg = tiny_cfg(variant, 5, EXTRA + extra + ["INPUT.SLICE_PADDING", padding,
+                                                      "TEST.CTC.CACHE_FEATURES", "False"])
     cached, naive = VolumePredictor(cached_cfg, model), VolumePredictor(naive_cfg, model)
     assert cached.use_cache and not naive.use_cache
     a, b = list(cached.slice_instances(volume)), list(naive.slice_instances(volume))
@@ -34,12 +40,15 @@ def test_cached_and_per_window_inference_agree(tiny_dataset, variant, padding):
         torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(x.scores, y.scores, atol=1e-4, rtol=1e-4)
         assert (x.pred_masks != y.pred_masks).float().mean() < 1e-3
+        if extra:
+            assert x.pred_neighbor_masks.shape == (len(x), 4, *volume.shape[1:])
+            assert (x.pred_neighbor_masks != y.pred_neighbor_masks).float().mean() < 1e-3
     assert total > 0
 
 
 def test_channel_fusion_cannot_share_features():
     model = build_model(tiny_cfg("channel_fusion", 5)).eval()
-    assert not supports_feature_cache(model)
+    assert not model.shares_slice_features
     assert not VolumePredictor(tiny_cfg("channel_fusion", 5), model).use_cache
 
 

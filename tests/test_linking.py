@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from emr_d2.evaluation.linking import link_slices, link_volume, paste_slice
+from emr_d2.linking import SliceRegions, link_slices, link_volume, paste_slice
 from emr_d2.evaluation.seg import score_frame
 
 
@@ -67,13 +67,13 @@ def test_paste_resolves_overlaps_by_score():
     masks = np.zeros((2, 8, 8), bool)
     masks[0, :, :5] = True
     masks[1, :, 3:] = True
-    label_map, scores = paste_slice(masks, np.array([0.9, 0.5]))
+    label_map, scores, kept = paste_slice(masks, np.array([0.9, 0.5]))
     assert (label_map[:, 3:5] == 1).all()  # the higher score wins the overlap
-    assert scores.tolist() == [0.9, 0.5]
+    assert scores.tolist() == [0.9, 0.5] and kept.tolist() == [0, 1]
     hidden = np.zeros((2, 8, 8), bool)
     hidden[:, :4, :4] = True
-    label_map, scores = paste_slice(hidden, np.array([0.3, 0.8]))
-    assert scores.tolist() == [0.8] and label_map.max() == 1
+    label_map, scores, kept = paste_slice(hidden, np.array([0.3, 0.8]))
+    assert scores.tolist() == [0.8] and label_map.max() == 1 and kept.tolist() == [1]
 
 
 def test_overlap_links_shrinking_poles_that_iou_misses():
@@ -81,33 +81,34 @@ def test_overlap_links_shrinking_poles_that_iou_misses():
     slice_maps[0, 2:18, 2:18] = 1  # 256 pixels
     slice_maps[1, 8:12, 8:12] = 1  # 16 pixels inside: IoU 1/16, overlap 1
     scores = [np.array([0.9]), np.array([0.9])]
-    assert link_slices(slice_maps, scores, "hungarian", 0.3).labels.max() == 2
-    assert link_slices(slice_maps, scores, "overlap", 0.3).labels.max() == 1
+    regions = SliceRegions(slice_maps, scores)
+    assert link_slices(regions, "hungarian", 0.3).labels.max() == 2
+    assert link_slices(regions, "overlap", 0.3).labels.max() == 1
 
 
 def test_object_score_is_mean_of_slice_scores():
     slice_maps = np.zeros((2, 6, 6), np.int32)
     slice_maps[:, 1:5, 1:5] = 1
-    linked = link_slices(slice_maps, [np.array([0.9]), np.array([0.5])])
+    linked = link_slices(SliceRegions(slice_maps, [np.array([0.9]), np.array([0.5])]))
     assert linked.scores.tolist() == pytest.approx([0.7])
 
 
 def test_unknown_strategy_is_an_error():
     with pytest.raises(ValueError, match="TEST.CTC.LINKING"):
-        link_slices(np.zeros((1, 4, 4), np.int32), [np.zeros(0)], strategy="magic")
+        link_slices(SliceRegions(np.zeros((1, 4, 4), np.int32), [np.zeros(0)]), strategy="magic")
 
 
 def test_oracle_link_of_perfect_masks_with_scrambled_ids_is_perfect_while_linking_is_not():
-    from emr_d2.evaluation.linking import link_with_reference, paste_volume
+    from emr_d2.linking import link_with_reference, paste_volume
     from emr_d2.evaluation.seg import SEGAccumulator
 
     gt = ellipsoids()
     gt[6:, 30:, :] = 0  # the second object ends halfway, and a stray region overlaps nothing
-    slice_maps, scores = paste_volume(per_slice(gt), gt.shape)
-    slice_maps[2, 45:, 45:] = slice_maps[2].max() + 1
-    scores[2] = np.append(scores[2], 0.5)
-    linked = link_slices(slice_maps, scores, strategy="hungarian", threshold=0.99, look_back=0)
-    oracle = link_with_reference(slice_maps, gt)
+    regions = paste_volume(per_slice(gt), gt.shape)
+    regions.maps[2, 45:, 45:] = regions.maps[2].max() + 1
+    regions.scores[2] = np.append(regions.scores[2], 0.5)
+    linked = link_slices(regions, strategy="hungarian", threshold=0.99, look_back=0)
+    oracle = link_with_reference(regions.maps, gt)
     acc_linked, acc_oracle = SEGAccumulator(), SEGAccumulator()
     acc_linked.add("t", gt, linked.labels)
     acc_oracle.add("t", gt, oracle)

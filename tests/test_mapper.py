@@ -8,13 +8,13 @@ from detectron2.data import transforms as T
 
 from emr_d2.data.augment import IntensityAugmentation, RandomRot90, Rot90Transform
 from emr_d2.data.mapper import SliceStackMapper
-from emr_d2.data.window import normalise, percentile_range, window_indices
+from emr_d2.data.window import SliceWindow, normalise, percentile_range, window_indices, window_offsets
 from emr_d2.engine import setup_config
 
 
 def mapper(num_slices=5, padding="replicate", augmentations=(), intensity=None, is_train=True):
-    return SliceStackMapper(is_train, augmentations=list(augmentations), num_slices=num_slices,
-                            padding=padding, percentiles=(1.0, 99.8), intensity_augmentation=intensity)
+    return SliceStackMapper(is_train, augmentations=list(augmentations), window=SliceWindow(num_slices, padding),
+                            percentiles=(1.0, 99.8), intensity_augmentation=intensity)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +50,10 @@ def test_any_window_size(records, num_slices):
 
 
 def test_window_indices_for_even_n_and_deep_reflection():
-    assert window_indices(0, 10, 4, "replicate").tolist() == [0, 0, 0, 1]
-    assert window_indices(1, 2, 7, "reflect").tolist() == [0, 1, 0, 1, 0, 1, 0]
+    assert window_indices(0, 10, window_offsets(4), "replicate").tolist() == [0, 0, 0, 1]
+    assert window_indices(1, 2, window_offsets(7), "reflect").tolist() == [0, 1, 0, 1, 0, 1, 0]
     with pytest.raises(ValueError, match="SLICE_PADDING"):
-        window_indices(0, 3, 3, "wrap")
+        window_indices(0, 3, window_offsets(3), "wrap")
 
 
 def test_centre_slice_masks_equal_the_reference_slice(records, registered_tiny):

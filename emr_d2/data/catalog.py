@@ -7,6 +7,7 @@ separated by DATASETS.SPLIT.GAP frames (see :func:`configure_splits`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -40,12 +41,21 @@ def datasets_root() -> str:
     return os.environ.get("EMR_DATASETS", "datasets")
 
 
-def _voxel_size(root: str) -> tuple[float, float, float] | None:
+@functools.lru_cache(maxsize=None)
+def voxel_size(root: str) -> tuple[float, float, float] | None:
+    """(Z, Y, X) voxel size in micrometres of a CTC dataset folder: its voxel_size.json, else the
+    published size of a known CTC dataset, else None."""
     path = os.path.join(root, VOXEL_SIZE_FILE)
     if os.path.isfile(path):
         with open(path) as f:
             return tuple(json.load(f)["zyx_um"])
     return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
+
+
+def z_voxel_size(record: dict) -> float | None:
+    """z voxel size (micrometres) of a slice record's dataset, None if unknown."""
+    size = voxel_size(record["dataset_root"])
+    return size[0] if size else None
 
 
 def _load_split(root: str, seq: str, part: str) -> list[dict]:
@@ -71,7 +81,7 @@ def register_ctc_sequence(name: str, root: str, seq: str, frames: list[int] | No
 
 def _metadata(root: str, seq: str) -> dict:
     return dict(thing_classes=["nucleus"], evaluator_type="ctc", dataset_root=os.path.abspath(root),
-                sequence=seq, voxel_size=_voxel_size(root))
+                sequence=seq, voxel_size=voxel_size(root))
 
 
 def register_ctc_dataset(root: str, name: str | None = None) -> list[str]:

@@ -1,8 +1,10 @@
-"""N-slice windows of a volume: slice indices with edge padding, and per-volume normalisation."""
+"""N-slice windows of a volume: slice offsets (in slices or micrometres), indices with edge padding,
+and per-volume normalisation."""
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,12 +16,14 @@ logger = logging.getLogger(__name__)
 _warned: set = set()
 
 
-def warn_if_deeper_than(depth: int, num_slices: int, source: str) -> None:
-    """Warn once per process when windows are deeper than the volume (they are then padded)."""
-    if num_slices > depth and (depth, num_slices) not in _warned:
-        _warned.add((depth, num_slices))
-        logger.warning(f"{source}: INPUT.NUM_SLICES={num_slices} exceeds the volume's {depth} slices; "
-                       "the windows are padded")
+def warn_if_deeper_than(depth: int, offsets: np.ndarray, source: str) -> None:
+    """Warn once per process when the window spans more slices than the volume has (every
+    window is then padded)."""
+    span = int(np.max(offsets) - np.min(offsets)) + 1
+    if span > depth and (depth, span) not in _warned:
+        _warned.add((depth, span))
+        logger.warning(f"{source}: the slice window spans {span} slices, which exceeds the volume's "
+                       f"{depth} slices; the windows are padded")
 
 
 def window_offsets(num_slices: int) -> np.ndarray:
@@ -27,11 +31,11 @@ def window_offsets(num_slices: int) -> np.ndarray:
     return np.arange(num_slices) - num_slices // 2
 
 
-def window_indices(z: int, depth: int, num_slices: int, padding: str) -> np.ndarray:
-    """Source slice of every window position, (N,) int; -1 marks a zero-padded slice."""
+def window_indices(z: int, depth: int, offsets: np.ndarray, padding: str) -> np.ndarray:
+    """Source slice of every window position z + offsets, (N,) int; -1 marks a zero-padded slice."""
     if padding not in PADDING_MODES:
         raise ValueError(f"INPUT.SLICE_PADDING must be one of {PADDING_MODES}, got {padding!r}")
-    idx = z + window_offsets(num_slices)
+    idx = z + np.asarray(offsets)
     outside = (idx < 0) | (idx >= depth)
     if padding == "replicate":
         return np.clip(idx, 0, depth - 1)
@@ -42,6 +46,42 @@ def window_indices(z: int, depth: int, num_slices: int, padding: str) -> np.ndar
     period = 2 * (depth - 1)
     idx = np.mod(idx, period)
     return np.where(idx >= depth, period - idx, idx)
+
+
+@dataclass(frozen=True)
+class SliceWindow:
+    """Which slices make the window of slice z: z + offsets, padded at the volume edges.
+
+    The offsets are INPUT.SLICE_OFFSETS, or the default N-slice offsets (``window_offsets``)
+    times a step: 1, or with INPUT.SLICE_SPACING_UM the spacing in slices of the volume's z
+    voxel size (rounded, at least 1). The centre (offset 0) is always window position N//2.
+    """
+
+    num_slices: int
+    padding: str = "replicate"
+    offsets: tuple[int, ...] = ()
+    spacing_um: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "SliceWindow":
+        return cls(cfg.INPUT.NUM_SLICES, cfg.INPUT.SLICE_PADDING, tuple(cfg.INPUT.SLICE_OFFSETS),
+                   float(cfg.INPUT.SLICE_SPACING_UM))
+
+    def slice_offsets(self, z_um: float | None = None, source: str = "the volume") -> np.ndarray:
+        """(N,) int offsets in slices for a volume of z voxel size ``z_um`` (micrometres)."""
+        if self.offsets:
+            return np.asarray(self.offsets, dtype=np.int64)
+        step = 1
+        if self.spacing_um > 0:
+            if not z_um:
+                raise ValueError(f"INPUT.SLICE_SPACING_UM needs the z voxel size of {source}: give it "
+                                 "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)")
+            step = max(1, int(round(self.spacing_um / z_um)))
+        return window_offsets(self.num_slices) * step
+
+    def indices(self, z: int, depth: int, offsets: np.ndarray) -> np.ndarray:
+        """Source slice of every window position of slice z (-1: zero padding), (N,) int."""
+        return window_indices(z, depth, offsets, self.padding)
 
 
 def percentile_range(volume: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
@@ -95,8 +135,8 @@ class VolumeWindowReader:
             self._volumes.popitem(last=False)
         return entry
 
-    def window(self, path: str, z: int, num_slices: int, padding: str) -> np.ndarray:
-        """Normalised window around slice z: float32 (N, H, W)."""
+    def window(self, path: str, z: int, offsets: np.ndarray, padding: str) -> np.ndarray:
+        """Normalised slices z + offsets: float32 (N, H, W)."""
         data, low, high = self.volume(path)
-        warn_if_deeper_than(data.shape[0], num_slices, path)
-        return normalised_slices(data, window_indices(z, data.shape[0], num_slices, padding), low, high)
+        warn_if_deeper_than(data.shape[0], offsets, path)
+        return normalised_slices(data, window_indices(z, data.shape[0], offsets, padding), low, high)

@@ -12,6 +12,7 @@ from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
 from tqdm import tqdm
 
+from ..data.catalog import z_voxel_size
 from ..data.ctc import read_raw_volume
 from ..predictor import VolumePredictor
 from .hooks import unwrap_ddp
@@ -23,8 +24,8 @@ def inference_on_volumes(model: torch.nn.Module, cfg, dataset_name: str, evaluat
     """Predict every volume of a slice dataset and evaluate.
 
     Volumes are split across processes (DDP), each predicted whole by :class:`VolumePredictor`
-    (with the per-slice feature cache where the model allows it); every slice's record and
-    instances go to ``evaluator.process``. The main process returns the evaluator's results
+    (with the per-slice feature cache where the model allows it); every slice's record, instances
+    and window offsets (``slice_offsets``) go to ``evaluator.process``. The main process returns the evaluator's results
     plus ``ctc/seconds_per_volume``; other processes return {}.
     """
     model = unwrap_ddp(model)
@@ -42,8 +43,10 @@ def inference_on_volumes(model: torch.nn.Module, cfg, dataset_name: str, evaluat
                             disable=not comm.is_main_process()):
             by_z = {r["z"]: r for r in records}
             volume = read_raw_volume(records[0]["file_name"])
-            for z, instances in predictor.slice_instances(volume):
-                evaluator.process([by_z[z]], [{"instances": instances}])
+            z_um = z_voxel_size(records[0])
+            offsets = predictor.slice_offsets(z_um)
+            for z, instances in predictor.slice_instances(volume, z_um=z_um):
+                evaluator.process([by_z[z]], [{"instances": instances, "slice_offsets": offsets}])
     seconds = (time.perf_counter() - start) / max(len(mine), 1)
     results = evaluator.evaluate()
     if not comm.is_main_process():

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode, get_cfg
 
-from ..calibration import apply_calibrated_linking, check_calibration_config
-from ..config import add_emr_config, resolve_pixel_stats
+from ..calibration import apply_calibrated_linking
+from ..config import add_emr_config, check_config, resolve_pixel_stats
 from ..data.catalog import configure_splits
 
 
 def setup_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True,
                  calibrated_linking: bool = True) -> CfgNode:
     """detectron2 config with the emr_d2 keys, a YAML file (with ``_BASE_``) and KEY VALUE overrides;
-    pixel statistics resolved for INPUT.NUM_SLICES, the linking calibrated for MODEL.WEIGHTS
-    applied (unless ``calibrated_linking`` is False; see :func:`apply_calibrated_linking`) and
-    dataset splits configured."""
+    the linking calibrated for MODEL.WEIGHTS applied (unless ``calibrated_linking`` is False; see
+    :func:`apply_calibrated_linking`), every key checked (:func:`check_config`), pixel statistics
+    resolved for INPUT.NUM_SLICES and dataset splits configured."""
     cfg = get_cfg()
     add_emr_config(cfg)
     if config_file:
@@ -21,7 +21,7 @@ def setup_config(config_file: str | None = None, opts: list[str] | None = None, 
     cfg.merge_from_list(list(opts or []))
     if calibrated_linking:
         apply_calibrated_linking(cfg, list(opts or []))
-    check_calibration_config(cfg)
+    check_config(cfg)
     resolve_pixel_stats(cfg)
     configure_splits(cfg)
     if freeze:

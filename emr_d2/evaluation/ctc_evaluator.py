@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import logging
 import os
@@ -11,16 +10,15 @@ from collections import defaultdict
 
 import numpy as np
 import pycocotools.mask as mask_util
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.structures import Instances
 from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..atomic import atomic_write
-from ..data.ctc import gt_folder, list_gt, read_gt_frame, write_label_volume
-from .linking import link_options_from_config, link_slices, link_with_reference, paste_volume
+from ..data.ctc import GTFrame, gt_folder, list_gt, read_gt_frame, write_label_volume
+from ..linking import (instances_to_numpy, link_options_from_config, link_slices, link_with_reference,
+                       paste_volume)
 from .seg import SEGAccumulator
 
 logger = logging.getLogger(__name__)
@@ -31,31 +29,38 @@ def res_file_name(raw_file: str) -> str:
     return "mask" + os.path.basename(raw_file)[1:]
 
 
-def volume_average_precision(volumes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
-    """COCO-style AP over 3D objects with 3D IoU (as video instance segmentation scores tracks).
+def volume_objects(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> dict:
+    """The 3D objects of one volume for :func:`volume_average_precision`, compact enough to
+    gather across processes: each (Z, H, W) volume is stacked into a (Z*H, W) image, whose mask
+    IoU equals the 3D IoU, and every object is COCO-RLE encoded there.
 
-    volumes: (reference labels, predicted labels, (K,) scores of predicted labels 1..K) per
-    volume. Each (Z, H, W) volume is stacked into a (Z*H, W) image, whose mask IoU equals the
-    3D IoU, so pycocotools' COCOeval does the matching. Returns AP (0.5:0.95), AP50 and AP75
-    in percent.
+    gt, pred: (Z, H, W) labels; scores: (K,) scores of the predicted labels 1..K.
     """
-    images, gt_anns, dt_anns = [], [], []
-
     def encode(mask):
         return mask_util.encode(np.asfortranarray(mask.reshape(-1, mask.shape[-1]).astype(np.uint8)))
 
-    for image_id, (gt, pred, scores) in enumerate(volumes, start=1):
-        images.append({"id": image_id, "height": gt.shape[0] * gt.shape[1], "width": gt.shape[2]})
-        for label in np.unique(gt[gt > 0]):
-            rle = encode(gt == label)
+    predicted = [(encode(pred == label), float(scores[label - 1])) for label in range(1, len(scores) + 1)]
+    return {
+        "height": gt.shape[0] * gt.shape[1], "width": gt.shape[2],
+        "gt": [encode(gt == label) for label in np.unique(gt[gt > 0])],
+        "pred": [(rle, score) for rle, score in predicted if mask_util.area(rle) > 0],
+    }
+
+
+def volume_average_precision(volumes: list[dict]) -> dict:
+    """COCO-style AP over 3D objects with 3D IoU (as video instance segmentation scores tracks),
+    from :func:`volume_objects` of every volume; pycocotools' COCOeval does the matching.
+    Returns AP (0.5:0.95), AP50 and AP75 in percent.
+    """
+    images, gt_anns, dt_anns = [], [], []
+    for image_id, volume in enumerate(volumes, start=1):
+        images.append({"id": image_id, "height": volume["height"], "width": volume["width"]})
+        for rle in volume["gt"]:
             gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": 1,
                             "segmentation": rle, "area": float(mask_util.area(rle)),
                             "bbox": mask_util.toBbox(rle).tolist(), "iscrowd": 0})
-        for label in range(1, len(scores) + 1):
-            mask = pred == label
-            if mask.any():
-                dt_anns.append({"image_id": image_id, "category_id": 1, "segmentation": encode(mask),
-                                "score": float(scores[label - 1])})
+        for rle, score in volume["pred"]:
+            dt_anns.append({"image_id": image_id, "category_id": 1, "segmentation": rle, "score": score})
     if not gt_anns:
         return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan")}
     if not dt_anns:
@@ -81,19 +86,14 @@ def volume_average_precision(volumes: list[tuple[np.ndarray, np.ndarray, np.ndar
     return {"AP": mean_ap(precision), "AP50": mean_ap(precision[0]), "AP75": mean_ap(precision[5])}
 
 
-def instances_to_numpy(instances: Instances, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(K, H, W) bool masks and (K,) scores of the instances scoring at least the threshold."""
-    keep = instances.scores >= score_threshold
-    masks = instances.pred_masks[keep].cpu().numpy().astype(bool)
-    return masks, instances.scores[keep].cpu().numpy()
-
-
 class CTCEvaluator(DatasetEvaluator):
     """Restacks per-slice predictions into volumes, links them across z, writes
     ``<output_dir>/<seq>_RES/maskTTT.tif`` and scores them with the CTC SEG measure.
 
-    Inputs to :meth:`process` are slice records (volume_id, z, ...); outputs carry ``instances``
-    at the record's native size. Works under DDP: predictions are gathered on the main process.
+    Inputs to :meth:`process` are slice records (volume_id, z, depth, ...); outputs carry
+    ``instances`` at the record's native size and, for neighbour-mask models, ``slice_offsets``
+    (the window's offsets). A volume is linked, written and scored on the process that predicted
+    its last slice, as soon as all its slices are in; only per-volume scores are gathered (DDP).
     :meth:`evaluate` returns ``{"ctc": {SEG, SEG_2D, SEG_poles, SEG_core, splits, merges,
     SEG_oracle_link, volume_AP, precision, recall, count_error, ...}}`` and writes the same to
     ``<output_dir>/ctc_metrics.json``. ``SEG_oracle_link`` is the SEG of the same per-slice masks
@@ -108,76 +108,74 @@ class CTCEvaluator(DatasetEvaluator):
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
         self.write_res = cfg.TEST.CTC.WRITE_RES
         self.link_options = link_options_from_config(cfg)
-        self._predictions: list[tuple[str, int, list, np.ndarray]] = []
+        self.reset()
 
     def reset(self) -> None:
-        self._predictions = []
+        self._open: dict[str, dict[int, tuple]] = defaultdict(dict)  # volume -> z -> predictions
+        self._seg, self._oracle = SEGAccumulator(), SEGAccumulator()
+        self._objects: list[dict] = []
+        self._slice_wise_gt = None
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for record, output in zip(inputs, outputs):
-            masks, scores = instances_to_numpy(output["instances"], self.score_threshold)
-            rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) \
-                if len(masks) else []
-            self._predictions.append((record["volume_id"], int(record["z"]), rles, scores))
+            slices = self._open[record["volume_id"]]
+            if record["z"] in slices:
+                raise RuntimeError(f"slice {record['z']} of {record['volume_id']} was predicted twice")
+            offsets = np.asarray(output.get("slice_offsets", [0]))
+            slices[record["z"]] = instances_to_numpy(output["instances"], self.score_threshold)
+            if len(slices) == record["depth"]:
+                self._finish_volume(record, self._open.pop(record["volume_id"]), offsets[offsets != 0])
 
-    def _gathered(self) -> list:
-        if not self.distributed:
-            return self._predictions
-        comm.synchronize()
-        gathered = comm.gather(self._predictions, dst=0)
-        return list(itertools.chain(*gathered)) if comm.is_main_process() else []
+    def _reference(self, record: dict):
+        """(labels, annotated slices) of a record's frame: its 3D reference file, or the frame's
+        slice-wise reference files (listed once)."""
+        shape = (record["depth"], record["height"], record["width"])
+        if record.get("gt_file"):
+            return read_gt_frame(GTFrame(record["frame"], volume_path=record["gt_file"]), shape)
+        if self._slice_wise_gt is None:
+            self._slice_wise_gt = list_gt(gt_folder(record["dataset_root"], record["sequence"]))
+        return read_gt_frame(self._slice_wise_gt[record["frame"]], shape)
+
+    def _finish_volume(self, record: dict, slices: dict[int, tuple], neighbor_offsets: np.ndarray) -> None:
+        shape = (record["depth"], record["height"], record["width"])
+        has_neighbors = len(slices[0]) == 3  # (masks, scores[, neighbour masks]) per slice
+        regions = paste_volume(((z, *slices[z]) for z in sorted(slices)), shape,
+                               neighbor_offsets if has_neighbors else ())
+        linked = link_slices(regions, **self.link_options)
+        if self.write_res and self.output_dir:
+            res_dir = os.path.join(self.output_dir, f"{record['sequence']}_RES")
+            write_label_volume(os.path.join(res_dir, res_file_name(record["file_name"])), linked.labels)
+        gt, annotated = self._reference(record)
+        volume_id = record["volume_id"]
+        self._seg.add(volume_id, gt, linked.labels, annotated)
+        self._oracle.add(volume_id, gt, link_with_reference(regions.maps, gt), annotated)
+        self._objects.append(volume_objects(gt, linked.labels, linked.scores))
 
     def evaluate(self) -> dict | None:
-        predictions = self._gathered()
-        if self.distributed and not comm.is_main_process():
-            return None
-        by_volume: dict[str, dict[int, tuple]] = defaultdict(dict)
-        for volume_id, z, rles, scores in predictions:
-            if z in by_volume[volume_id]:
-                raise RuntimeError(f"slice {z} of {volume_id} was predicted twice")
-            by_volume[volume_id][z] = (rles, scores)
-        records = defaultdict(dict)
-        for record in DatasetCatalog.get(self.dataset_name):
-            records[record["volume_id"]][record["z"]] = record
-        metadata = MetadataCatalog.get(self.dataset_name)
-        gt_frames = list_gt(gt_folder(metadata.dataset_root, metadata.sequence))
-        accumulator, oracle, ap_inputs = SEGAccumulator(), SEGAccumulator(), []
-        res_dir = os.path.join(self.output_dir or ".", f"{metadata.sequence}_RES")
-        for volume_id, slices in records.items():
-            if volume_id not in by_volume:
-                continue
-            first = slices[0]
-            if len(by_volume[volume_id]) != first["depth"]:
-                raise RuntimeError(f"{volume_id}: {len(by_volume[volume_id])} of {first['depth']} "
-                                   "slices were predicted")
-            slice_maps, slice_scores = self._paste(by_volume[volume_id],
-                                                   (first["depth"], first["height"], first["width"]))
-            linked = link_slices(slice_maps, slice_scores, **self.link_options)
-            if self.write_res and self.output_dir:
-                write_label_volume(os.path.join(res_dir, res_file_name(first["file_name"])), linked.labels)
-            gt, annotated = read_gt_frame(gt_frames[first["frame"]], linked.labels.shape)
-            accumulator.add(volume_id, gt, linked.labels, annotated)
-            oracle.add(volume_id, gt, link_with_reference(slice_maps, gt), annotated)
-            ap_inputs.append((gt, linked.labels, linked.scores))
-        if not ap_inputs:
+        if self._open:
+            volume_id, slices = next(iter(self._open.items()))
+            raise RuntimeError(f"{volume_id}: only {len(slices)} slices were predicted")
+        parts = [(self._seg, self._oracle, self._objects)]
+        if self.distributed:
+            comm.synchronize()
+            parts = comm.gather(parts[0], dst=0)
+            if not comm.is_main_process():
+                return None
+        seg, oracle, objects = SEGAccumulator(), SEGAccumulator(), []
+        for part_seg, part_oracle, part_objects in parts:
+            seg.merge(part_seg)
+            oracle.merge(part_oracle)
+            objects += part_objects
+        if not objects:
             logger.warning(f"CTCEvaluator on {self.dataset_name}: no volume was predicted")
             return {"ctc": {}}
-        summary = accumulator.summary()
-        volume_ap = volume_average_precision(ap_inputs)
-        results = dict(summary, SEG_oracle_link=oracle.summary()["SEG"],
+        volume_ap = volume_average_precision(objects)
+        results = dict(seg.summary(), SEG_oracle_link=oracle.summary()["SEG"],
                        volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
-                       volume_AP75=volume_ap["AP75"], num_volumes=len(ap_inputs))
+                       volume_AP75=volume_ap["AP75"], num_volumes=len(objects))
         if self.output_dir:
             write_json(os.path.join(self.output_dir, "ctc_metrics.json"), results)
         return {"ctc": results}
-
-    @staticmethod
-    def _paste(slices: dict[int, tuple], shape: tuple[int, int, int]):
-        decoded = (
-            (z, mask_util.decode(rles).transpose(2, 0, 1).astype(bool) if len(rles) else [], scores)
-            for z, (rles, scores) in slices.items()
-        )
-        return paste_volume(decoded, shape)
 
 
 def write_json(path: str, data: dict) -> None:

@@ -239,6 +239,11 @@ class SEGAccumulator:
         )
         return self.frames[name]
 
+    def merge(self, other: "SEGAccumulator") -> None:
+        """Add the frames of another accumulator (e.g. of another process)."""
+        self.frames.update(other.frames)
+        self.frames_2d.update(other.frames_2d)
+
     @staticmethod
     def _pooled(frames: dict, polar: bool | None = None) -> float:
         """Pooled SEG; polar True / False: only the cross-sections near / away from the poles."""

@@ -2,7 +2,7 @@
 
 Importing this package registers them with detectron2's registries.
 """
-from . import backbone, rcnn, roi_heads  # noqa: F401  (registration)
+from . import backbone, mask_head, rcnn, roi_heads  # noqa: F401  (registration)
 from .checkpoint import SliceStackCheckpointer
 from .fusion import FUSION_REGISTRY, build_fusion, fusion_weights
 

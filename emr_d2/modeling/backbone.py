@@ -23,6 +23,10 @@ from torch import nn
 from .fusion import build_fusion
 
 SLICES_SUFFIX = "_slices"
+# Where late fusion's RPN features come from: the centre slice, or the MODEL.FUSION.NAME fusion.
+PROPOSAL_SOURCES = ("center", "fused")
+# Backbones that hand every slice's features to the ROI heads (SliceFusionROIHeads).
+LATE_FUSION_BACKBONES = ("build_late_fusion_backbone",)
 
 
 @BACKBONE_REGISTRY.register()
@@ -174,11 +178,8 @@ def build_cross_slice_attention_backbone(cfg, input_shape: ShapeSpec) -> Backbon
 def build_late_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """Shared per-slice backbone for late fusion (use with ROI_HEADS.NAME SliceFusionROIHeads)."""
     slice_backbone = _slice_backbone(cfg)
-    proposals_from = cfg.MODEL.FUSION.LATE.PROPOSALS_FROM
-    if proposals_from not in ("center", "fused"):
-        raise ValueError(f"MODEL.FUSION.LATE.PROPOSALS_FROM must be center or fused, got {proposals_from!r}")
     fusion = None
-    if proposals_from == "fused":
+    if cfg.MODEL.FUSION.LATE.PROPOSALS_FROM == "fused":
         levels, channels = _levels_and_channels(slice_backbone)
         fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, levels, channels, input_shape.channels, cfg,
                               cfg.MODEL.FUSION.PER_LEVEL)

@@ -1,12 +1,40 @@
-"""SliceStackRCNN: detectron2's GeneralizedRCNN on N-slice stacks, with an intensity front-end."""
+"""SliceStackRCNN: detectron2's GeneralizedRCNN on N-slice stacks, with an intensity front-end,
+the neighbour-mask head, and inference from per-slice features shared between windows."""
 from __future__ import annotations
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
-from detectron2.structures import ImageList
+from detectron2.structures import ImageList, Instances
 
+from .backbone import SharedSliceBackbone
 from .intensity import build_intensity_front_end
+
+NEIGHBOR_HEAD = "NeighborMaskHead"
+
+
+def with_neighbor_head(cfg):
+    """The config with MODEL.ROI_MASK_HEAD.NAME NeighborMaskHead when NEIGHBOR_MASKS is on."""
+    head = cfg.MODEL.ROI_MASK_HEAD
+    if not head.NEIGHBOR_MASKS or head.NAME == NEIGHBOR_HEAD:
+        return cfg
+    if head.NAME != "MaskRCNNConvUpsampleHead":
+        raise ValueError(f"MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS extends MaskRCNNConvUpsampleHead, "
+                         f"not {head.NAME!r}")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_MASK_HEAD.NAME = NEIGHBOR_HEAD
+    return cfg
+
+
+def paste_neighbor_masks(instances: Instances, threshold: float = 0.5) -> None:
+    """(R, M, S, S) ``pred_neighbor_masks`` probabilities -> (R, M, H, W) bool masks in the
+    image of ``instances`` (in place; boxes already at the output size)."""
+    probabilities = instances.pred_neighbor_masks
+    pasted = [paste_masks_in_image(probabilities[:, m], instances.pred_boxes, instances.image_size, threshold)
+              for m in range(probabilities.shape[1])]
+    instances.pred_neighbor_masks = torch.stack(pasted, dim=1) if pasted else probabilities.bool()
 
 
 @META_ARCH_REGISTRY.register()
@@ -14,7 +42,11 @@ class SliceStackRCNN(GeneralizedRCNN):
     """GeneralizedRCNN whose inputs' ``image`` is an (N, H, W) stack of normalised slices.
 
     The learnable intensity front-end (MODEL.INTENSITY) acts on the normalised stack before
-    MODEL.PIXEL_MEAN / PIXEL_STD (one value per slice) and the backbone.
+    MODEL.PIXEL_MEAN / PIXEL_STD (one value per slice) and the backbone. With
+    MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS the mask head is the neighbour-mask head, and outputs carry
+    ``pred_neighbor_masks`` (R, N - 1, H, W). A shared per-slice backbone lets whole-volume
+    inference compute each slice's features once (:meth:`slice_features`) and run only fusion
+    and heads per window (:meth:`inference_from_slice_features`).
     """
 
     @configurable
@@ -24,7 +56,7 @@ class SliceStackRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
-        ret = super().from_config(cfg)
+        ret = super().from_config(with_neighbor_head(cfg))
         ret["intensity"] = build_intensity_front_end(cfg)
         return ret
 
@@ -32,14 +64,60 @@ class SliceStackRCNN(GeneralizedRCNN):
         images = [self.intensity(self._move_to_current_device(x["image"])) for x in batched_inputs]
         return self._batch([(x - self.pixel_mean) / self.pixel_std for x in images])
 
-    def preprocess_slices(self, slices: torch.Tensor) -> ImageList:
-        """(S, H, W) normalised slices, each on its own -> ImageList of (S, 1, H_pad, W_pad),
-        preprocessed as preprocess_image does (for per-slice backbone features; needs one
-        PIXEL_MEAN / PIXEL_STD value for all slices)."""
-        x = self.intensity(self._move_to_current_device(slices))[:, None]
-        return self._batch(list((x - self.pixel_mean[0]) / self.pixel_std[0]))
-
     def _batch(self, images: list[torch.Tensor]) -> ImageList:
         return ImageList.from_tensors(
             images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
         )
+
+    def inference(self, batched_inputs: list[dict], detected_instances=None, do_postprocess: bool = True):
+        if detected_instances is not None:
+            return super().inference(batched_inputs, detected_instances, do_postprocess)
+        images = self.preprocess_image(batched_inputs)
+        return self._heads(self.backbone(images.tensor), images.image_sizes, batched_inputs, do_postprocess)
+
+    # ------------------------------------------------------------------ shared slice features
+    @property
+    def shares_slice_features(self) -> bool:
+        """Whether windows can share per-slice features: the backbone runs on each slice alone
+        (early / late fusion, attention) and every slice is normalised alike. Channel fusion
+        mixes the slices in its first convolution and cannot share."""
+        return (
+            isinstance(self.backbone, SharedSliceBackbone)
+            and bool((self.pixel_mean == self.pixel_mean.flatten()[0]).all())
+            and bool((self.pixel_std == self.pixel_std.flatten()[0]).all())
+        )
+
+    def slice_features(self, slices: torch.Tensor) -> tuple[list[dict[str, torch.Tensor]], tuple[int, int]]:
+        """(S, H, W) normalised slices -> per slice {level: (C, h, w)} backbone features, and the
+        image size the heads see. Needs :attr:`shares_slice_features`."""
+        x = self.intensity(self._move_to_current_device(slices))[:, None]
+        images = self._batch(list((x - self.pixel_mean[0]) / self.pixel_std[0]))
+        features = self.backbone.forward_slices(images.tensor)  # {level: (S, 1, C, h, w)}
+        per_slice = [{level: f[k, 0] for level, f in features.items()} for k in range(len(slices))]
+        return per_slice, images.image_sizes[0]
+
+    def inference_from_slice_features(self, windows: list[list[dict[str, torch.Tensor]]],
+                                      image_size: tuple[int, int], batched_inputs: list[dict]) -> list[dict]:
+        """Predict the centre slice of each window from its slices' features (as from
+        :meth:`slice_features`): fusion, proposals, heads and postprocessing, as :meth:`inference`.
+
+        windows: B lists of N per-slice feature dicts; batched_inputs: B dicts with the output
+        "height" and "width".
+        """
+        levels = windows[0][0].keys()
+        stacked = {level: torch.stack([torch.stack([s[level] for s in w]) for w in windows]) for level in levels}
+        return self._heads(self.backbone.combine(stacked), [image_size] * len(windows), batched_inputs, True)
+
+    def _heads(self, features: dict, image_sizes: list, batched_inputs: list[dict], do_postprocess: bool):
+        # the proposal generator and ROI heads read only the image sizes of the ImageList
+        device = next(iter(features.values())).device
+        images = ImageList(torch.empty((len(image_sizes), 0, 0), device=device), image_sizes)
+        proposals, _ = self.proposal_generator(images, features, None)
+        results, _ = self.roi_heads(images, features, proposals, None)
+        if not do_postprocess:
+            return results
+        processed = GeneralizedRCNN._postprocess(results, batched_inputs, image_sizes)
+        for output in processed:
+            if output["instances"].has("pred_neighbor_masks"):
+                paste_neighbor_masks(output["instances"])
+        return processed

@@ -2,20 +2,40 @@
 
 1. Every slice's masks are pasted in ascending score order, so where masks overlap the higher
    score wins (:func:`paste_slice`).
-2. The 2D regions are linked across z into 3D objects by one of the strategies in LINKERS.
+2. The 2D regions are linked across z into 3D objects by one of the strategies in LINKERS:
+   by the overlap of the regions themselves, or (``predicted``) by the overlap of each region's
+   predicted masks in the neighbour slices (the neighbour-mask head) with the regions there.
 3. Objects shorter than ``min_slices`` are dropped and the rest relabelled 1..K.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from ..data.ctc import MAX_LABEL
+from .data.ctc import MAX_LABEL
 
-LINKERS = ("hungarian", "overlap", "connected")
+LINKERS = ("hungarian", "overlap", "connected", "predicted")
+
+
+@dataclass
+class SliceRegions:
+    """The pasted per-slice predictions of one volume, as :func:`link_slices` takes them."""
+
+    maps: np.ndarray  # (Z, H, W) int32, regions 1..K_z of every slice (0 background)
+    scores: list  # Z arrays: (K_z,) score of each region
+    neighbor_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (M,) dz
+    # Z arrays (K_z, M, H, W) bool: region k's predicted mask in slice z + neighbor_offsets[m]
+    # (in slice z's region order); None without a neighbour-mask head.
+    neighbor_masks: list | None = None
+
+    def neighbor_mask(self, z: int, region: int, dz: int) -> np.ndarray | None:
+        """(H, W) predicted mask of region ``region`` of slice z in slice z + dz, if predicted."""
+        if self.neighbor_masks is None or dz not in self.neighbor_offsets.tolist():
+            return None
+        return self.neighbor_masks[z][region - 1, self.neighbor_offsets.tolist().index(dz)]
 
 
 @dataclass
@@ -24,8 +44,9 @@ class LinkedVolume:
     scores: np.ndarray  # (K,) mean score of each object's slices
 
 
-def paste_slice(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Resolve overlaps by score: (K, H, W) bool masks -> (H, W) int32 map of 1..K' and (K',) scores.
+def paste_slice(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resolve overlaps by score: (K, H, W) bool masks -> (H, W) int32 map of 1..K', (K',) scores
+    and (K',) index of the instance behind each region.
 
     Instances that keep no pixel are dropped; region k of the map has score scores_out[k-1].
     """
@@ -38,7 +59,7 @@ def paste_slice(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     present = present[present > 0]
     lookup = np.zeros(len(masks) + 1, dtype=np.int32)
     lookup[present] = np.arange(1, len(present) + 1)
-    return lookup[label_map], np.asarray(scores, dtype=np.float64)[present - 1]
+    return lookup[label_map], np.asarray(scores, dtype=np.float64)[present - 1], present - 1
 
 
 def _overlaps(current: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,9 +72,37 @@ def _overlaps(current: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np
     return table[1:, 1:], areas_a, areas_b
 
 
-def _link_regions(slice_maps: np.ndarray, strategy: str, threshold: float, look_back: int) -> list[list[tuple[int, int]]]:
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) IoU between (A, H, W) and (B, H, W) bool masks."""
+    a, b = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
+    inter = a @ b.T
+    return inter / np.maximum(a.sum(1)[:, None] + b.sum(1)[None] - inter, 1)
+
+
+def _predicted_similarity(regions: SliceRegions, z: int, zp: int, cols: np.ndarray,
+                          iou: np.ndarray) -> np.ndarray:
+    """(A, B) similarity of slice z's regions with regions ``cols + 1`` of slice zp < z: the mean
+    IoU of each side's predicted mask in the other slice with the other side's region, over the
+    sides whose neighbour masks reach that far; the plain IoU where neither does."""
+    maps = regions.maps
+    now = maps[z][None] == np.arange(1, int(maps[z].max()) + 1)[:, None, None]
+    before = maps[zp][None] == (cols + 1)[:, None, None]
+    scores = []
+    if zp - z in regions.neighbor_offsets.tolist():
+        forecast = np.stack([regions.neighbor_mask(z, r, zp - z) for r in range(1, len(now) + 1)])
+        scores.append(_mask_iou(forecast, before))
+    if z - zp in regions.neighbor_offsets.tolist():
+        forecast = np.stack([regions.neighbor_mask(zp, r, z - zp) for r in cols + 1])
+        scores.append(_mask_iou(now, forecast))
+    return np.mean(scores, axis=0) if scores else iou
+
+
+def _link_regions(regions: SliceRegions, strategy: str, threshold: float,
+                  look_back: int) -> list[list[tuple[int, int]]]:
     """Tracks of (z, region) pairs, linking each slice's regions to objects seen up to
-    1 + look_back slices before by maximum-weight assignment of IoU (or overlap / smaller area)."""
+    1 + look_back slices before by maximum-weight assignment of IoU, overlap / smaller area or
+    predicted IoU (:func:`_predicted_similarity`)."""
+    slice_maps = regions.maps
     tracks: list[list[tuple[int, int]]] = []
     open_tracks: dict[int, int] = {}  # track index -> last z
     last_region: dict[int, int] = {}  # track index -> region id at its last z
@@ -67,12 +116,15 @@ def _link_regions(slice_maps: np.ndarray, strategy: str, threshold: float, look_
             inter, area_now, area_prev = _overlaps(slice_maps[z], slice_maps[zp])
             cols = np.array([last_region[t] - 1 for t in ends_here])
             inter = inter[:, cols]
-            if strategy == "hungarian":
-                denom = area_now[:, None] + area_prev[None, cols] - inter
-            else:
+            if strategy == "overlap":
                 denom = np.minimum(area_now[:, None], area_prev[None, cols])
+            else:
+                denom = area_now[:, None] + area_prev[None, cols] - inter
+            sim = inter / np.maximum(denom, 1)
+            if strategy == "predicted":
+                sim = _predicted_similarity(regions, z, zp, cols, sim)
             candidates += ends_here
-            similarity.append(inter / np.maximum(denom, 1))
+            similarity.append(sim)
         assigned = {}
         if candidates:
             sim = np.concatenate(similarity, axis=1)
@@ -93,8 +145,7 @@ def _link_regions(slice_maps: np.ndarray, strategy: str, threshold: float, look_
 
 
 def link_slices(
-    slice_maps: np.ndarray,
-    slice_scores: list[np.ndarray],
+    regions: SliceRegions,
     strategy: str = "hungarian",
     threshold: float = 0.3,
     look_back: int = 1,
@@ -103,16 +154,21 @@ def link_slices(
 ) -> LinkedVolume:
     """Link per-slice regions into 3D objects.
 
-    slice_maps: (Z, H, W) int, region ids 1..K_z of every slice (0 background), as from
-        :func:`paste_slice`; slice_scores[z]: (K_z,) scores of those regions.
+    regions: the pasted slices of one volume (:func:`paste_volume`).
     strategy: "hungarian" (IoU between slices), "overlap" (intersection over the smaller region,
-        robust where nuclei shrink towards their poles) or "connected" (3D connected components
-        of the union of all regions).
-    fill_gaps: where look-back bridged missed slices, fill them with the intersection of the
-        object's masks on both sides of the gap (only on background pixels).
+        robust where nuclei shrink towards their poles), "connected" (3D connected components
+        of the union of all regions) or "predicted" (IoU of the regions' predicted neighbour
+        masks with the regions of the other slice; needs ``regions.neighbor_masks``).
+    fill_gaps: where look-back bridged missed slices, fill them (only on background pixels) with
+        the object's predicted mask there if one was predicted (predicted linking), else with
+        the intersection of the object's masks on both sides of the gap.
     """
     if strategy not in LINKERS:
         raise ValueError(f"TEST.CTC.LINKING must be one of {LINKERS}, got {strategy!r}")
+    if strategy == "predicted" and regions.neighbor_masks is None:
+        raise ValueError("TEST.CTC.LINKING 'predicted' needs neighbour masks: a model with "
+                         "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS")
+    slice_maps, slice_scores = regions.maps, regions.scores
     depth = slice_maps.shape[0]
     components = None
     if strategy == "connected":
@@ -124,7 +180,7 @@ def link_slices(
                 if component and region:
                     tracks[component - 1].append((z, int(region)))
     else:
-        tracks = _link_regions(slice_maps, strategy, threshold, look_back)
+        tracks = _link_regions(regions, strategy, threshold, look_back)
     kept = [t for t in range(len(tracks)) if len({z for z, _ in tracks[t]}) >= min_slices]
     if len(kept) > MAX_LABEL:
         raise ValueError(f"{len(kept)} objects do not fit a uint16 label volume")
@@ -140,13 +196,28 @@ def link_slices(
     labels = np.stack([lookups[z][slice_maps[z]] for z in range(depth)]) if depth else \
         np.zeros(slice_maps.shape, np.uint16)
     if fill_gaps:
+        use_predicted = strategy == "predicted"
         for new_label, t in enumerate(kept, start=1):
             for (z1, r1), (z2, r2) in zip(tracks[t], tracks[t][1:]):
                 if z2 - z1 > 1:
                     bridge = (slice_maps[z1] == r1) & (slice_maps[z2] == r2)
                     for zg in range(z1 + 1, z2):
-                        labels[zg][bridge & (labels[zg] == 0)] = new_label
+                        fill = _predicted_fill(regions, (z1, r1), (z2, r2), zg) if use_predicted else None
+                        labels[zg][(bridge if fill is None else fill) & (labels[zg] == 0)] = new_label
     return LinkedVolume(labels, scores)
+
+
+def _predicted_fill(regions: SliceRegions, before: tuple[int, int], after: tuple[int, int],
+                    zg: int) -> np.ndarray | None:
+    """The mask a bridged object is predicted to have in slice zg, from the nearer side of the
+    gap whose neighbour masks reach zg (None if neither does)."""
+    (z1, r1), (z2, r2) = before, after
+    sides = sorted([(zg - z1, z1, r1), (z2 - zg, z2, r2)])
+    for _, z, region in sides:
+        mask = regions.neighbor_mask(z, region, zg - z)
+        if mask is not None:
+            return mask
+    return None
 
 
 def link_options_from_config(cfg) -> dict:
@@ -156,30 +227,45 @@ def link_options_from_config(cfg) -> dict:
                 min_slices=ctc.MIN_SLICES, fill_gaps=ctc.FILL_GAPS)
 
 
-def paste_volume(predictions, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Paste the per-slice predictions of one volume: ((Z, H, W) int32 region maps, per-slice
-    (K_z,) scores), as :func:`link_slices` takes them.
+def instances_to_numpy(instances, score_threshold: float) -> tuple[np.ndarray, ...]:
+    """The detectron2 Instances scoring at least the threshold as numpy: (K, H, W) bool masks and
+    (K,) scores, plus (K, M, H, W) bool predicted neighbour masks where the model predicts them."""
+    keep = (instances.scores >= score_threshold).cpu()
+    out = (instances.pred_masks.cpu()[keep].numpy().astype(bool), instances.scores.cpu()[keep].numpy())
+    if instances.has("pred_neighbor_masks"):
+        out += (instances.pred_neighbor_masks.cpu()[keep].numpy().astype(bool),)
+    return out
 
-    predictions: iterable of (z, (K, H, W) bool masks, (K,) scores); slices not given are empty.
+
+def paste_volume(predictions, shape: tuple[int, int, int], neighbor_offsets=()) -> SliceRegions:
+    """Paste the per-slice predictions of one volume into :class:`SliceRegions`.
+
+    predictions: iterable of (z, (K, H, W) bool masks, (K,) scores) or, with neighbor_offsets
+    (M offsets dz), (z, masks, scores, (K, M, H, W) bool predicted neighbour masks); slices not
+    given are empty.
     """
+    offsets = np.asarray(neighbor_offsets, dtype=np.int64)
     slice_maps = np.zeros(shape, dtype=np.int32)
     slice_scores = [np.zeros(0)] * shape[0]
-    for z, masks, scores in predictions:
+    neighbors = [np.zeros((0, len(offsets), *shape[1:]), bool)] * shape[0] if len(offsets) else None
+    for z, masks, scores, *rest in predictions:
         if len(masks):
-            slice_maps[z], slice_scores[z] = paste_slice(masks, scores)
-    return slice_maps, slice_scores
+            slice_maps[z], slice_scores[z], kept = paste_slice(masks, scores)
+            if neighbors is not None:
+                neighbors[z] = np.asarray(rest[0], dtype=bool)[kept]
+    return SliceRegions(slice_maps, slice_scores, offsets, neighbors)
 
 
-def link_volume(predictions, shape: tuple[int, int, int], **options) -> LinkedVolume:
+def link_volume(predictions, shape: tuple[int, int, int], neighbor_offsets=(), **options) -> LinkedVolume:
     """Paste and link per-slice predictions of one volume (options: those of :func:`link_slices`)."""
-    return link_slices(*paste_volume(predictions, shape), **options)
+    return link_slices(paste_volume(predictions, shape, neighbor_offsets), **options)
 
 
 def link_with_reference(slice_maps: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Oracle linking: every region of every slice takes the reference label it overlaps most in
     that slice; regions that overlap no reference object become objects of their own.
 
-    slice_maps: (Z, H, W) region maps as from :func:`paste_volume`; reference: (Z, H, W) labels.
+    slice_maps: (Z, H, W) region maps (``SliceRegions.maps``); reference: (Z, H, W) labels.
     Returns (Z, H, W) int64 labels. Its SEG is the most any linking of these masks can reach
     (up to gap filling): the rest is lost by the masks themselves.
     """
