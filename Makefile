@@ -25,6 +25,7 @@ $(VENV)/.setup-done: setup.py scripts/install_detectron2.sh
 	touch $@
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: setup

@@ -19,5 +19,5 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "py-ctcmetrics"]},
+    extras_require={"test": ["pytest", "py-ctcmetrics", "ruff"]},
 )

@@ -17,14 +17,13 @@ sys.path.insert(0, ROOT)
 import emr_d2  # noqa: E402,F401
 from detectron2.modeling import build_model  # noqa: E402
 
+from emr_d2.config import config_variants  # noqa: E402
 from emr_d2.engine import setup_config  # noqa: E402
 
 # Untrained weights: the same head load for every model (100 proposals, 20 detections kept).
 FIXED_HEAD_LOAD = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "20",
                    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-VARIANTS = ["baseline_2d", "channel_fusion", "mlp_fusion", "mlp_fusion_per_level", "windowed_fusion",
-            "pixel_attention", "late_fusion_mean", "late_fusion_center", "late_fusion_conv3d", "late_fusion_se",
-            "cross_slice_attention"]
+VARIANTS = config_variants(os.path.join(ROOT, "configs"))
 
 
 def forward_seconds(model, num_slices: int, repeats: int) -> float:

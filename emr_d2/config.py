@@ -1,7 +1,8 @@
 """Config keys of emr_d2: every key is defined here, once, with its default and meaning."""
 from __future__ import annotations
 
-import torch
+import os
+
 from detectron2.config import CfgNode as CN
 
 
@@ -12,15 +13,10 @@ def add_emr_config(cfg: CN) -> None:
     MIN_SIZE_TRAIN_SAMPLING (scale jitter), INPUT.CROP.* (random crop), INPUT.RANDOM_FLIP,
     INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0 keeps the native size),
     DATALOADER.FILTER_EMPTY_ANNOTATIONS (the base config sets it False: slices without any nucleus
-    are kept for training, they matter in 3D).
+    are kept for training, they matter in 3D), MODEL.PIXEL_MEAN / PIXEL_STD (the base config sets
+    one value for every slice of the per-volume normalised input). Only keys are added here.
     """
     _c = cfg
-    # detectron2 defaults to "cuda"; fall back to the CPU where no GPU is present.
-    _c.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    # Inputs are normalised per volume to about [0, 1] (INPUT.NORM_PERCENTILES); one value is
-    # used for every slice (see resolve_pixel_stats), instead of detectron2's BGR statistics.
-    _c.MODEL.PIXEL_MEAN = [0.25]
-    _c.MODEL.PIXEL_STD = [0.25]
 
     # ---------------------------------------------------------------- input: the N-slice stack
     # Number of slices the model sees: the centre slice z and its neighbours z-N//2 .. z+N//2
@@ -82,35 +78,40 @@ def add_emr_config(cfg: CN) -> None:
     _c.MODEL.FUSION = CN()
     # Backbone run on every slice by the shared-backbone fusion variants (early, late, attention).
     _c.MODEL.FUSION.SLICE_BACKBONE = "build_resnet_fpn_backbone"
-    # Fusion module (FUSION_REGISTRY) that merges the N feature maps in early fusion:
-    # se_global | se_windowed | pixel_attention | conv | mean | only_center.
-    _c.MODEL.FUSION.NAME = "se_global"
+    # Fusion module (FUSION_REGISTRY, by class name) that merges the N feature maps in early
+    # fusion: MLPFusion | WindowedFusion | PixelAttentionFusion | CrossSliceAttentionFusion |
+    # Conv3dFusion | MeanFusion | CenterFusion.
+    _c.MODEL.FUSION.NAME = "MLPFusion"
+    # FPN levels where the slices are fused (early fusion, and late fusion's proposal features);
+    # other levels pass the centre slice's features. Empty: every level.
+    _c.MODEL.FUSION.LEVELS = []
     # One fusion module per FPN level (True) or one module shared by all levels (False).
     _c.MODEL.FUSION.PER_LEVEL = False
     # Initial static per-slice logits: "zero" (uniform), "only_center" (centre slice only)
-    # or "gaussian" (exp(-dz^2 / (2 sigma^2)) prior over the slice offset dz).
+    # or "gaussian" (exp(-dz^2 / (2 sigma^2)) prior over the window position dz).
     _c.MODEL.FUSION.STATIC_INIT = "gaussian"
     _c.MODEL.FUSION.GAUSSIAN_SIGMA = 1.0
     # Keep the static logits fixed during training.
     _c.MODEL.FUSION.FREEZE_STATIC = False
     # Hidden width of the MLPs / 1x1 convolutions that compute input-dependent slice logits.
     _c.MODEL.FUSION.HIDDEN_DIM = 64
-    # Window size (in feature-map pixels) of se_windowed.
+    # Window size (in feature-map pixels) of WindowedFusion.
     _c.MODEL.FUSION.WINDOW_SIZE = 4
+    # Recompute the per-slice backbone's activations in the backward pass instead of keeping them
+    # (activation checkpointing, one slice at a time): less memory for N-slice models, more time.
+    _c.MODEL.FUSION.CHECKPOINT_SLICES = False
     # Training logs the mean weight of every slice offset to the EventStorage this often.
     _c.MODEL.FUSION.LOG_PERIOD = 20
 
-    # Cross-slice attention: FPN levels where centre features attend to the neighbour slices
-    # (finer levels pass the centre slice's features through unchanged).
+    # Cross-slice attention (CrossSliceAttentionFusion): attention heads.
     _c.MODEL.FUSION.ATTENTION = CN()
-    _c.MODEL.FUSION.ATTENTION.LEVELS = ["p4", "p5", "p6"]
     _c.MODEL.FUSION.ATTENTION.NUM_HEADS = 4
 
     # Late fusion (ROI heads "SliceFusionROIHeads"): every proposal is pooled from every slice's
     # features and the N ROI features are merged by this FUSION_REGISTRY module:
-    # mean | only_center | conv | se_global.
+    # MeanFusion | CenterFusion | Conv3dFusion | MLPFusion.
     _c.MODEL.FUSION.LATE = CN()
-    _c.MODEL.FUSION.LATE.NAME = "mean"
+    _c.MODEL.FUSION.LATE.NAME = "MeanFusion"
     # Also fuse the box head's ROI features (the mask head's are always fused).
     _c.MODEL.FUSION.LATE.BOX = False
     # Proposals from the "center" slice's features, or from features "fused" by MODEL.FUSION.NAME.
@@ -124,12 +125,13 @@ def add_emr_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- CTC evaluation
     _c.TEST.CTC = CN()
-    # z-linking of per-slice instances into 3D objects: "hungarian" (IoU between adjacent
-    # slices), "overlap" (overlap relative to the smaller mask), "connected" (3D components of
-    # the union of all masks) or "predicted" (IoU of each object's predicted neighbour masks with
-    # the neighbour slices' objects; needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS).
-    _c.TEST.CTC.LINKING = "hungarian"
-    # Minimal IoU (hungarian, predicted) or overlap (overlap) for two slices' masks to be linked.
+    # z-linking of per-slice instances into 3D objects, named by the similarity that the
+    # Hungarian assignment between slices maximises: "iou" (IoU of the masks), "overlap"
+    # (intersection over the smaller mask), "predicted" (IoU of each object's predicted neighbour
+    # masks with the other slice's objects; needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS); or
+    # "connected" (3D components of the union of all masks, no assignment).
+    _c.TEST.CTC.LINKING = "iou"
+    # Minimal IoU (iou, predicted) or overlap (overlap) for two slices' masks to be linked.
     _c.TEST.CTC.LINK_THRESHOLD = 0.3
     # How many slices back an object may be continued from, bridging missed slices.
     _c.TEST.CTC.LOOK_BACK = 1
@@ -158,12 +160,15 @@ def add_emr_config(cfg: CN) -> None:
     # The calibration grid: linkers x thresholds x look-backs x minimum slices ("connected"
     # ignores thresholds and look-backs).
     _c.TEST.CTC.CALIBRATION = CN()
-    _c.TEST.CTC.CALIBRATION.LINKERS = ["hungarian", "overlap", "connected"]
+    _c.TEST.CTC.CALIBRATION.LINKERS = ["iou", "overlap", "connected"]
     _c.TEST.CTC.CALIBRATION.THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     _c.TEST.CTC.CALIBRATION.LOOK_BACKS = [0, 1, 2]
     _c.TEST.CTC.CALIBRATION.MIN_SLICES = [1, 2, 3]
 
     # ---------------------------------------------------------------- training engine
+    # Mixed precision (with detectron2's SOLVER.AMP.ENABLED): "auto" (bfloat16 on the CPU and on
+    # GPUs that support it, else float16), "bfloat16" or "float16" (with gradient scaling).
+    _c.SOLVER.AMP.PRECISION = "auto"
     # "SGD" (detectron2's) or "ADAMW". Fusion modules get no weight decay with either.
     _c.SOLVER.OPTIMIZER = "ADAMW"
     # Metric that picks the best checkpoint ("" disables BestCheckpointer), and its direction.
@@ -177,25 +182,12 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.VAL_LOSS_BATCHES = 10
 
 
-def resolve_pixel_stats(cfg: CN) -> None:
-    """Make MODEL.PIXEL_MEAN / PIXEL_STD match INPUT.NUM_SLICES input channels (in place).
-
-    One value is repeated for every slice; N values are kept; anything else is an error,
-    because the model normalises its (N, H, W) input channel by channel.
-    """
-    n = cfg.INPUT.NUM_SLICES
-    if n < 1:
-        raise ValueError(f"INPUT.NUM_SLICES must be >= 1, got {n}")
-    for key in ("PIXEL_MEAN", "PIXEL_STD"):
-        values = list(cfg.MODEL[key])
-        if len(values) == 1:
-            values = values * n
-        elif len(values) != n:
-            raise ValueError(
-                f"MODEL.{key} has {len(values)} values but INPUT.NUM_SLICES is {n}: give one value "
-                f"(used for every slice) or exactly {n}"
-            )
-        cfg.MODEL[key] = values
+def config_variants(config_dir: str) -> list[str]:
+    """Names of the model variants in a config folder: every YAML file but the Base-* ones,
+    baseline_2d first, then alphabetically."""
+    names = [os.path.splitext(f)[0] for f in os.listdir(config_dir)
+             if f.endswith(".yaml") and not f.startswith("Base-")]
+    return sorted(names, key=lambda name: (name != "baseline_2d", name))
 
 
 def _choice(key: str, value, allowed) -> None:
@@ -209,6 +201,7 @@ def check_config(cfg: CN) -> None:
     from detectron2.modeling import ROI_HEADS_REGISTRY
 
     from .data.window import PADDING_MODES
+    from .engine.amp import PRECISIONS
     from .linking import LINKERS
     from .modeling.backbone import LATE_FUSION_BACKBONES, PROPOSAL_SOURCES
     from .modeling.fusion.base import FUSION_REGISTRY, STATIC_INITS
@@ -224,6 +217,10 @@ def check_config(cfg: CN) -> None:
                          f"integers with 0 at position {n // 2}")
     if offsets and cfg.INPUT.SLICE_SPACING_UM > 0:
         raise ValueError("INPUT.SLICE_SPACING_UM: give either it or INPUT.SLICE_OFFSETS, not both")
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        if len(cfg.MODEL[key]) not in (1, n):
+            raise ValueError(f"MODEL.{key}: {len(cfg.MODEL[key])} values; give one (for every slice) or "
+                             f"INPUT.NUM_SLICES = {n}")
     if cfg.INPUT.SLICE_SPACING_UM < 0:
         raise ValueError(f"INPUT.SLICE_SPACING_UM: {cfg.INPUT.SLICE_SPACING_UM} must not be negative")
     if not 0.0 <= cfg.INPUT.CENTER_DEGRADE.PROB <= 1.0:
@@ -253,3 +250,4 @@ def check_config(cfg: CN) -> None:
         raise ValueError("TEST.CTC.CALIBRATE_LINKING: True needs validation data in DATASETS.VAL")
     _choice("TEST.BEST_METRIC_MODE", cfg.TEST.BEST_METRIC_MODE, ("max", "min"))
     _choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER.upper(), ("SGD", "ADAMW"))
+    _choice("SOLVER.AMP.PRECISION", cfg.SOLVER.AMP.PRECISION, PRECISIONS)

@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .data.ctc import MAX_LABEL
 
-LINKERS = ("hungarian", "overlap", "connected", "predicted")
+LINKERS = ("iou", "overlap", "connected", "predicted")
 
 
 @dataclass
@@ -146,7 +146,7 @@ def _link_regions(regions: SliceRegions, strategy: str, threshold: float,
 
 def link_slices(
     regions: SliceRegions,
-    strategy: str = "hungarian",
+    strategy: str = "iou",
     threshold: float = 0.3,
     look_back: int = 1,
     min_slices: int = 1,
@@ -155,7 +155,7 @@ def link_slices(
     """Link per-slice regions into 3D objects.
 
     regions: the pasted slices of one volume (:func:`paste_volume`).
-    strategy: "hungarian" (IoU between slices), "overlap" (intersection over the smaller region,
+    strategy: "iou" (IoU between slices), "overlap" (intersection over the smaller region,
         robust where nuclei shrink towards their poles), "connected" (3D connected components
         of the union of all regions) or "predicted" (IoU of the regions' predicted neighbour
         masks with the regions of the other slice; needs ``regions.neighbor_masks``).

@@ -137,10 +137,12 @@ def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
             for f in files]
 
 
-def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]]) -> None:
-    """Segment every input volume and write its uint16 label volume (atomically)."""
+def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], z_um: float | None = None) -> None:
+    """Segment every input volume (z voxel size z_um, micrometres) and write its uint16 label
+    volume (atomically)."""
+    predictor.slice_offsets(z_um)  # a missing voxel size fails before any work
     for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
         volume = read_raw_volume(source)
-        linked = predictor(volume, progress=True)
+        linked = predictor(volume, progress=True, z_um=z_um)
         write_label_volume(target, linked.labels)
         logger.info(f"{source} -> {target}: {int(linked.labels.max())} objects")

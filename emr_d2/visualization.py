@@ -4,14 +4,20 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+from scipy import ndimage
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from .data.window import normalise, percentile_range
 
-from .data.window import normalise, percentile_range  # noqa: E402
+
+def _subplots(rows: int, cols: int, **kwargs):
+    """A Figure with an Agg canvas (no global pyplot state or backend switch) and its axes."""
+    figure = Figure(figsize=kwargs.pop("figsize", None))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, cols, **kwargs)
 
 
 def _display(raw: np.ndarray) -> np.ndarray:
@@ -26,7 +32,7 @@ def outlines(labels: np.ndarray) -> np.ndarray:
 
 def _label_colours(n: int) -> np.ndarray:
     rng = np.random.default_rng(7)
-    colours = plt.cm.hsv(rng.permutation(max(n, 1)) / max(n, 1))[:, :3]
+    colours = colormaps["hsv"](rng.permutation(max(n, 1)) / max(n, 1))[:, :3]
     return np.concatenate([np.zeros((1, 3)), colours])
 
 
@@ -56,7 +62,7 @@ def plot_slice_grid(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
     cols = min(4, len(zs))
     rows = int(np.ceil(len(zs) / cols))
     colours = _label_colours(int(pred.max()) if pred is not None else 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, z in zip(axes.flat, zs):
@@ -66,7 +72,6 @@ def plot_slice_grid(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
     fig.suptitle(title or "raw, reference (white) and predicted outlines (colour = 3D object)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None, path: str,
@@ -83,14 +88,13 @@ def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
         ("XZ (y = %d)" % y, lambda v: v[:, y, :], aspect),
         ("YZ (x = %d)" % x, lambda v: v[:, :, x], aspect),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = _subplots(1, 3, figsize=(13, 4.2))
     for ax, (name, cut, asp) in zip(axes, views):
         _overlay(ax, cut(image), None if gt is None else cut(gt), None if pred is None else cut(pred), colours, asp)
         ax.set_title(name, fontsize=10)
     fig.suptitle("orthogonal views: z-linking shows as one colour per object along z", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path: str,
@@ -104,7 +108,7 @@ def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path: str,
     pixel_maps = pixel_maps or {}
     n_bars = len(weights)
     n_maps = sum(len(m) for m in pixel_maps.values())
-    fig, axes = plt.subplots(1, max(n_bars + n_maps, 1), figsize=(3.6 * max(n_bars + n_maps, 1), 3.4), squeeze=False)
+    fig, axes = _subplots(1, max(n_bars + n_maps, 1), figsize=(3.6 * max(n_bars + n_maps, 1), 3.4), squeeze=False)
     axes = list(axes.flat)
     for ax, (name, groups) in zip(axes, weights.items()):
         n = len(next(iter(groups.values())))
@@ -130,7 +134,6 @@ def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path: str,
             fig.colorbar(shown, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -146,7 +149,7 @@ def plot_training_curves(metrics_file: str, path: str) -> None:
     extras = [k for k in ("ctc/SEG", "ctc/SEG_2D", "validation_loss") if any(k in r for r in rows)]
     fusion = sorted({k for r in rows for k in r if k.startswith("fusion/")})
     count = 1 + bool(extras) + bool(fusion)
-    fig, axes = plt.subplots(1, count, figsize=(5 * count, 3.6), squeeze=False)
+    fig, axes = _subplots(1, count, figsize=(5 * count, 3.6), squeeze=False)
     panels = [(losses, "training losses", "-")]
     if extras:
         panels.append((extras, "evaluation", "o-"))
@@ -163,7 +166,6 @@ def plot_training_curves(metrics_file: str, path: str) -> None:
     axes.flat[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def collect_fusion_weights(cfg, model, volume: np.ndarray, z_um: float | None = None) -> tuple[dict, dict]:

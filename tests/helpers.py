@@ -1,6 +1,7 @@
 """Tiny model configs for fast tests."""
 import os
 
+from emr_d2.config import config_variants
 from emr_d2.engine import setup_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,11 +20,7 @@ TINY_MODEL = [
     "INPUT.CROP.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
 ]
 
-VARIANTS = [
-    "baseline_2d", "channel_fusion", "mlp_fusion", "mlp_fusion_per_level", "windowed_fusion",
-    "pixel_attention", "late_fusion_mean", "late_fusion_center", "late_fusion_conv3d",
-    "late_fusion_se", "cross_slice_attention",
-]
+VARIANTS = config_variants(CONFIGS)
 
 
 def tiny_cfg(variant: str, num_slices: int | None = None, extra=(), freeze=True):

@@ -37,13 +37,13 @@ def test_calibration_picks_the_only_linking_that_separates_touching_objects():
     gt = stacked_discs()
     volume = PastedVolume("v", paste_volume(per_slice(gt), gt.shape), gt, None)
     grid = [dict(strategy=s, threshold=t, look_back=0, min_slices=1)
-            for s in ("hungarian", "overlap") for t in (0.3, 0.5, 0.7)]
+            for s in ("iou", "overlap") for t in (0.3, 0.5, 0.7)]
     grid.append(dict(strategy="connected", threshold=0.0, look_back=0, min_slices=1))
     best, table = choose_linking([volume], grid, fill_gaps=True)
-    assert best == dict(strategy="hungarian", threshold=0.7, look_back=0, min_slices=1)
+    assert best == dict(strategy="iou", threshold=0.7, look_back=0, min_slices=1)
     seg = {(row["strategy"], row["threshold"]): row["SEG"] for row in table}
-    assert seg[("hungarian", 0.7)] == 1.0
-    assert seg[("hungarian", 0.3)] < 0.6 and seg[("connected", 0.0)] < 0.6
+    assert seg[("iou", 0.7)] == 1.0
+    assert seg[("iou", 0.3)] < 0.6 and seg[("connected", 0.0)] < 0.6
     assert seg[("overlap", 0.7)] < 1.0  # the smaller-area overlap of the shifted discs is above 0.7
 
 
@@ -93,7 +93,7 @@ def test_calibrated_linking_beside_the_weights_is_applied_unless_overridden(tmp_
     assert (cfg.TEST.CTC.LINKING, cfg.TEST.CTC.LINK_THRESHOLD) == ("overlap", 0.4)
     cfg = tiny_cfg("baseline_2d", 1, ["MODEL.WEIGHTS", str(weights), "TEST.CTC.USE_CALIBRATED_LINKING", "False"],
                    freeze=False)
-    assert cfg.TEST.CTC.LINKING == "hungarian"
+    assert cfg.TEST.CTC.LINKING == "iou"
     assert apply_calibrated_linking(cfg) is None
 
 

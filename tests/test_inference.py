@@ -18,7 +18,7 @@ NEIGHBORS = ["INPUT.SLICE_OFFSETS", "[-3, -1, 0, 2, 3]", "MODEL.ROI_MASK_HEAD.NE
 
 
 @pytest.mark.parametrize("variant,padding,extra", [
-    ("mlp_fusion", "replicate", []), ("windowed_fusion", "zero", []), ("late_fusion_se", "reflect", []),
+    ("mlp_fusion", "replicate", []), ("windowed_fusion", "zero", []), ("late_fusion_mlp", "reflect", []),
     ("late_fusion_center", "replicate", []), ("cross_slice_attention", "zero", []),
     ("mlp_fusion", "reflect", NEIGHBORS), ("late_fusion_center", "zero", NEIGHBORS),
 ])

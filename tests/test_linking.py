@@ -32,25 +32,25 @@ def test_relinks_a_clean_volume_exactly(strategy):
     assert len(linked.scores) == 3
 
 
-def test_hungarian_splits_off_only_tiny_poles():
+def test_iou_linking_splits_off_only_tiny_poles():
     # A one-pixel pole has IoU 1/area with the next slice: IoU linking leaves it apart.
     gt = ellipsoids()
-    linked = link_volume(per_slice(gt), gt.shape, strategy="hungarian", threshold=0.3, look_back=1)
+    linked = link_volume(per_slice(gt), gt.shape, strategy="iou", threshold=0.3, look_back=1)
     assert score_frame(gt, linked.labels).scores.mean() >= 0.99
 
 
 def test_look_back_bridges_a_missed_slice():
     gt = ellipsoids()
-    dropped = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="hungarian", threshold=0.3,
+    dropped = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3,
                           look_back=1)
     assert score_frame(gt, dropped.labels).scores.mean() >= 0.99
     assert len(set(np.unique(dropped.labels[gt == 2])) - {0}) == 1  # one object
     assert np.count_nonzero(dropped.labels[6][gt[6] == 2]) > 0.9 * np.count_nonzero(gt[6] == 2)  # gap filled
 
-    unfilled = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="hungarian", threshold=0.3,
+    unfilled = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3,
                            look_back=1, fill_gaps=False)
     assert len(np.unique(unfilled.labels[gt == 2])) == 2  # one object and the empty gap
-    no_bridge = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="hungarian", threshold=0.3,
+    no_bridge = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3,
                             look_back=0)
     assert len(np.unique(no_bridge.labels[gt == 2])) == 3  # split in two objects
 
@@ -82,7 +82,7 @@ def test_overlap_links_shrinking_poles_that_iou_misses():
     slice_maps[1, 8:12, 8:12] = 1  # 16 pixels inside: IoU 1/16, overlap 1
     scores = [np.array([0.9]), np.array([0.9])]
     regions = SliceRegions(slice_maps, scores)
-    assert link_slices(regions, "hungarian", 0.3).labels.max() == 2
+    assert link_slices(regions, "iou", 0.3).labels.max() == 2
     assert link_slices(regions, "overlap", 0.3).labels.max() == 1
 
 
@@ -107,7 +107,7 @@ def test_oracle_link_of_perfect_masks_with_scrambled_ids_is_perfect_while_linkin
     regions = paste_volume(per_slice(gt), gt.shape)
     regions.maps[2, 45:, 45:] = regions.maps[2].max() + 1
     regions.scores[2] = np.append(regions.scores[2], 0.5)
-    linked = link_slices(regions, strategy="hungarian", threshold=0.99, look_back=0)
+    linked = link_slices(regions, strategy="iou", threshold=0.99, look_back=0)
     oracle = link_with_reference(regions.maps, gt)
     acc_linked, acc_oracle = SEGAccumulator(), SEGAccumulator()
     acc_linked.add("t", gt, linked.labels)

@@ -124,7 +124,7 @@ def test_predicted_linking_of_perfect_neighbor_masks_reproduces_the_reference(dr
                          strategy="predicted", threshold=0.5, look_back=1)
     assert seg_of(gt, linked.labels) == 1.0  # a missed slice is bridged and filled by prediction
     assert linked.labels.max() == 3
-    iou = link_volume(perfect_predictions(gt, [-1, 1], drop), gt.shape, strategy="hungarian",
+    iou = link_volume(perfect_predictions(gt, [-1, 1], drop), gt.shape, strategy="iou",
                       threshold=0.5, look_back=1)
     assert seg_of(gt, iou.labels) < 0.9  # IoU linking merges the objects touching along z
 

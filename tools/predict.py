@@ -6,7 +6,9 @@
     python tools/predict.py --config-file ... --input Fluo-N3DH-SIM+/02 --output 02_RES/ MODEL.WEIGHTS ...
 
 --input: a 3D TIFF, a folder of them, or a CTC sequence folder (then the outputs are named
-maskTTT.tif, as the CTC expects). Trailing KEY VALUE pairs override the config.
+maskTTT.tif, as the CTC expects). --voxel-size Z Y X (micrometres) gives the data's voxel size;
+a CTC sequence takes its dataset's (voxel_size.json or a known CTC dataset) by default. Models
+with INPUT.SLICE_SPACING_UM need it. Trailing KEY VALUE pairs override the config.
 """
 import argparse
 import os
@@ -16,6 +18,7 @@ import emr_d2  # noqa: F401  (registers the models)
 from detectron2.utils.logger import setup_logger
 
 from emr_d2.cli import run_cli
+from emr_d2.data.catalog import voxel_size
 from emr_d2.engine import setup_config
 from emr_d2.predictor import VolumePredictor, plan_outputs, predict_files
 
@@ -25,13 +28,16 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", required=True, help="3D TIFF, folder of TIFFs, or CTC sequence folder")
     parser.add_argument("--output", required=True, help="folder for the label TIFFs")
+    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), default=None,
+                        help="voxel size of the input in micrometres")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="emr_d2")
     cfg = setup_config(args.config_file, args.opts)
     pairs = plan_outputs(args.input, args.output)
     os.makedirs(args.output, exist_ok=True)  # an unwritable output fails before any work
-    predict_files(VolumePredictor(cfg), pairs)
+    voxel = args.voxel_size or voxel_size(os.path.dirname(os.path.abspath(args.input.rstrip("/"))))
+    predict_files(VolumePredictor(cfg), pairs, voxel[0] if voxel else None)
     print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
     return 0
 

@@ -1,10 +1,11 @@
 """Config setup shared by the command-line tools."""
 from __future__ import annotations
 
+import torch
 from detectron2.config import CfgNode, get_cfg
 
 from ..calibration import apply_calibrated_linking
-from ..config import add_emr_config, check_config, resolve_pixel_stats
+from ..config import add_emr_config, check_config
 from ..data.catalog import configure_splits
 
 
@@ -12,8 +13,9 @@ def setup_config(config_file: str | None = None, opts: list[str] | None = None, 
                  calibrated_linking: bool = True) -> CfgNode:
     """detectron2 config with the emr_d2 keys, a YAML file (with ``_BASE_``) and KEY VALUE overrides;
     the linking calibrated for MODEL.WEIGHTS applied (unless ``calibrated_linking`` is False; see
-    :func:`apply_calibrated_linking`), every key checked (:func:`check_config`), pixel statistics
-    resolved for INPUT.NUM_SLICES and dataset splits configured."""
+    :func:`apply_calibrated_linking`), every key checked (:func:`check_config`), dataset splits
+    configured, and MODEL.DEVICE "cuda" (detectron2's default) replaced by "cpu" where no GPU is
+    present."""
     cfg = get_cfg()
     add_emr_config(cfg)
     if config_file:
@@ -22,8 +24,9 @@ def setup_config(config_file: str | None = None, opts: list[str] | None = None, 
     if calibrated_linking:
         apply_calibrated_linking(cfg, list(opts or []))
     check_config(cfg)
-    resolve_pixel_stats(cfg)
     configure_splits(cfg)
+    if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
     if freeze:
         cfg.freeze()
     return cfg

@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 from detectron2.data import (MetadataCatalog, build_detection_test_loader, build_detection_train_loader,
                              get_detection_dataset_dicts)
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, print_csv_format
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -21,6 +21,7 @@ from ..data.mapper import SliceStackMapper
 from ..evaluation.ctc_evaluator import AnnotatedSlicesOnly, CTCEvaluator, write_json
 from ..modeling.checkpoint import SliceStackCheckpointer
 from ..modeling.fusion import SliceFusion
+from .amp import MixedPrecisionTrainer, resolve_precision
 from .hooks import EarlyStop, EarlyStopping, FusionWeightLogger, LinkingCalibration, ValidationLoss
 from .inference import inference_on_volumes
 
@@ -45,13 +46,23 @@ class Trainer(DefaultTrainer):
         on_gpu = cfg.MODEL.DEVICE.startswith("cuda")
         model = create_ddp_model(model, broadcast_buffers=False,
                                  device_ids=[comm.get_local_rank()] if on_gpu else None)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SliceStackCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def build_step_trainer(cfg, model, data_loader, optimizer) -> SimpleTrainer:
+        """SimpleTrainer, or with SOLVER.AMP.ENABLED the MixedPrecisionTrainer (autocast in
+        SOLVER.AMP.PRECISION on the model's device type)."""
+        if not cfg.SOLVER.AMP.ENABLED:
+            return SimpleTrainer(model, data_loader, optimizer)
+        device_type = torch.device(cfg.MODEL.DEVICE).type
+        precision = resolve_precision(cfg.SOLVER.AMP.PRECISION, device_type)
+        return MixedPrecisionTrainer(model, data_loader, optimizer, precision, device_type)
 
     def build_hooks(self):
         cfg = self.cfg

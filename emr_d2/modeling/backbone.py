@@ -2,11 +2,11 @@
 
 - ``build_channel_fusion_backbone``: the N slices are N input channels of a ResNet-FPN stem.
 - ``build_early_fusion_backbone``: one backbone with shared weights runs on every slice; a fusion
-  module merges the N feature maps at every FPN level.
-- ``build_cross_slice_attention_backbone``: shared backbone; centre-slice features attend to the
-  neighbour slices at the coarser FPN levels.
+  module (any of FUSION_REGISTRY, cross-slice attention included) merges the N feature maps at
+  the FPN levels MODEL.FUSION.LEVELS (all by default); other levels pass the centre slice's.
 - ``build_late_fusion_backbone``: shared backbone; returns the centre slice's (or fused)
-  features for the RPN and every slice's features (``<level>_slices``) for the ROI heads.
+  features for the RPN and every slice's features (``<level>_slices``, its declared
+  ``slice_outputs``) for the ROI heads (SliceFusionROIHeads).
 
 The shared-backbone variants split their work into ``forward_slices`` (per slice, independent of
 the window) and ``combine`` (per window), which lets whole-volume inference compute each slice's
@@ -19,6 +19,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fusion import build_fusion
 
@@ -42,10 +43,14 @@ def build_channel_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 class SharedSliceBackbone(Backbone):
     """Runs ``slice_backbone`` (1 input channel) on each of the N slices with shared weights."""
 
-    def __init__(self, slice_backbone: Backbone, num_slices: int):
+    # Outputs that hold every slice's features, (B, N, C, h, w), for late-fusion ROI heads.
+    slice_outputs: tuple[str, ...] = ()
+
+    def __init__(self, slice_backbone: Backbone, num_slices: int, checkpoint_slices: bool = False):
         super().__init__()
         self.slice_backbone = slice_backbone
         self.num_slices = num_slices
+        self.checkpoint_slices = checkpoint_slices
 
     @property
     def size_divisibility(self) -> int:
@@ -59,8 +64,15 @@ class SharedSliceBackbone(Backbone):
         return self.slice_backbone.output_shape()
 
     def forward_slices(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (B, S, H, W) slices -> {level: (B, S, C, h, w)}, each slice on its own."""
+        """x: (B, S, H, W) slices -> {level: (B, S, C, h, w)}, each slice on its own.
+
+        With ``checkpoint_slices`` and gradients on, each window position runs under activation
+        checkpointing: its activations are recomputed in the backward pass, one at a time.
+        """
         b, s, h, w = x.shape
+        if self.checkpoint_slices and torch.is_grad_enabled():
+            per_slice = [checkpoint(self.slice_backbone, x[:, n : n + 1], use_reentrant=False) for n in range(s)]
+            return {k: torch.stack([f[k] for f in per_slice], dim=1) for k in per_slice[0]}
         features = self.slice_backbone(x.reshape(b * s, 1, h, w))
         return {k: v.reshape(b, s, *v.shape[1:]) for k, v in features.items()}
 
@@ -76,7 +88,8 @@ class SharedSliceBackbone(Backbone):
 
 
 class _LevelFusion(nn.Module):
-    """One fusion module per FPN level, or one shared by all levels."""
+    """Fusion at the given FPN levels: one module per level, or one shared by them all. Levels
+    without fusion pass the centre slice's features."""
 
     def __init__(self, name: str, levels: list[str], channels: int, num_slices: int, cfg,
                  per_level: bool):
@@ -87,36 +100,27 @@ class _LevelFusion(nn.Module):
         else:
             shared = build_fusion(name, channels, num_slices, cfg)
             self.modules_by_level = nn.ModuleDict({"shared": shared})
+        self.levels = list(levels)
         self.per_level = per_level
+        self.centre = num_slices // 2
 
     def forward(self, level: str, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, C, h, w) features of one level -> (B, C, h, w)."""
+        if level not in self.levels:
+            return x[:, self.centre]
         return self.modules_by_level[level if self.per_level else "shared"](x)
 
 
 class EarlyFusionBackbone(SharedSliceBackbone):
-    """Fuses the N slices' features at every FPN level."""
+    """Fuses the N slices' features at the chosen FPN levels."""
 
-    def __init__(self, slice_backbone: Backbone, num_slices: int, fusion: _LevelFusion):
-        super().__init__(slice_backbone, num_slices)
+    def __init__(self, slice_backbone: Backbone, num_slices: int, fusion: _LevelFusion,
+                 checkpoint_slices: bool = False):
+        super().__init__(slice_backbone, num_slices, checkpoint_slices)
         self.fusion = fusion
 
     def combine(self, slice_features):
         return {level: self.fusion(level, f) for level, f in slice_features.items()}
-
-
-class CrossSliceAttentionBackbone(SharedSliceBackbone):
-    """Centre-slice features attend to all slices at ``levels``; other levels pass the centre."""
-
-    def __init__(self, slice_backbone: Backbone, num_slices: int, attention: nn.ModuleDict):
-        super().__init__(slice_backbone, num_slices)
-        self.attention = attention
-
-    def combine(self, slice_features):
-        centre = self.num_slices // 2
-        return {
-            level: self.attention[level](f) if level in self.attention else f[:, centre]
-            for level, f in slice_features.items()
-        }
 
 
 class LateFusionBackbone(SharedSliceBackbone):
@@ -124,9 +128,10 @@ class LateFusionBackbone(SharedSliceBackbone):
     features, or features fused by ``proposal_fusion`` when given."""
 
     def __init__(self, slice_backbone: Backbone, num_slices: int,
-                 proposal_fusion: _LevelFusion | None = None):
-        super().__init__(slice_backbone, num_slices)
+                 proposal_fusion: _LevelFusion | None = None, checkpoint_slices: bool = False):
+        super().__init__(slice_backbone, num_slices, checkpoint_slices)
         self.proposal_fusion = proposal_fusion
+        self.slice_outputs = tuple(level + SLICES_SUFFIX for level in slice_backbone.output_shape())
 
     def combine(self, slice_features):
         centre = self.num_slices // 2
@@ -149,29 +154,23 @@ def _levels_and_channels(backbone: Backbone) -> tuple[list[str], int]:
     return list(shapes), channels.pop()
 
 
-@BACKBONE_REGISTRY.register()
-def build_early_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """Shared per-slice backbone + MODEL.FUSION.NAME at every level (MODEL.FUSION.PER_LEVEL)."""
-    slice_backbone = _slice_backbone(cfg)
-    levels, channels = _levels_and_channels(slice_backbone)
-    fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, levels, channels, input_shape.channels, cfg,
-                          cfg.MODEL.FUSION.PER_LEVEL)
-    return EarlyFusionBackbone(slice_backbone, input_shape.channels, fusion)
-
-
-@BACKBONE_REGISTRY.register()
-def build_cross_slice_attention_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """Shared per-slice backbone + cross-slice attention at MODEL.FUSION.ATTENTION.LEVELS."""
-    slice_backbone = _slice_backbone(cfg)
-    levels, channels = _levels_and_channels(slice_backbone)
-    wanted = list(cfg.MODEL.FUSION.ATTENTION.LEVELS)
+def _fusion_levels(cfg, levels: list[str]) -> list[str]:
+    """MODEL.FUSION.LEVELS (all levels when empty), checked against the backbone's levels."""
+    wanted = list(cfg.MODEL.FUSION.LEVELS) or levels
     unknown = [level for level in wanted if level not in levels]
     if unknown:
-        raise ValueError(f"MODEL.FUSION.ATTENTION.LEVELS {unknown} not among the backbone's {levels}")
-    attention = nn.ModuleDict(
-        {level: build_fusion("cross_slice_attention", channels, input_shape.channels, cfg)
-         for level in wanted})
-    return CrossSliceAttentionBackbone(slice_backbone, input_shape.channels, attention)
+        raise ValueError(f"MODEL.FUSION.LEVELS: {unknown} are not among the backbone's levels {levels}")
+    return wanted
+
+
+@BACKBONE_REGISTRY.register()
+def build_early_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """Shared per-slice backbone + MODEL.FUSION.NAME at MODEL.FUSION.LEVELS (MODEL.FUSION.PER_LEVEL)."""
+    slice_backbone = _slice_backbone(cfg)
+    levels, channels = _levels_and_channels(slice_backbone)
+    fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, _fusion_levels(cfg, levels), channels, input_shape.channels,
+                          cfg, cfg.MODEL.FUSION.PER_LEVEL)
+    return EarlyFusionBackbone(slice_backbone, input_shape.channels, fusion, cfg.MODEL.FUSION.CHECKPOINT_SLICES)
 
 
 @BACKBONE_REGISTRY.register()
@@ -181,6 +180,6 @@ def build_late_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     fusion = None
     if cfg.MODEL.FUSION.LATE.PROPOSALS_FROM == "fused":
         levels, channels = _levels_and_channels(slice_backbone)
-        fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, levels, channels, input_shape.channels, cfg,
-                              cfg.MODEL.FUSION.PER_LEVEL)
-    return LateFusionBackbone(slice_backbone, input_shape.channels, fusion)
+        fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, _fusion_levels(cfg, levels), channels,
+                              input_shape.channels, cfg, cfg.MODEL.FUSION.PER_LEVEL)
+    return LateFusionBackbone(slice_backbone, input_shape.channels, fusion, cfg.MODEL.FUSION.CHECKPOINT_SLICES)

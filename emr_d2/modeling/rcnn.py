@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 from detectron2.layers.mask_ops import paste_masks_in_image
-from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.modeling import (META_ARCH_REGISTRY, GeneralizedRCNN, build_backbone, build_proposal_generator,
+                                 build_roi_heads)
 from detectron2.structures import ImageList, Instances
 
 from .backbone import SharedSliceBackbone
 from .intensity import build_intensity_front_end
+from .roi_heads import SliceFusionROIHeads
 
 NEIGHBOR_HEAD = "NeighborMaskHead"
 
@@ -28,6 +31,17 @@ def with_neighbor_head(cfg):
     return cfg
 
 
+def slice_stats(values, num_slices: int, key: str) -> list[float]:
+    """PIXEL_MEAN / PIXEL_STD for N input slices: one value for every slice, or N values."""
+    values = list(values)
+    if len(values) == 1:
+        return values * num_slices
+    if len(values) != num_slices:
+        raise ValueError(f"{key} has {len(values)} values but INPUT.NUM_SLICES is {num_slices}: give one "
+                         f"value (used for every slice) or exactly {num_slices}")
+    return values
+
+
 def paste_neighbor_masks(instances: Instances, threshold: float = 0.5) -> None:
     """(R, M, S, S) ``pred_neighbor_masks`` probabilities -> (R, M, H, W) bool masks in the
     image of ``instances`` (in place; boxes already at the output size)."""
@@ -41,8 +55,10 @@ def paste_neighbor_masks(instances: Instances, threshold: float = 0.5) -> None:
 class SliceStackRCNN(GeneralizedRCNN):
     """GeneralizedRCNN whose inputs' ``image`` is an (N, H, W) stack of normalised slices.
 
-    The learnable intensity front-end (MODEL.INTENSITY) acts on the normalised stack before
-    MODEL.PIXEL_MEAN / PIXEL_STD (one value per slice) and the backbone. With
+    The number of slices is INPUT.NUM_SLICES (the backbone is built for that many input slices,
+    MODEL.PIXEL_MEAN / PIXEL_STD hold one value for all slices or one per slice). The learnable
+    intensity front-end (MODEL.INTENSITY) acts on the normalised stack before the pixel
+    statistics and the backbone. With
     MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS the mask head is the neighbour-mask head, and outputs carry
     ``pred_neighbor_masks`` (R, N - 1, H, W). A shared per-slice backbone lets whole-volume
     inference compute each slice's features once (:meth:`slice_features`) and run only fusion
@@ -56,9 +72,24 @@ class SliceStackRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
-        ret = super().from_config(with_neighbor_head(cfg))
-        ret["intensity"] = build_intensity_front_end(cfg)
-        return ret
+        cfg = with_neighbor_head(cfg)
+        num_slices = cfg.INPUT.NUM_SLICES
+        backbone = build_backbone(cfg, ShapeSpec(channels=num_slices))
+        roi_heads = build_roi_heads(cfg, backbone.output_shape())
+        if isinstance(roi_heads, SliceFusionROIHeads) != bool(getattr(backbone, "slice_outputs", ())):
+            raise ValueError(f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
+                             f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs a backbone with per-slice "
+                             "outputs (build_late_fusion_backbone) together with SliceFusionROIHeads")
+        return {
+            "backbone": backbone,
+            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
+            "roi_heads": roi_heads,
+            "input_format": cfg.INPUT.FORMAT,
+            "vis_period": cfg.VIS_PERIOD,
+            "pixel_mean": slice_stats(cfg.MODEL.PIXEL_MEAN, num_slices, "MODEL.PIXEL_MEAN"),
+            "pixel_std": slice_stats(cfg.MODEL.PIXEL_STD, num_slices, "MODEL.PIXEL_STD"),
+            "intensity": build_intensity_front_end(cfg),
+        }
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         images = [self.intensity(self._move_to_current_device(x["image"])) for x in batched_inputs]

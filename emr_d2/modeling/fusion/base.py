@@ -5,22 +5,9 @@ import torch
 from detectron2.utils.registry import Registry
 from torch import nn
 
-
-
-class _FusionRegistry(Registry):
-    """A Registry whose entries are registered under short config names (``se_global``, ...)."""
-
-    def register_as(self, name: str):
-        def decorator(cls):
-            self._do_register(name, cls)
-            return cls
-
-        return decorator
-
-
-FUSION_REGISTRY = _FusionRegistry("SLICE_FUSION")
+FUSION_REGISTRY = Registry("SLICE_FUSION")
 FUSION_REGISTRY.__doc__ = """
-Slice-fusion modules, by config name (MODEL.FUSION.NAME, MODEL.FUSION.LATE.NAME). Each is called
+Slice-fusion modules, by class name (MODEL.FUSION.NAME, MODEL.FUSION.LATE.NAME). Each is called
 as ``cls(channels, num_slices, cfg)`` and maps features (B, N, C, H, W) to (B, C, H, W).
 """
 
@@ -77,7 +64,8 @@ class SliceFusion(nn.Module):
         weights = torch.softmax(logits + prior, dim=1)
         self.last_weights = weights.detach()
         expanded = weights[:, :, None] if weights.dim() == 4 else weights[:, :, None, None, None]
-        return (x * expanded).sum(dim=1)
+        # softmax runs in float32 under autocast; the weighted sum stays in the features' dtype
+        return (x * expanded.to(x.dtype)).sum(dim=1)
 
     def slice_weights(self) -> torch.Tensor | None:
         """Weights of the last forward pass: (B, N) or (B, N, h, w)."""

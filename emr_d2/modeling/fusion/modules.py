@@ -8,7 +8,7 @@ from torch import nn
 from .base import FUSION_REGISTRY, SliceFusion, init_logit_layer
 
 
-@FUSION_REGISTRY.register_as("mean")
+@FUSION_REGISTRY.register()
 class MeanFusion(SliceFusion):
     """Uniform weights: the mean over slices (no parameters)."""
 
@@ -19,8 +19,8 @@ class MeanFusion(SliceFusion):
         return x.mean(dim=1)
 
 
-@FUSION_REGISTRY.register_as("only_center")
-class OnlyCenterFusion(SliceFusion):
+@FUSION_REGISTRY.register()
+class CenterFusion(SliceFusion):
     """The centre slice's features, unchanged; the neighbours are ignored (no parameters)."""
 
     uses_static_prior = False
@@ -32,8 +32,8 @@ class OnlyCenterFusion(SliceFusion):
         return x[:, self.num_slices // 2]
 
 
-@FUSION_REGISTRY.register_as("se_global")
-class SEGlobalFusion(SliceFusion):
+@FUSION_REGISTRY.register()
+class MLPFusion(SliceFusion):
     """Squeeze-and-excitation over slices: global average pool of every slice, an MLP on the
     concatenation, one logit per slice, softmax over slices, weighted sum."""
 
@@ -78,8 +78,8 @@ class _LocalWeightFusion(SliceFusion):
         return self._weighted_sum(x, logits)
 
 
-@FUSION_REGISTRY.register_as("se_windowed")
-class SEWindowedFusion(_LocalWeightFusion):
+@FUSION_REGISTRY.register()
+class WindowedFusion(_LocalWeightFusion):
     """Slice weights per k x k window (MODEL.FUSION.WINDOW_SIZE feature pixels)."""
 
     def __init__(self, channels: int, num_slices: int, cfg):
@@ -87,13 +87,13 @@ class SEWindowedFusion(_LocalWeightFusion):
         self.window = int(cfg.MODEL.FUSION.WINDOW_SIZE)
 
 
-@FUSION_REGISTRY.register_as("pixel_attention")
+@FUSION_REGISTRY.register()
 class PixelAttentionFusion(_LocalWeightFusion):
     """Slice weights per pixel."""
 
 
-@FUSION_REGISTRY.register_as("conv")
-class ConvFusion(SliceFusion):
+@FUSION_REGISTRY.register()
+class Conv3dFusion(SliceFusion):
     """A 3D convolution over the slice axis, kernel (N, 1, 1), that collapses N slices into one.
 
     Initialised as the static prior's softmax weights times the identity; its inspectable
@@ -120,8 +120,8 @@ class ConvFusion(SliceFusion):
         return out
 
 
-@FUSION_REGISTRY.register_as("cross_slice_attention")
-class CrossSliceAttention(SliceFusion):
+@FUSION_REGISTRY.register()
+class CrossSliceAttentionFusion(SliceFusion):
     """Centre-slice features attend to all N slices at every pixel (multi-head attention over the
     slice axis with a learned embedding of the slice offset); the result is added to the centre
     features. Inspectable weights: attention per slice, averaged over heads, (B, N, H, W)."""
