@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "SEG_oracle_link", "SEG_2D",
            "SEG_poles", "SEG_core", "splits", "merges", "segm_AP", "volume_AP", "count_error",
-           "train_time_s", "inference_s_per_volume", "linking"]
+           "centre_weight", "train_time_s", "inference_s_per_volume", "linking"]
 METRICS = COLUMNS[3:-1]
 TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train_net.py")
 
@@ -106,12 +106,24 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
     return row
 
 
+def centre_weight(run_dir: str) -> float:
+    """The last logged mean weight of the window's centre slice (``fusion/<module>/dz+0`` in
+    metrics.json), averaged over the fusion modules; NaN for a model without slice weights."""
+    last = {}
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            last.update({k: v for k, v in json.loads(line).items() if k.startswith("fusion/") and k.endswith("/dz+0")})
+    return float(np.mean(list(last.values()))) if last else float("nan")
+
+
 def finished_rows(output: str, dataset: BenchDataset) -> list[dict]:
     """Rows of every finished run of a dataset under ``output``, by config name and seed."""
     rows = []
     for path in glob.glob(os.path.join(output, dataset.name, "*", "seed*", "row.json")):
         with open(path) as f:
-            rows.append(json.load(f))
+            row = json.load(f)
+        row.setdefault("centre_weight", centre_weight(os.path.dirname(path)))
+        rows.append(row)
     return sorted(rows, key=lambda r: (r["config"], r["seed"]))
 
 
@@ -153,6 +165,7 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 LOWER_IS_BETTER = {"splits", "merges", "count_error", "train_time_s", "inference_s_per_volume"}
+NOT_RANKED = {"centre_weight"}
 ONE_DECIMAL = {"segm_AP", "volume_AP", "splits", "merges", "train_time_s", "inference_s_per_volume"}
 
 
@@ -162,7 +175,7 @@ def results_markdown(rows: list[dict]) -> str:
     best = {}
     for m in METRICS:
         means = {c: s[m][0] for c, s in summary.items()}
-        best[m] = (min if m in LOWER_IS_BETTER else max)(means, key=means.get)
+        best[m] = None if m in NOT_RANKED else (min if m in LOWER_IS_BETTER else max)(means, key=means.get)
     lines = ["| config | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for config, s in summary.items():
         cells = []

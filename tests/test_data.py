@@ -1,4 +1,5 @@
 """CTC layout, catalog and splits, slice records and their cache, the synthetic generator."""
+import json
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from scipy import ndimage
 
 from emr_d2.data import slices as slices_module
 from emr_d2.data.catalog import register_ctc_dataset
@@ -167,3 +169,30 @@ def test_register_any_folder_under_any_name(tiny_dataset):
     names = register_ctc_dataset(tiny_dataset, "my-nuclei")
     assert "my-nuclei_02" in names and "my-nuclei_02_val" in names
     assert MetadataCatalog.get("my-nuclei_02_val").sequence == "02"
+
+
+def test_aniso_preset_is_cho_like_and_its_reference_scores_one(tmp_path):
+    from ctc_metrics.scripts.evaluate import evaluate_sequence
+
+    from emr_d2.data.synthetic import PRESETS, SequenceSimulator, voxel_snr
+
+    out = tmp_path / "SIM-aniso"
+    preset = write_synthetic_dataset(str(out), "aniso", seed=0, frames=2)
+    z, y, x = json.load(open(out / "voxel_size.json"))["zyx_um"]
+    assert (z, y, x) == (2.0, 0.4, 0.4) and z / x == 5.0  # CHO's 1.0 x 0.2 x 0.2 um at half resolution
+    raw = tifffile.imread(out / "01" / "t000.tif")
+    labels = tifffile.imread(out / "01_GT" / "SEG" / "man_seg000.tif")
+    assert 8 <= raw.shape[0] <= 15 and raw.shape == preset.shape
+    extents = [s[0].stop - s[0].start for s in ndimage.find_objects(labels) if s is not None]
+    assert 4 <= np.median(extents) <= 7  # 10-14 um nuclei over 2 um slices
+    above, below = labels[1:], labels[:-1]
+    assert ((above > 0) & (below > 0) & (above != below)).any()  # nuclei touch along z
+    bench_raw, bench_labels = SequenceSimulator(PRESETS["bench"], np.random.default_rng(0)).render()
+    snr, bench_snr = voxel_snr(raw, labels), voxel_snr(bench_raw, bench_labels)
+    assert 1.0 <= snr <= 1.6 and snr < bench_snr
+    res = tmp_path / "01_RES"
+    res.mkdir()
+    for name in os.listdir(out / "01_GT" / "SEG"):
+        shutil.copy(out / "01_GT" / "SEG" / name, res / name.replace("man_seg", "mask"))
+    result = evaluate_sequence(str(res), str(out / "01_GT"), metrics=["SEG"], threads=1)
+    assert result["SEG"] == pytest.approx(1.0)

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     run([os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred", res, "--out", pictures,
          "--voxel-size", *voxel_size])
     run([os.path.join("tools", "visualize.py"), "fusion", "--config-file", runs["mlp_fusion"], "--raw", raw,
-         "--out", os.path.join(pictures, "fusion_weights.png"),
+         "--out", os.path.join(pictures, "fusion_weights.png"), "--voxel-size", *voxel_size,
          "MODEL.WEIGHTS", os.path.join(flagship, "model_final.pth")])
     run([os.path.join("tools", "visualize.py"), "curves", "--metrics", os.path.join(flagship, "metrics.json"),
          "--out", os.path.join(pictures, "training_curves.png")])

@@ -28,6 +28,8 @@ def main(argv=None) -> int:
                         help="voxel size, for the aspect ratio of the side views")
     fusion = sub.add_parser("fusion", help="slice weights of every fusion module of a model")
     fusion.add_argument("--config-file", required=True)
+    fusion.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="voxel size (needed with INPUT.SLICE_SPACING_UM)")
     fusion.add_argument("--raw", required=True)
     fusion.add_argument("--out", required=True, help="output PNG")
     fusion.add_argument("opts", nargs=argparse.REMAINDER)
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
         cfg = setup_config(args.config_file, args.opts)
         model = build_model(cfg)
         SliceStackCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-        weights, maps = vis.collect_fusion_weights(cfg, model, tifffile.imread(args.raw))
+        weights, maps = vis.collect_fusion_weights(cfg, model, tifffile.imread(args.raw),
+                                                   args.voxel_size[0] if args.voxel_size else None)
         if not weights:
             print("error: this model has no fusion module with slice weights", file=sys.stderr)
             return 1
