@@ -19,7 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from .data.catalog import z_voxel_size
+from .data.catalog import record_voxel_size
 from .data.ctc import gt_folder, list_gt, read_gt_frame, read_raw_volume
 from .evaluation.ctc_evaluator import write_json
 from .linking import SliceRegions, link_slices
@@ -76,7 +76,7 @@ def predict_validation_volumes(cfg, model: torch.nn.Module) -> list[PastedVolume
     for record, gt_frame in tqdm(mine, desc="calibration: predicting", unit="volume",
                                  disable=not comm.is_main_process()):
         raw = read_raw_volume(record["file_name"])
-        regions = predictor.regions(raw, z_um=z_voxel_size(record))
+        regions = predictor.regions(raw, voxel_um=record_voxel_size(record))
         reference, annotated = read_gt_frame(gt_frame, raw.shape)
         volumes.append(PastedVolume(record["volume_id"], regions, reference, annotated))
     if comm.get_world_size() > 1:

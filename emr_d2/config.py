@@ -28,6 +28,10 @@ def add_emr_config(cfg: CN) -> None:
     # Spacing of the window's slices in micrometres (> 0; instead of SLICE_OFFSETS): the default
     # offsets times round(SLICE_SPACING_UM / z voxel size), at least 1 slice, per dataset.
     _c.INPUT.SLICE_SPACING_UM = 0.0
+    # In-plane pixel size (micrometres) the model works at: every slice is resized from its
+    # dataset's pixel size (voxel_size.json, a known CTC dataset, or --voxel-size) to this before
+    # the network, and predictions are mapped back to the native grid. 0: native pixels.
+    _c.INPUT.PIXEL_SIZE_UM = 0.0
     # How slices outside the volume are filled: "replicate" (nearest edge slice),
     # "zero" (normalised value 0) or "reflect" (mirror at the edge, without repeating it).
     _c.INPUT.SLICE_PADDING = "replicate"
@@ -221,6 +225,8 @@ def check_config(cfg: CN) -> None:
         if len(cfg.MODEL[key]) not in (1, n):
             raise ValueError(f"MODEL.{key}: {len(cfg.MODEL[key])} values; give one (for every slice) or "
                              f"INPUT.NUM_SLICES = {n}")
+    if cfg.INPUT.PIXEL_SIZE_UM < 0:
+        raise ValueError(f"INPUT.PIXEL_SIZE_UM: {cfg.INPUT.PIXEL_SIZE_UM} must not be negative")
     if cfg.INPUT.SLICE_SPACING_UM < 0:
         raise ValueError(f"INPUT.SLICE_SPACING_UM: {cfg.INPUT.SLICE_SPACING_UM} must not be negative")
     if not 0.0 <= cfg.INPUT.CENTER_DEGRADE.PROB <= 1.0:

@@ -13,7 +13,8 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 
 from .data.ctc import CTCFormatError, list_frames, read_raw_volume, write_label_volume
-from .data.window import SliceWindow, normalised_slices, percentile_range, warn_if_deeper_than
+from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
+                          warn_if_deeper_than)
 from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
     paste_volume
 from .modeling.checkpoint import SliceStackCheckpointer
@@ -26,7 +27,8 @@ class VolumePredictor:
 
     It schedules the work; the model does the inference. Every slice z is predicted from its
     window (INPUT.NUM_SLICES slices at INPUT.SLICE_OFFSETS / SLICE_SPACING_UM, padded at the
-    edges), ``TEST.CTC.BATCH_WINDOWS`` windows per forward pass. With TEST.CTC.CACHE_FEATURES and
+    edges, resized to INPUT.PIXEL_SIZE_UM if set), ``TEST.CTC.BATCH_WINDOWS`` windows per
+    forward pass. With TEST.CTC.CACHE_FEATURES and
     a model that shares slice features, each slice's backbone features are computed once
     (``model.slice_features``) and kept in a rolling cache of the slices the current windows
     need; only fusion and heads run per window (``model.inference_from_slice_features``).
@@ -41,6 +43,7 @@ class VolumePredictor:
         self.model = model
         self.window = SliceWindow.from_config(cfg)
         self.percentiles = tuple(cfg.INPUT.NORM_PERCENTILES)
+        self.pixel_size_um = cfg.INPUT.PIXEL_SIZE_UM
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.batch_size = max(int(cfg.TEST.CTC.BATCH_WINDOWS), 1)
         self.use_cache = bool(cfg.TEST.CTC.CACHE_FEATURES) and getattr(model, "shares_slice_features", False)
@@ -48,20 +51,31 @@ class VolumePredictor:
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
 
     # ------------------------------------------------------------------ per-slice prediction
-    def slice_offsets(self, z_um: float | None = None) -> np.ndarray:
-        """(N,) window offsets in slices for a volume of z voxel size z_um (micrometres)."""
-        return self.window.slice_offsets(z_um)
+    def slice_offsets(self, voxel_um: tuple | None = None) -> np.ndarray:
+        """(N,) window offsets in slices for a volume of (Z, Y, X) voxel size voxel_um (um)."""
+        return self.window.offsets_for(voxel_um)
 
     def slice_instances(self, volume: np.ndarray, progress: bool = False,
-                        z_um: float | None = None) -> Iterator[tuple[int, Instances]]:
-        """Yield (z, Instances at native size) for every slice of a (Z, H, W) raw volume whose
-        z voxel size is z_um (needed with INPUT.SLICE_SPACING_UM)."""
+                        voxel_um: tuple | None = None) -> Iterator[tuple[int, Instances]]:
+        """Yield (z, Instances at native size) for every slice of a (Z, H, W) raw volume of
+        (Z, Y, X) voxel size voxel_um (micrometres; needed with INPUT.SLICE_SPACING_UM or
+        INPUT.PIXEL_SIZE_UM, which resizes the slices before the model)."""
         if volume.ndim != 3:
             raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}")
-        offsets = self.slice_offsets(z_um)
-        low, high = percentile_range(volume, self.percentiles)
+        offsets = self.slice_offsets(voxel_um)
+        scale = pixel_scale(self.pixel_size_um, voxel_um)
+        intensity_range = percentile_range(volume, self.percentiles)
         depth = volume.shape[0]
         warn_if_deeper_than(depth, offsets, "volume")
+
+        def slices(indices) -> torch.Tensor:
+            """Normalised slices (S, H', W') at the model's pixel size; index -1: zeros."""
+            out = normalised_slices(volume, indices, *intensity_range).transpose(1, 2, 0)
+            if scale != 1.0:
+                out = T.ResizeTransform(*out.shape[:2], *scaled_size(*out.shape[:2], scale)).apply_image(out)
+            out = self.resize.get_transform(out).apply_image(out)
+            return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
         windows = {z: self.window.indices(z, depth, offsets) for z in range(depth)}
         batches = [list(range(s, min(s + self.batch_size, depth))) for s in range(0, depth, self.batch_size)]
         predict = self._predict_cached if self.use_cache else self._predict_windows
@@ -70,22 +84,16 @@ class VolumePredictor:
         with torch.no_grad():
             for zs in tqdm(batches, desc="slices", unit="batch", disable=not progress):
                 inputs = [{"height": volume.shape[1], "width": volume.shape[2], "z": z} for z in zs]
-                outputs = predict(volume, (low, high), [windows[z] for z in zs], inputs, cache)
+                outputs = predict(slices, [windows[z] for z in zs], inputs, cache)
                 yield from zip(zs, (out["instances"].to("cpu") for out in outputs))
 
-    def _slices(self, volume: np.ndarray, intensity_range: tuple[float, float], indices) -> np.ndarray:
-        """Normalised, test-resized slices (S, H', W'); index -1 gives a zero slice."""
-        out = normalised_slices(volume, indices, *intensity_range)
-        transform = self.resize.get_transform(out[0])
-        return np.ascontiguousarray(transform.apply_image(out.transpose(1, 2, 0)).transpose(2, 0, 1))
-
-    def _predict_windows(self, volume, intensity_range, windows, inputs, cache) -> list[dict]:
+    def _predict_windows(self, slices, windows, inputs, cache) -> list[dict]:
         """Every window on its own: the backbone sees each slice N times."""
         for item, window in zip(inputs, windows):
-            item["image"] = torch.from_numpy(self._slices(volume, intensity_range, window))
+            item["image"] = slices(window)
         return self.model(inputs)
 
-    def _predict_cached(self, volume, intensity_range, windows, inputs, cache) -> list[dict]:
+    def _predict_cached(self, slices, windows, inputs, cache) -> list[dict]:
         """Backbone features of each slice once, from a rolling cache; fusion + heads per window."""
         features = cache["features"]
         needed = set(np.concatenate(windows).tolist())
@@ -93,25 +101,24 @@ class VolumePredictor:
             del features[index]
         missing = sorted(needed - set(features))
         if missing:
-            slices = torch.from_numpy(self._slices(volume, intensity_range, missing))
-            computed, cache["image_size"] = self.model.slice_features(slices)
+            computed, cache["image_size"] = self.model.slice_features(slices(missing))
             features.update(zip(missing, computed))
         return self.model.inference_from_slice_features(
             [[features[i] for i in window] for window in windows], cache["image_size"], inputs)
 
     # ------------------------------------------------------------------ whole volume
-    def regions(self, volume: np.ndarray, progress: bool = False, z_um: float | None = None) -> SliceRegions:
+    def regions(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> SliceRegions:
         """Predict and paste every slice of a (Z, H, W) raw volume (with predicted neighbour
         masks for a neighbour-mask model), ready for linking."""
-        offsets = self.slice_offsets(z_um)
+        offsets = self.slice_offsets(voxel_um)
         predictions = [(z, *instances_to_numpy(instances, self.score_threshold))
-                       for z, instances in self.slice_instances(volume, progress, z_um)]
+                       for z, instances in self.slice_instances(volume, progress, voxel_um)]
         has_neighbors = bool(predictions) and len(predictions[0]) == 4
         return paste_volume(predictions, volume.shape, offsets[offsets != 0] if has_neighbors else ())
 
-    def __call__(self, volume: np.ndarray, progress: bool = False, z_um: float | None = None) -> LinkedVolume:
+    def __call__(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> LinkedVolume:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""
-        return link_slices(self.regions(volume, progress, z_um), **self.link_options)
+        return link_slices(self.regions(volume, progress, voxel_um), **self.link_options)
 
 
 def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
@@ -137,12 +144,13 @@ def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
             for f in files]
 
 
-def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], z_um: float | None = None) -> None:
-    """Segment every input volume (z voxel size z_um, micrometres) and write its uint16 label
-    volume (atomically)."""
-    predictor.slice_offsets(z_um)  # a missing voxel size fails before any work
+def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxel_um: tuple | None = None) -> None:
+    """Segment every input volume ((Z, Y, X) voxel size voxel_um, micrometres) and write its
+    uint16 label volume (atomically)."""
+    predictor.slice_offsets(voxel_um)  # a missing voxel size fails before any work
+    pixel_scale(predictor.pixel_size_um, voxel_um)
     for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
         volume = read_raw_volume(source)
-        linked = predictor(volume, progress=True, z_um=z_um)
+        linked = predictor(volume, progress=True, voxel_um=voxel_um)
         write_label_volume(target, linked.labels)
         logger.info(f"{source} -> {target}: {int(linked.labels.max())} objects")

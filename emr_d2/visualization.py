@@ -168,7 +168,7 @@ def plot_training_curves(metrics_file: str, path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def collect_fusion_weights(cfg, model, volume: np.ndarray, z_um: float | None = None) -> tuple[dict, dict]:
+def collect_fusion_weights(cfg, model, volume: np.ndarray, voxel_um: tuple | None = None) -> tuple[dict, dict]:
     """Predict a (Z, H, W) volume one window at a time (VolumePredictor, as inference does) and
     average each fusion module's slice weights per window position, separately for edge windows
     (touching padding) and interior ones.
@@ -183,10 +183,10 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray, z_um: float | None = 
     one_window.defrost()
     one_window.TEST.CTC.BATCH_WINDOWS = 1
     predictor = VolumePredictor(one_window, model)
-    offsets, depth = predictor.slice_offsets(z_um), volume.shape[0]
+    offsets, depth = predictor.slice_offsets(voxel_um), volume.shape[0]
     sums: dict[str, dict[str, list]] = {}
     maps = {}
-    for z, _ in predictor.slice_instances(volume, z_um=z_um):
+    for z, _ in predictor.slice_instances(volume, voxel_um=voxel_um):
         reach = z + offsets
         group = "edge" if reach.min() < 0 or reach.max() >= depth else "interior"
         for name, w in fusion_weights(model).items():

@@ -114,9 +114,30 @@ def test_ctc_seg_shape_mismatch(tmp_path):
     assert_one_line_error(ctc_pair(tmp_path, gt, np.zeros((4, 16, 15), np.uint16)), "man_seg000.tif", "differs")
 
 
-def test_ctc_seg_empty_reference(tmp_path):
+def test_ctc_seg_all_references_empty_is_one_error(tmp_path):
     run = ctc_pair(tmp_path, np.zeros((4, 16, 16), np.uint16), np.zeros((4, 16, 16), np.uint16))
-    assert_one_line_error(run, "man_seg000.tif", "no object")
+    assert_one_line_error(run, "every reference frame is empty")
+
+
+def test_ctc_seg_scores_an_empty_reference_frame_as_the_ctc_does(tmp_path):
+    from test_seg import reference_seg
+
+    gt = np.zeros((4, 16, 16), np.uint16)
+    gt[1:3, 2:8, 2:8] = 1
+    gt[1:4, 9:15, 9:14] = 2
+    res = np.zeros_like(gt)
+    res[1:3, 2:8, 3:8] = 5
+    res[2:4, 9:15, 9:14] = 7
+    pairs = [(gt, res), (np.zeros_like(gt), res), (gt, gt)]
+    for frame, (reference, result) in enumerate(pairs):
+        write(str(tmp_path / "GT" / "SEG" / f"man_seg{frame:03d}.tif"), reference)
+        write(str(tmp_path / "RES" / f"mask{frame:03d}.tif"), result)
+    run = run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "GT")
+    assert run.returncode == 0, run.stderr[-2000:]
+    ours = float(run.stdout.split("SEG measure:")[1])
+    assert ours == pytest.approx(reference_seg(tmp_path, pairs), abs=1e-6)  # py-ctcmetrics' matching
+    warnings = [line for line in run.stderr.splitlines() if "contain no object" in line]
+    assert len(warnings) == 1 and "1 of 3 reference frames" in warnings[0]
 
 
 def test_ctc_seg_missing_result_frame(tmp_path):

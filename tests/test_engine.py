@@ -163,3 +163,17 @@ def test_early_stopping_counts_evaluations_without_improvement():
     storage.put_scalar("ctc/SEG", 0.58, smoothing_hint=False)
     with pytest.raises(EarlyStop):
         hook.after_step()
+
+
+def test_tools_print_no_third_party_warnings(tiny_dataset, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["EMR_DATASETS"] = os.path.dirname(tiny_dataset)
+    runs = [
+        [os.path.join(ROOT, "tools", "predict.py"), "--help"],
+        [os.path.join(ROOT, "tools", "train_net.py"), "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+         *TINY_MODEL, *TRAIN, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(tmp_path)],
+    ]
+    for command in runs:
+        run = subprocess.run([sys.executable, *command], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+        warnings = [line for line in (run.stdout + run.stderr).splitlines() if "Warning" in line]
+        assert not warnings, warnings

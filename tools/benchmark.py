@@ -10,6 +10,7 @@ trains on <dataset>_01_train, calibrates its linking on <dataset>_01_val and is 
 <dataset>_02. Writes <results>/<dataset>/results.csv, results.md and results.png; finished runs
 are not run again.
 """
+import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import logging
 import os

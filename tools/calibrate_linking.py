@@ -8,6 +8,7 @@ Predicts the validation volumes once, relinks them over the TEST.CTC.CALIBRATION
 the best setting and the whole table to linking.json beside the weights (or in --output), where
 tools/train_net.py --eval-only, tools/predict.py and tools/benchmark.py find it.
 """
+import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import os
 import sys

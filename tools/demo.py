@@ -6,10 +6,14 @@
    SIM-demo_02 (RES files, COCO AP tables and the CTC table);
 3. draws slices, orthogonal views, fusion weights and training curves;
 4. prints where everything is. With --baseline, also trains configs/demo/baseline_2d.yaml.
+
+Every stage prints one line with its time; its full output (detectron2's config and log) goes to
+<output>/logs/<stage>.log, and training also writes OUTPUT_DIR/config.yaml and log.txt.
 """
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,13 +21,25 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(args: list[str]) -> None:
-    print("$", " ".join(args), flush=True)
-    subprocess.run([sys.executable, *args], check=True, cwd=ROOT)
+def run(stage: str, args: list[str], logs: str) -> None:
+    """Run a tool as one stage: one line with its time; its output goes to <logs>/<stage>.log
+    (whose end is shown if it fails)."""
+    os.makedirs(logs, exist_ok=True)
+    log_file = os.path.join(logs, re.sub(r"[^a-z0-9]+", "_", stage.lower()).strip("_") + ".log")
+    start = time.perf_counter()
+    print(f"{stage:<24}", end=" ", flush=True)
+    with open(log_file, "w") as log:
+        done = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        with open(log_file) as log:
+            print(f"failed; the end of {log_file}:\n" + "".join(log.readlines()[-20:]), file=sys.stderr)
+        sys.exit(done.returncode)
+    print(f"{time.perf_counter() - start:6.1f} s   ({log_file})", flush=True)
 
 
-def train_and_evaluate(config: str, output: str) -> dict:
-    run([os.path.join("tools", "train_net.py"), "--config-file", config, "--resume", "OUTPUT_DIR", output])
+def train_and_evaluate(name: str, config: str, output: str, logs: str) -> dict:
+    run(f"train + evaluate {name}", [os.path.join("tools", "train_net.py"), "--config-file", config, "--resume",
+                                     "OUTPUT_DIR", output], logs)
     with open(os.path.join(output, "inference", "SIM-demo_02", "ctc_metrics.json")) as f:
         return json.load(f)
 
@@ -35,12 +51,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     dataset = os.path.join(os.environ.get("EMR_DATASETS", "datasets"), "SIM-demo")
+    logs = os.path.join(args.output, "logs")
     if not os.path.isdir(os.path.join(dataset, "02_GT")):
-        run([os.path.join("tools", "make_synthetic.py"), "--out", dataset, "--preset", "demo"])
+        run("make data", [os.path.join("tools", "make_synthetic.py"), "--out", dataset, "--preset", "demo"], logs)
     runs = {"mlp_fusion": "configs/demo/mlp_fusion.yaml"}
     if args.baseline:
         runs["baseline_2d"] = "configs/demo/baseline_2d.yaml"
-    metrics = {name: train_and_evaluate(config, os.path.join(args.output, name)) for name, config in runs.items()}
+    metrics = {name: train_and_evaluate(name, config, os.path.join(args.output, name), logs)
+               for name, config in runs.items()}
 
     flagship = os.path.join(args.output, "mlp_fusion")
     pictures = os.path.join(args.output, "pictures")
@@ -48,19 +66,21 @@ def main(argv=None) -> int:
     res = os.path.join(flagship, "inference", "SIM-demo_02", "02_RES", "mask000.tif")
     with open(os.path.join(dataset, "voxel_size.json")) as f:
         voxel_size = [str(v) for v in json.load(f)["zyx_um"]]
-    run([os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred", res, "--out", pictures,
-         "--voxel-size", *voxel_size])
-    run([os.path.join("tools", "visualize.py"), "fusion", "--config-file", runs["mlp_fusion"], "--raw", raw,
-         "--out", os.path.join(pictures, "fusion_weights.png"), "--voxel-size", *voxel_size,
-         "MODEL.WEIGHTS", os.path.join(flagship, "model_final.pth")])
-    run([os.path.join("tools", "visualize.py"), "curves", "--metrics", os.path.join(flagship, "metrics.json"),
-         "--out", os.path.join(pictures, "training_curves.png")])
+    run("pictures: volume", [os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred",
+                             res, "--out", pictures, "--voxel-size", *voxel_size], logs)
+    run("pictures: fusion", [os.path.join("tools", "visualize.py"), "fusion", "--config-file", runs["mlp_fusion"],
+                             "--raw", raw, "--out", os.path.join(pictures, "fusion_weights.png"), "--voxel-size",
+                             *voxel_size, "MODEL.WEIGHTS", os.path.join(flagship, "model_final.pth")], logs)
+    run("pictures: curves", [os.path.join("tools", "visualize.py"), "curves", "--metrics",
+                             os.path.join(flagship, "metrics.json"), "--out",
+                             os.path.join(pictures, "training_curves.png")], logs)
 
-    print("\n=== emr_d2 demo finished in %.1f min ===" % ((time.perf_counter() - start) / 60))
+    print(f"\n=== emr_d2 demo finished in {(time.perf_counter() - start) / 60:.1f} min; held-out SIM-demo_02 ===")
+    print(f"{'config':<12} {'SEG':>6} {'SEG_2D':>7} {'volume AP':>10} {'precision':>10} {'recall':>7}")
     for name, m in metrics.items():
-        print(f"{name:>12}: SEG {m['SEG']:.3f}  SEG_2D {m['SEG_2D']:.3f}  volume AP {m['volume_AP']:.1f}  "
-              f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  (held-out SIM-demo_02)")
-    print(f"data:         {dataset}")
+        print(f"{name:<12} {m['SEG']:6.3f} {m['SEG_2D']:7.3f} {m['volume_AP']:10.1f} {m['precision']:10.3f} "
+              f"{m['recall']:7.3f}")
+    print(f"\ndata:         {dataset}")
     for name in runs:
         out = os.path.join(args.output, name)
         print(f"{name + ':':<13} model {out}/model_final.pth, metrics {out}/inference/SIM-demo_02/ctc_metrics.json,"

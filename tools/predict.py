@@ -10,6 +10,7 @@ maskTTT.tif, as the CTC expects). --voxel-size Z Y X (micrometres) gives the dat
 a CTC sequence takes its dataset's (voxel_size.json or a known CTC dataset) by default. Models
 with INPUT.SLICE_SPACING_UM need it. Trailing KEY VALUE pairs override the config.
 """
+import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import os
 import sys
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     pairs = plan_outputs(args.input, args.output)
     os.makedirs(args.output, exist_ok=True)  # an unwritable output fails before any work
     voxel = args.voxel_size or voxel_size(os.path.dirname(os.path.abspath(args.input.rstrip("/"))))
-    predict_files(VolumePredictor(cfg), pairs, voxel[0] if voxel else None)
+    predict_files(VolumePredictor(cfg), pairs, voxel)
     print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
     return 0
 

@@ -7,6 +7,7 @@
 
 Errors are reported in one line; add --debug for the Python traceback.
 """
+import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import sys
 
 import emr_d2  # noqa: F401  (registers models and datasets)

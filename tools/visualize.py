@@ -7,6 +7,7 @@
         MODEL.WEIGHTS out/model_final.pth              # per-slice fusion weights
     python tools/visualize.py curves --metrics out/metrics.json --out pics/training_curves.png
 """
+import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import os
 import sys
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
         model = build_model(cfg)
         SliceStackCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         weights, maps = vis.collect_fusion_weights(cfg, model, tifffile.imread(args.raw),
-                                                   args.voxel_size[0] if args.voxel_size else None)
+                                                   args.voxel_size)
         if not weights:
             print("error: this model has no fusion module with slice weights", file=sys.stderr)
             return 1

@@ -52,10 +52,9 @@ def voxel_size(root: str) -> tuple[float, float, float] | None:
     return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
 
 
-def z_voxel_size(record: dict) -> float | None:
-    """z voxel size (micrometres) of a slice record's dataset, None if unknown."""
-    size = voxel_size(record["dataset_root"])
-    return size[0] if size else None
+def record_voxel_size(record: dict) -> tuple[float, float, float] | None:
+    """(Z, Y, X) voxel size (micrometres) of a slice record's dataset, None if unknown."""
+    return voxel_size(record["dataset_root"])
 
 
 def _load_split(root: str, seq: str, part: str) -> list[dict]:

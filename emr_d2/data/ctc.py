@@ -171,8 +171,6 @@ def read_gt_frame(gt: GTFrame, shape: tuple[int, int, int]) -> tuple[np.ndarray,
                 f"{gt.volume_path}: reference shape {labels.shape} differs from the raw frame's "
                 f"{tuple(shape)}"
             )
-        if not labels.any():
-            raise CTCFormatError(f"{gt.volume_path}: the reference volume contains no object")
         return np.asarray(labels), None
     labels = None
     for z, path in sorted(gt.slice_paths.items()):

@@ -14,9 +14,9 @@ from detectron2.structures import BitMasks, Boxes, Instances
 
 from ..structures import NeighborMasks
 from .augment import IntensityAugmentation, build_slice_augmentations
-from .catalog import z_voxel_size
+from .catalog import record_voxel_size
 from .ctc import read_label_volume
-from .window import SliceWindow, VolumeWindowReader
+from .window import SliceWindow, VolumeWindowReader, pixel_scale, scaled_size
 
 
 def annotations_to_label_map(annotations: list[dict], height: int, width: int) -> np.ndarray:
@@ -87,8 +87,8 @@ class SliceStackMapper:
 
     Returns a dict with
         image: float32 tensor (N, H, W), slices z + offsets (INPUT.SLICE_OFFSETS /
-            SLICE_SPACING_UM) of the normalised volume, padded at the volume edges, augmented
-            alike;
+            SLICE_SPACING_UM) of the normalised volume, padded at the volume edges, resized to
+            INPUT.PIXEL_SIZE_UM (if set) and augmented alike;
         instances: the centre slice's Instances (training only), with ``gt_neighbor_masks``
             (NeighborMasks: the same objects in the other window slices, from the 3D reference)
             when ``neighbor_masks``;
@@ -103,6 +103,7 @@ class SliceStackMapper:
         augmentations: list,
         window: SliceWindow,
         percentiles: tuple[float, float],
+        pixel_size_um: float = 0.0,
         intensity_augmentation: IntensityAugmentation | None = None,
         center_degradation: CenterDegradation | None = None,
         neighbor_masks: bool = False,
@@ -110,6 +111,7 @@ class SliceStackMapper:
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.window = window
+        self.pixel_size_um = pixel_size_um
         self.intensity_augmentation = intensity_augmentation
         self.center_degradation = center_degradation
         self.neighbor_masks = neighbor_masks and window.num_slices > 1
@@ -123,6 +125,7 @@ class SliceStackMapper:
             "augmentations": build_slice_augmentations(cfg, is_train),
             "window": SliceWindow.from_config(cfg),
             "percentiles": tuple(cfg.INPUT.NORM_PERCENTILES),
+            "pixel_size_um": cfg.INPUT.PIXEL_SIZE_UM,
             "intensity_augmentation": IntensityAugmentation.from_config(cfg) if is_train else None,
             "center_degradation": CenterDegradation.from_config(cfg) if is_train else None,
             "neighbor_masks": cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS,
@@ -142,7 +145,9 @@ class SliceStackMapper:
 
     def __call__(self, record: dict) -> dict:
         record = copy.copy(record)
-        offsets = self.window.slice_offsets(z_voxel_size(record), record["file_name"])
+        voxel = record_voxel_size(record)
+        offsets = self.window.offsets_for(voxel, record["file_name"])
+        scale = pixel_scale(self.pixel_size_um, voxel, record["file_name"])
         window = self.reader.window(record["file_name"], record["z"], offsets, self.window.padding)
         image = np.ascontiguousarray(window.transpose(1, 2, 0))  # (H, W, N)
         labels, valid = None, None
@@ -153,6 +158,8 @@ class SliceStackMapper:
                 neighbors, valid = self._neighbor_labels(record, offsets)
                 labels = np.concatenate([labels, neighbors], axis=2)
         aug_input = T.AugInput(image, sem_seg=labels)
+        if scale != 1.0:  # to the model's pixel size first (INPUT.PIXEL_SIZE_UM)
+            aug_input.transform(T.ResizeTransform(*image.shape[:2], *scaled_size(*image.shape[:2], scale)))
         self.augmentations(aug_input)
         image = aug_input.image
         if self.is_train:

@@ -79,6 +79,10 @@ class SliceWindow:
             step = max(1, int(round(self.spacing_um / z_um)))
         return window_offsets(self.num_slices) * step
 
+    def offsets_for(self, voxel_um: tuple | None, source: str = "the volume") -> np.ndarray:
+        """slice_offsets for a volume of (Z, Y, X) voxel size voxel_um (None: unknown)."""
+        return self.slice_offsets(voxel_um[0] if voxel_um else None, source)
+
     def indices(self, z: int, depth: int, offsets: np.ndarray) -> np.ndarray:
         """Source slice of every window position of slice z (-1: zero padding), (N,) int."""
         return window_indices(z, depth, offsets, self.padding)
@@ -108,6 +112,22 @@ def normalised_slices(volume: np.ndarray, indices, low: float, high: float) -> n
     out = np.zeros((len(indices),) + volume.shape[1:], dtype=np.float32)
     out[valid] = normalise(volume[indices[valid]], low, high)
     return out
+
+
+def pixel_scale(target_um: float, voxel_um: tuple | None, source: str = "the volume") -> float:
+    """Factor that resizes slices of a volume with (Z, Y, X) voxel size voxel_um to the in-plane
+    pixel size target_um (INPUT.PIXEL_SIZE_UM; 0: native pixels, factor 1)."""
+    if not target_um:
+        return 1.0
+    if not voxel_um:
+        raise ValueError(f"INPUT.PIXEL_SIZE_UM needs the voxel size of {source}: give it "
+                         "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)")
+    return float(voxel_um[2]) / float(target_um)
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(H, W) of a slice resized by ``scale`` (at least one pixel)."""
+    return max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)
 
 
 class VolumeWindowReader:

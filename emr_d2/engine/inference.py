@@ -12,7 +12,7 @@ from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from ..data.catalog import z_voxel_size
+from ..data.catalog import record_voxel_size
 from ..data.ctc import read_raw_volume
 from ..predictor import VolumePredictor
 from .hooks import unwrap_ddp
@@ -43,9 +43,9 @@ def inference_on_volumes(model: torch.nn.Module, cfg, dataset_name: str, evaluat
                             disable=not comm.is_main_process()):
             by_z = {r["z"]: r for r in records}
             volume = read_raw_volume(records[0]["file_name"])
-            z_um = z_voxel_size(records[0])
-            offsets = predictor.slice_offsets(z_um)
-            for z, instances in predictor.slice_instances(volume, z_um=z_um):
+            voxel = record_voxel_size(records[0])
+            offsets = predictor.slice_offsets(voxel)
+            for z, instances in predictor.slice_instances(volume, voxel_um=voxel):
                 evaluator.process([by_z[z]], [{"instances": instances, "slice_offsets": offsets}])
     seconds = (time.perf_counter() - start) / max(len(mine), 1)
     results = evaluator.evaluate()

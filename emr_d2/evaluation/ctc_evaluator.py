@@ -169,6 +169,7 @@ class CTCEvaluator(DatasetEvaluator):
         if not objects:
             logger.warning(f"CTCEvaluator on {self.dataset_name}: no volume was predicted")
             return {"ctc": {}}
+        seg.warn_empty_references(self.dataset_name)
         volume_ap = volume_average_precision(objects)
         results = dict(seg.summary(), SEG_oracle_link=oracle.summary()["SEG"],
                        volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],

@@ -29,4 +29,5 @@ def seg_of_folders(res_dir: str, gt_dir: str) -> SEGAccumulator:
         if res.ndim == 2:
             res = res[None]
         accumulator.add(f"{frame:03d}", gt, res, annotated)
+    accumulator.warn_empty_references(seg_dir)
     return accumulator

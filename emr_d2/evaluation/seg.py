@@ -9,12 +9,14 @@ Torch-free: ``tools/ctc_seg.py`` imports this module alone.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 _DENSE_LIMIT = 1 << 22  # label pair tables up to this size are counted with bincount, larger with a sort
 _BLOCK_VOXELS = 1 << 20  # planes are scanned in blocks of about this many voxels: faster than all at once
+logger = logging.getLogger(__name__)
 SHARE = 0.2  # share of an object's voxels that makes another object a part of a split or merge
 
 
@@ -239,6 +241,18 @@ class SEGAccumulator:
         )
         return self.frames[name]
 
+    def empty_reference_frames(self) -> list[str]:
+        """Frames whose reference holds no object: they add no reference object to SEG."""
+        return [name for name, f in self.frames.items() if len(f.scores) == 0]
+
+    def warn_empty_references(self, source: str) -> None:
+        """One warning naming how many reference frames are empty (if any)."""
+        empty = self.empty_reference_frames()
+        if empty:
+            logger.warning(f"{source}: {len(empty)} of {len(self.frames)} reference frames contain no object "
+                           f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); they add no "
+                           "reference object to SEG, as in the CTC's measure")
+
     def merge(self, other: "SEGAccumulator") -> None:
         """Add the frames of another accumulator (e.g. of another process)."""
         self.frames.update(other.frames)
@@ -257,8 +271,11 @@ class SEGAccumulator:
     def summary(self) -> dict:
         """SEG, SEG_2D (also over the slices near each reference object's poles, SEG_poles, and
         the rest, SEG_core), object counts, splits and merges, precision, recall, count error
-        and foreground IoU."""
+        and foreground IoU. Frames with an empty reference add no reference object; if every
+        frame's reference is empty, SEG is undefined and this is an error."""
         frames = list(self.frames.values())
+        if frames and len(self.empty_reference_frames()) == len(frames):
+            raise ValueError(f"every reference frame is empty ({len(frames)} frames): SEG is undefined")
         n_gt = sum(len(f.scores) for f in frames)
         n_res = sum(f.num_results for f in frames)
         matched_gt = sum(int(np.count_nonzero(f.scores > 0)) for f in frames)

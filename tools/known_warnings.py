@@ -1,0 +1,13 @@
+"""Silences the known third-party warnings in the command-line tools (not in the library): import
+this first in a tool, before torch, detectron2 or emr_d2 are imported."""
+import warnings
+
+KNOWN_THIRD_PARTY_WARNINGS = [
+    # PyTorch 2.1x deprecates torch.jit.script, which detectron2 and fvcore use at import time.
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+    # detectron2's anchor generator calls torch.meshgrid without the indexing argument.
+    (UserWarning, r"torch\.meshgrid: in an upcoming release"),
+]
+
+for category, message in KNOWN_THIRD_PARTY_WARNINGS:
+    warnings.filterwarnings("ignore", message=message, category=category)
