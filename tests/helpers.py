@@ -23,6 +23,32 @@ TINY_MODEL = [
 VARIANTS = config_variants(CONFIGS)
 
 
+def train_tiny(cfg, iterations: int):
+    """Train a model of cfg for some iterations (seeded, Trainer's optimizer and loader) and
+    return it with the losses of every iteration (dicts of floats)."""
+    import numpy as np
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from emr_d2.engine import Trainer
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model = build_model(cfg)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    loader = iter(Trainer.build_train_loader(cfg))
+    history = []
+    with EventStorage():
+        for _ in range(iterations):
+            losses = model(next(loader))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            history.append({k: float(v.detach()) for k, v in losses.items()})
+    return model, history
+
+
 def tiny_cfg(variant: str, num_slices: int | None = None, extra=(), freeze=True):
     opts = list(TINY_MODEL) + list(extra)
     if num_slices is not None:

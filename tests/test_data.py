@@ -33,14 +33,18 @@ def test_make_synthetic_registers_with_detectron2_and_passes_py_ctcmetrics(tmp_p
                            text=True).stdout.strip()
     assert names == str(sorted(f"SIM-demo_{s}{p}" for s in ("01", "02") for p in ("", "_train", "_val")))
 
+    assert py_ctcmetrics_seg_of_reference(out, tmp_path) == pytest.approx(1.0)
+
+
+def py_ctcmetrics_seg_of_reference(dataset, tmp_path) -> float:
+    """py-ctcmetrics' SEG of sequence 01's reference as the result (a copy in tmp_path/01_RES)."""
     from ctc_metrics.scripts.evaluate import evaluate_sequence
 
     res = tmp_path / "01_RES"
     res.mkdir()
-    for name in os.listdir(out / "01_GT" / "SEG"):
-        shutil.copy(out / "01_GT" / "SEG" / name, res / name.replace("man_seg", "mask"))
-    result = evaluate_sequence(str(res), str(out / "01_GT"), metrics=["SEG"], threads=1)
-    assert result["SEG"] == pytest.approx(1.0)
+    for name in os.listdir(dataset / "01_GT" / "SEG"):
+        shutil.copy(dataset / "01_GT" / "SEG" / name, res / name.replace("man_seg", "mask"))
+    return evaluate_sequence(str(res), str(dataset / "01_GT"), metrics=["SEG"], threads=1)["SEG"]
 
 
 def test_synthetic_is_deterministic_and_time_coherent(tmp_path):
@@ -172,8 +176,6 @@ def test_register_any_folder_under_any_name(tiny_dataset):
 
 
 def test_aniso_preset_is_cho_like_and_its_reference_scores_one(tmp_path):
-    from ctc_metrics.scripts.evaluate import evaluate_sequence
-
     from emr_d2.data.synthetic import PRESETS, SequenceSimulator, voxel_snr
 
     out = tmp_path / "SIM-aniso"
@@ -190,9 +192,4 @@ def test_aniso_preset_is_cho_like_and_its_reference_scores_one(tmp_path):
     bench_raw, bench_labels = SequenceSimulator(PRESETS["bench"], np.random.default_rng(0)).render()
     snr, bench_snr = voxel_snr(raw, labels), voxel_snr(bench_raw, bench_labels)
     assert 1.0 <= snr <= 1.6 and snr < bench_snr
-    res = tmp_path / "01_RES"
-    res.mkdir()
-    for name in os.listdir(out / "01_GT" / "SEG"):
-        shutil.copy(out / "01_GT" / "SEG" / name, res / name.replace("man_seg", "mask"))
-    result = evaluate_sequence(str(res), str(out / "01_GT"), metrics=["SEG"], threads=1)
-    assert result["SEG"] == pytest.approx(1.0)
+    assert py_ctcmetrics_seg_of_reference(out, tmp_path) == pytest.approx(1.0)

@@ -15,7 +15,7 @@ from emr_d2.modeling.fusion import SliceFusion, build_fusion, mean_slice_weights
 from emr_d2.modeling.intensity import IntensityFrontEnd
 from emr_d2.modeling.roi_heads import SliceFusionPooler
 
-from helpers import VARIANTS, tiny_cfg
+from helpers import VARIANTS, tiny_cfg, train_tiny
 
 N_FOR = {v: [3, 5] for v in VARIANTS}
 N_FOR["baseline_2d"] = [1]
@@ -159,21 +159,9 @@ def test_static_priors():
 
 
 def test_mlp_fusion_learns_on_a_tiny_volume(registered_tiny):
-    torch.manual_seed(0)
-    np.random.seed(0)
     cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
                                      "SOLVER.BASE_LR", "0.001", "INPUT.RANDOM_ROT90", "False"])
-    model = build_model(cfg)
-    optimizer = Trainer.build_optimizer(cfg, model)
-    loader = iter(Trainer.build_train_loader(cfg))
-    losses = []
-    with EventStorage():
-        for _ in range(40):
-            loss = sum(model(next(loader)).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+    losses = [sum(step.values()) for step in train_tiny(cfg, 40)[1]]
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.6 * first, (first, last)
 

@@ -8,16 +8,14 @@ import pytest
 import tifffile
 import torch
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 
 from emr_d2.data.catalog import register_ctc_dataset
 from emr_d2.data.mapper import CenterDegradation, SliceStackMapper
 from emr_d2.data.window import SliceWindow
-from emr_d2.engine import Trainer
 from emr_d2.linking import link_volume
 from emr_d2.evaluation.seg import SEGAccumulator
 
-from helpers import tiny_cfg
+from helpers import tiny_cfg, train_tiny
 
 
 def test_slice_spacing_in_micrometres_gives_offsets_per_dataset():
@@ -130,24 +128,12 @@ def test_predicted_linking_of_perfect_neighbor_masks_reproduces_the_reference(dr
 
 
 def test_neighbor_head_learns_the_neighbor_masks(registered_tiny):
-    torch.manual_seed(0)
-    np.random.seed(0)
     cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
                                      "SOLVER.BASE_LR", "0.002", "INPUT.RANDOM_ROT90", "False",
                                      "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True"])
-    model = build_model(cfg)
+    model, history = train_tiny(cfg, 40)
     assert model.roi_heads.mask_head.predictor.out_channels == 3
-    optimizer = Trainer.build_optimizer(cfg, model)
-    loader = iter(Trainer.build_train_loader(cfg))
-    losses = []
-    with EventStorage():
-        for _ in range(40):
-            loss_dict = model(next(loader))
-            loss = sum(loss_dict.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss_dict["loss_neighbor_mask"].detach()))
+    losses = [step["loss_neighbor_mask"] for step in history]
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.6 * first, (first, last)
 

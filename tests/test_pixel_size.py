@@ -4,14 +4,11 @@ import pytest
 import tifffile
 import torch
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
-from scipy import ndimage
 
-from emr_d2.engine import Trainer
 from emr_d2.evaluation.seg import SEGAccumulator
 from emr_d2.predictor import VolumePredictor
 
-from helpers import tiny_cfg
+from helpers import tiny_cfg, train_tiny
 
 TINY_VOXEL = (0.4, 0.25, 0.25)  # conftest's TINY_PRESET at scale 0.5
 AT_QUARTER_UM = ["INPUT.PIXEL_SIZE_UM", "0.25", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
@@ -41,19 +38,9 @@ def block_majority(labels: np.ndarray) -> np.ndarray:
 
 
 def test_a_volume_at_twice_the_pixel_count_gives_the_same_objects(registered_tiny, tiny_dataset):
-    torch.manual_seed(0)
-    np.random.seed(0)
     cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
                                      "SOLVER.BASE_LR", "0.002", "INPUT.PIXEL_SIZE_UM", "0.25"])
-    model = build_model(cfg)
-    optimizer = Trainer.build_optimizer(cfg, model)
-    loader = iter(Trainer.build_train_loader(cfg))
-    with EventStorage():
-        for _ in range(160):
-            loss = sum(model(next(loader)).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    model, _ = train_tiny(cfg, 160)
     predictor = VolumePredictor(cfg, model)
     volume = tifffile.imread(f"{tiny_dataset}/02/t000.tif")
     native = predictor(volume, voxel_um=TINY_VOXEL).labels
