@@ -64,15 +64,48 @@ def linking_label(choice: dict) -> str:
             f"min{choice['MIN_SLICES']}")
 
 
+def claim(run_dir: str) -> bool:
+    """Take the run's lock file (holding this process id); False if another live process holds
+    it. A lock left by a process that no longer exists is taken over."""
+    lock = os.path.join(run_dir, "running.lock")
+    for _ in range(2):
+        try:
+            with open(lock, "x") as f:
+                f.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    os.kill(int(f.read().strip() or 0), 0)
+                return False
+            except (ProcessLookupError, ValueError):
+                os.remove(lock)
+    return False
+
+
 def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
-            env: dict | None = None) -> dict:
-    """Train and evaluate one (config, seed) on a dataset; returns its row (cached in row.json)."""
+            env: dict | None = None) -> dict | None:
+    """Train and evaluate one (config, seed) on a dataset; returns its row (cached in row.json),
+    or None when another benchmark process is running it (several may share one output)."""
     run_dir = os.path.join(output, dataset.name, config_name(config), f"seed{seed}")
     row_file = os.path.join(run_dir, "row.json")
     if os.path.isfile(row_file):
         with open(row_file) as f:
             return json.load(f)
     os.makedirs(run_dir, exist_ok=True)
+    if not claim(run_dir):
+        logger.info(f"{run_dir} is being run by another process; skipped")
+        return None
+    try:
+        return _train_and_evaluate(config, seed, dataset, run_dir, opts, env)
+    finally:
+        os.remove(os.path.join(run_dir, "running.lock"))
+
+
+def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: str, opts: list[str],
+                        env: dict | None) -> dict:
+    """Train (resumable), then evaluate with the configured and the calibrated linking; write row.json."""
+    row_file = os.path.join(run_dir, "row.json")
     common = [sys.executable, TRAIN_NET, "--config-file", config]
     datasets = ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
                 "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", str(seed), *opts]
@@ -131,8 +164,9 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
                   results_dir: str, opts: list[str] = (), gpus: int = 0) -> list[dict]:
     """All configs x seeds on one dataset (one at a time, or one per GPU in parallel). After every
     run, ``<results_dir>/<dataset>/results.{csv,md,png}`` are rewritten from all finished runs of
-    the dataset under ``output`` (so later calls with other configs add to the same tables).
-    Returns those rows."""
+    the dataset under ``output`` (so later calls with other configs add to the same tables, and
+    several processes can share the work: a run another process holds is skipped). Returns
+    those rows."""
     jobs = [(c, s) for s in range(seeds) for c in configs]
     results = os.path.join(results_dir, dataset.name)
     if gpus > 1:
