@@ -160,11 +160,12 @@ def test_split_datasets_follow_the_config(registered_tiny):
     from emr_d2.data.catalog import configure_splits
     from emr_d2.engine import setup_config
 
-    setup_config(opts=["DATASETS.SPLIT.VAL_FRACTION", "0.34", "DATASETS.SPLIT.GAP", "1"])
+    base = os.path.join(ROOT, "configs", "Base-EMR-RCNN-FPN.yaml")
+    setup_config(base, ["DATASETS.SPLIT.VAL_FRACTION", "0.34", "DATASETS.SPLIT.GAP", "1"])
     train = {r["frame"] for r in DatasetCatalog.get("TINY_01_train")}
     val = {r["frame"] for r in DatasetCatalog.get("TINY_01_val")}
     assert train == {0, 1, 2} and val == {4, 5}
-    configure_splits(setup_config())
+    configure_splits(setup_config(base))
     with pytest.raises(ValueError, match="cannot hold"):
         split_frames([0, 1, 2], 0.5, 5)
 
