@@ -3,7 +3,6 @@ ask for; every enumerated key is checked at setup; tools stay outside the model'
 import glob
 import os
 import re
-import time
 
 import pytest
 from detectron2.config import get_cfg
@@ -68,11 +67,10 @@ def test_pairings_are_checked_at_setup():
 
 
 def test_train_net_rejects_a_misspelt_linking_before_reading_data(tmp_path):
-    start = time.perf_counter()
+    # the training dataset does not exist: the error must come from the config check, before it
     run = run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "TEST.CTC.LINKING",
                    "overlapp", "DATASETS.TRAIN", "('NO_SUCH_DATA_01',)", "OUTPUT_DIR", tmp_path)
     assert_one_line_error(run, "TEST.CTC.LINKING", "overlapp")
-    assert time.perf_counter() - start < 60
 
 
 def test_no_code_outside_modeling_calls_private_model_methods():

@@ -113,7 +113,7 @@ class CTCEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self._open: dict[str, dict[int, tuple]] = defaultdict(dict)  # volume -> z -> predictions
         self._seg, self._oracle = SEGAccumulator(), SEGAccumulator()
-        self._objects: list[dict] = []
+        self._objects: list[tuple[str, dict]] = []  # (volume id, volume_objects)
         self._slice_wise_gt = None
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
@@ -149,7 +149,7 @@ class CTCEvaluator(DatasetEvaluator):
         volume_id = record["volume_id"]
         self._seg.add(volume_id, gt, linked.labels, annotated)
         self._oracle.add(volume_id, gt, link_with_reference(regions.maps, gt), annotated)
-        self._objects.append(volume_objects(gt, linked.labels, linked.scores))
+        self._objects.append((volume_id, volume_objects(gt, linked.labels, linked.scores)))
 
     def evaluate(self) -> dict | None:
         if self._open:
@@ -170,7 +170,7 @@ class CTCEvaluator(DatasetEvaluator):
             logger.warning(f"CTCEvaluator on {self.dataset_name}: no volume was predicted")
             return {"ctc": {}}
         seg.warn_empty_references(self.dataset_name)
-        volume_ap = volume_average_precision(objects)
+        volume_ap = volume_average_precision([o for _, o in sorted(objects, key=lambda item: item[0])])
         results = dict(seg.summary(), SEG_oracle_link=oracle.summary()["SEG"],
                        volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
                        volume_AP75=volume_ap["AP75"], num_volumes=len(objects))

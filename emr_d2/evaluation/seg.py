@@ -260,11 +260,14 @@ class SEGAccumulator:
 
     @staticmethod
     def _pooled(frames: dict, polar: bool | None = None) -> float:
-        """Pooled SEG; polar True / False: only the cross-sections near / away from the poles."""
+        """Pooled SEG; polar True / False: only the cross-sections near / away from the poles.
+        Frames are summed in name order, so that the result does not depend on the order they
+        were added (or gathered from several processes) in."""
+        ordered = [frames[name] for name in sorted(frames)]
         if polar is None:
-            scores = [f.scores for f in frames.values()]
+            scores = [f.scores for f in ordered]
         else:
-            scores = [f.scores[f.polar == polar] for f in frames.values()]
+            scores = [f.scores[f.polar == polar] for f in ordered]
         total = sum(len(s) for s in scores)
         return float(np.concatenate(scores).sum() / total) if total else float("nan")
 
