@@ -15,23 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 from tqdm import tqdm
 
 from .data.catalog import record_voxel_size
-from .data.ctc import gt_folder, list_gt, read_gt_frame, read_raw_volume
+from .data.ctc import read_raw_volume
+from .data.slices import read_record_reference
 from .evaluation.ctc_evaluator import write_json
-from .linking import SliceRegions, link_slices
+from .linking import LINK_OPTION_KEYS, SliceRegions, link_options_from_config, link_slices
 from .evaluation.seg import SEGAccumulator
 from .predictor import VolumePredictor
 
 logger = logging.getLogger(__name__)
 
 LINKING_FILE = "linking.json"
-# Config key of each calibrated link_slices option.
-CALIBRATED_KEYS = {"strategy": "LINKING", "threshold": "LINK_THRESHOLD", "look_back": "LOOK_BACK",
-                   "min_slices": "MIN_SLICES"}
+# Config key of each calibrated link_slices option (all but fill_gaps).
+CALIBRATED_KEYS = {option: key for option, key in LINK_OPTION_KEYS.items() if option != "fill_gaps"}
 
 
 @dataclass
@@ -65,20 +65,12 @@ def predict_validation_volumes(cfg, model: torch.nn.Module) -> list[PastedVolume
     if not cfg.DATASETS.VAL:
         raise ValueError("linking calibration needs validation data: set DATASETS.VAL")
     predictor = VolumePredictor(cfg, model)
-    jobs = []
-    for dataset_name in cfg.DATASETS.VAL:
-        metadata = MetadataCatalog.get(dataset_name)
-        gt_frames = list_gt(gt_folder(metadata.dataset_root, metadata.sequence))
-        first_slices = {r["volume_id"]: r for r in DatasetCatalog.get(dataset_name) if r["z"] == 0}
-        jobs += [(record, gt_frames[record["frame"]]) for record in first_slices.values()]
-    mine = jobs[comm.get_rank()::comm.get_world_size()]
+    first_slices = [r for name in cfg.DATASETS.VAL for r in DatasetCatalog.get(name) if r["z"] == 0]
+    mine = first_slices[comm.get_rank()::comm.get_world_size()]
     volumes = []
-    for record, gt_frame in tqdm(mine, desc="calibration: predicting", unit="volume",
-                                 disable=not comm.is_main_process()):
-        raw = read_raw_volume(record["file_name"])
-        regions = predictor.regions(raw, voxel_um=record_voxel_size(record))
-        reference, annotated = read_gt_frame(gt_frame, raw.shape)
-        volumes.append(PastedVolume(record["volume_id"], regions, reference, annotated))
+    for record in tqdm(mine, desc="calibration: predicting", unit="volume", disable=not comm.is_main_process()):
+        regions = predictor.regions(read_raw_volume(record["file_name"]), voxel_um=record_voxel_size(record))
+        volumes.append(PastedVolume(record["volume_id"], regions, *read_record_reference(record)))
     if comm.get_world_size() > 1:
         volumes = list(itertools.chain(*comm.all_gather(volumes)))
     return volumes
@@ -111,10 +103,9 @@ def calibrate_linking(cfg, model: torch.nn.Module, output_dir: str) -> dict:
     "table": [...]}, the same on every process.
     """
     volumes = predict_validation_volumes(cfg, model)
-    ctc = cfg.TEST.CTC
-    default = dict(strategy=ctc.LINKING, threshold=float(ctc.LINK_THRESHOLD), look_back=int(ctc.LOOK_BACK),
-                   min_slices=int(ctc.MIN_SLICES))
-    best, table = choose_linking(volumes, [default] + linking_grid(cfg), ctc.FILL_GAPS)
+    default = link_options_from_config(cfg)
+    fill_gaps = default.pop("fill_gaps")
+    best, table = choose_linking(volumes, [default] + linking_grid(cfg), fill_gaps)
     result = {
         "choice": {CALIBRATED_KEYS[k]: v for k, v in best.items()},
         "SEG": max(row["SEG"] for row in table),

@@ -210,6 +210,7 @@ def check_config(cfg: CN) -> None:
     from .modeling.backbone import LATE_FUSION_BACKBONES, PROPOSAL_SOURCES
     from .modeling.fusion.base import FUSION_REGISTRY, STATIC_INITS
     from .modeling.intensity import INTENSITY_MODES
+    from .modeling.rcnn import slice_stats
     from .modeling.roi_heads import SliceFusionROIHeads
 
     n = cfg.INPUT.NUM_SLICES
@@ -222,9 +223,7 @@ def check_config(cfg: CN) -> None:
     if offsets and cfg.INPUT.SLICE_SPACING_UM > 0:
         raise ValueError("INPUT.SLICE_SPACING_UM: give either it or INPUT.SLICE_OFFSETS, not both")
     for key in ("PIXEL_MEAN", "PIXEL_STD"):
-        if len(cfg.MODEL[key]) not in (1, n):
-            raise ValueError(f"MODEL.{key}: {len(cfg.MODEL[key])} values; give one (for every slice) or "
-                             f"INPUT.NUM_SLICES = {n}")
+        slice_stats(cfg.MODEL[key], n, f"MODEL.{key}")
     if cfg.INPUT.PIXEL_SIZE_UM < 0:
         raise ValueError(f"INPUT.PIXEL_SIZE_UM: {cfg.INPUT.PIXEL_SIZE_UM} must not be negative")
     if cfg.INPUT.SLICE_SPACING_UM < 0:

@@ -220,11 +220,14 @@ def _predicted_fill(regions: SliceRegions, before: tuple[int, int], after: tuple
     return None
 
 
+# The TEST.CTC key of every keyword argument of link_slices.
+LINK_OPTION_KEYS = {"strategy": "LINKING", "threshold": "LINK_THRESHOLD", "look_back": "LOOK_BACK",
+                    "min_slices": "MIN_SLICES", "fill_gaps": "FILL_GAPS"}
+
+
 def link_options_from_config(cfg) -> dict:
     """Keyword arguments of :func:`link_slices` from a config's TEST.CTC keys."""
-    ctc = cfg.TEST.CTC
-    return dict(strategy=ctc.LINKING, threshold=ctc.LINK_THRESHOLD, look_back=ctc.LOOK_BACK,
-                min_slices=ctc.MIN_SLICES, fill_gaps=ctc.FILL_GAPS)
+    return {option: cfg.TEST.CTC[key] for option, key in LINK_OPTION_KEYS.items()}
 
 
 def instances_to_numpy(instances, score_threshold: float) -> tuple[np.ndarray, ...]:
@@ -237,28 +240,31 @@ def instances_to_numpy(instances, score_threshold: float) -> tuple[np.ndarray, .
     return out
 
 
-def paste_volume(predictions, shape: tuple[int, int, int], neighbor_offsets=()) -> SliceRegions:
+def paste_volume(predictions, shape: tuple[int, int, int], window_offsets=()) -> SliceRegions:
     """Paste the per-slice predictions of one volume into :class:`SliceRegions`.
 
-    predictions: iterable of (z, (K, H, W) bool masks, (K,) scores) or, with neighbor_offsets
-    (M offsets dz), (z, masks, scores, (K, M, H, W) bool predicted neighbour masks); slices not
-    given are empty.
+    predictions: iterable of (z, (K, H, W) bool masks, (K,) scores), or of (z, masks, scores,
+    (K, M, H, W) bool predicted neighbour masks) from a neighbour-mask model, whose M masks are
+    at the non-zero ``window_offsets`` (dz); slices not given are empty.
     """
-    offsets = np.asarray(neighbor_offsets, dtype=np.int64)
+    offsets = np.asarray(window_offsets, dtype=np.int64)
+    offsets = offsets[offsets != 0]
     slice_maps = np.zeros(shape, dtype=np.int32)
     slice_scores = [np.zeros(0)] * shape[0]
-    neighbors = [np.zeros((0, len(offsets), *shape[1:]), bool)] * shape[0] if len(offsets) else None
-    for z, masks, scores, *rest in predictions:
+    neighbors = None
+    for z, masks, scores, *neighbor_masks in predictions:
+        if neighbor_masks and neighbors is None:
+            neighbors = [np.zeros((0, len(offsets), *shape[1:]), bool)] * shape[0]
         if len(masks):
             slice_maps[z], slice_scores[z], kept = paste_slice(masks, scores)
-            if neighbors is not None:
-                neighbors[z] = np.asarray(rest[0], dtype=bool)[kept]
-    return SliceRegions(slice_maps, slice_scores, offsets, neighbors)
+            if neighbor_masks:
+                neighbors[z] = np.asarray(neighbor_masks[0], dtype=bool)[kept]
+    return SliceRegions(slice_maps, slice_scores, offsets if neighbors is not None else offsets[:0], neighbors)
 
 
-def link_volume(predictions, shape: tuple[int, int, int], neighbor_offsets=(), **options) -> LinkedVolume:
+def link_volume(predictions, shape: tuple[int, int, int], window_offsets=(), **options) -> LinkedVolume:
     """Paste and link per-slice predictions of one volume (options: those of :func:`link_slices`)."""
-    return link_slices(paste_volume(predictions, shape, neighbor_offsets), **options)
+    return link_slices(paste_volume(predictions, shape, window_offsets), **options)
 
 
 def link_with_reference(slice_maps: np.ndarray, reference: np.ndarray) -> np.ndarray:

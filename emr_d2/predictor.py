@@ -110,11 +110,9 @@ class VolumePredictor:
     def regions(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> SliceRegions:
         """Predict and paste every slice of a (Z, H, W) raw volume (with predicted neighbour
         masks for a neighbour-mask model), ready for linking."""
-        offsets = self.slice_offsets(voxel_um)
-        predictions = [(z, *instances_to_numpy(instances, self.score_threshold))
-                       for z, instances in self.slice_instances(volume, progress, voxel_um)]
-        has_neighbors = bool(predictions) and len(predictions[0]) == 4
-        return paste_volume(predictions, volume.shape, offsets[offsets != 0] if has_neighbors else ())
+        predictions = ((z, *instances_to_numpy(instances, self.score_threshold))
+                       for z, instances in self.slice_instances(volume, progress, voxel_um))
+        return paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um))
 
     def __call__(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> LinkedVolume:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""

@@ -118,7 +118,7 @@ def seg_of(gt, labels):
 @pytest.mark.parametrize("drop", [None, (3, 5)])
 def test_predicted_linking_of_perfect_neighbor_masks_reproduces_the_reference(drop):
     gt = stacked_objects()
-    linked = link_volume(perfect_predictions(gt, [-1, 1], drop), gt.shape, neighbor_offsets=[-1, 1],
+    linked = link_volume(perfect_predictions(gt, [-1, 1], drop), gt.shape, window_offsets=[-1, 0, 1],
                          strategy="predicted", threshold=0.5, look_back=1)
     assert seg_of(gt, linked.labels) == 1.0  # a missed slice is bridged and filled by prediction
     assert linked.labels.max() == 3

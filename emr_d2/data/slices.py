@@ -9,6 +9,7 @@ A record (``dict``) holds:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -64,6 +65,20 @@ def encode_slice_instances(labels_2d: np.ndarray) -> list[dict]:
             }
         )
     return annotations
+
+
+@functools.lru_cache(maxsize=64)
+def _reference_frames(dataset_root: str, sequence: str) -> dict[int, GTFrame]:
+    return list_gt(gt_folder(dataset_root, sequence))
+
+
+def read_record_reference(record: dict) -> tuple[np.ndarray, list[int] | None]:
+    """(Z, H, W) reference labels of a slice record's frame and its annotated slices (None: all),
+    from the record's 3D reference file or the frame's slice-wise reference files."""
+    shape = (record["depth"], record["height"], record["width"])
+    if record.get("gt_file"):
+        return read_gt_frame(GTFrame(record["frame"], volume_path=record["gt_file"]), shape)
+    return read_gt_frame(_reference_frames(record["dataset_root"], record["sequence"])[record["frame"]], shape)
 
 
 def build_volume_records(root: str, seq: str, frame: int, raw_path: str, gt: GTFrame) -> list[dict]:

@@ -16,7 +16,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..atomic import atomic_write
-from ..data.ctc import GTFrame, gt_folder, list_gt, read_gt_frame, write_label_volume
+from ..data.ctc import write_label_volume
+from ..data.slices import read_record_reference
 from ..linking import (instances_to_numpy, link_options_from_config, link_slices, link_with_reference,
                        paste_volume)
 from .seg import SEGAccumulator
@@ -114,38 +115,24 @@ class CTCEvaluator(DatasetEvaluator):
         self._open: dict[str, dict[int, tuple]] = defaultdict(dict)  # volume -> z -> predictions
         self._seg, self._oracle = SEGAccumulator(), SEGAccumulator()
         self._objects: list[tuple[str, dict]] = []  # (volume id, volume_objects)
-        self._slice_wise_gt = None
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for record, output in zip(inputs, outputs):
             slices = self._open[record["volume_id"]]
             if record["z"] in slices:
                 raise RuntimeError(f"slice {record['z']} of {record['volume_id']} was predicted twice")
-            offsets = np.asarray(output.get("slice_offsets", [0]))
             slices[record["z"]] = instances_to_numpy(output["instances"], self.score_threshold)
             if len(slices) == record["depth"]:
-                self._finish_volume(record, self._open.pop(record["volume_id"]), offsets[offsets != 0])
+                self._finish_volume(record, self._open.pop(record["volume_id"]), output.get("slice_offsets", ()))
 
-    def _reference(self, record: dict):
-        """(labels, annotated slices) of a record's frame: its 3D reference file, or the frame's
-        slice-wise reference files (listed once)."""
+    def _finish_volume(self, record: dict, slices: dict[int, tuple], window_offsets) -> None:
         shape = (record["depth"], record["height"], record["width"])
-        if record.get("gt_file"):
-            return read_gt_frame(GTFrame(record["frame"], volume_path=record["gt_file"]), shape)
-        if self._slice_wise_gt is None:
-            self._slice_wise_gt = list_gt(gt_folder(record["dataset_root"], record["sequence"]))
-        return read_gt_frame(self._slice_wise_gt[record["frame"]], shape)
-
-    def _finish_volume(self, record: dict, slices: dict[int, tuple], neighbor_offsets: np.ndarray) -> None:
-        shape = (record["depth"], record["height"], record["width"])
-        has_neighbors = len(slices[0]) == 3  # (masks, scores[, neighbour masks]) per slice
-        regions = paste_volume(((z, *slices[z]) for z in sorted(slices)), shape,
-                               neighbor_offsets if has_neighbors else ())
+        regions = paste_volume(((z, *slices[z]) for z in sorted(slices)), shape, window_offsets)
         linked = link_slices(regions, **self.link_options)
         if self.write_res and self.output_dir:
             res_dir = os.path.join(self.output_dir, f"{record['sequence']}_RES")
             write_label_volume(os.path.join(res_dir, res_file_name(record["file_name"])), linked.labels)
-        gt, annotated = self._reference(record)
+        gt, annotated = read_record_reference(record)
         volume_id = record["volume_id"]
         self._seg.add(volume_id, gt, linked.labels, annotated)
         self._oracle.add(volume_id, gt, link_with_reference(regions.maps, gt), annotated)
