@@ -26,9 +26,9 @@ def worker(args):
     cfg = setup_config(args.config_file, args.opts, freeze=False, calibrated_linking=False)
     check_datasets_registered([*([] if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL]),
                                *cfg.DATASETS.TEST])
-    default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="emr_d2")
-    apply_calibrated_linking(cfg, args.opts)  # after the logger: says which linking.json it applies
+    apply_calibrated_linking(cfg, args.opts)  # after the logger (it says which linking.json it applies)
+    default_setup(cfg, args)  # and before the config is written to OUTPUT_DIR/config.yaml
     cfg.freeze()
     if args.eval_only:
         model = Trainer.build_model(cfg)
