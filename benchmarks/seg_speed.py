@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""SEG of two 59 x 512 x 512 volume pairs with about 50 objects each, ours against
-py-ctcmetrics side by side in one run, both in one process and from the same TIFF files.
+"""SEG and DET of a two-frame 59 x 512 x 512 sequence with about 50 objects a frame, ours
+against py-ctcmetrics side by side in one run, from the same CTC folders.
 
-Ours is the whole ``tools/ctc_seg.py`` path (``seg_of_folders``: list the CTC folders, read
-and check every frame, score SEG, SEG_2D and the counts); py-ctcmetrics is its matching
-(``match``, which reads the two files) and pooled SEG. Each side is timed as the best of
-``--repeats`` runs after one warm-up. Last line: speedup=<x>.
+1. In one process: the whole ``tools/ctc_seg.py`` path (``seg_of_folders``: list the CTC
+   folders, read and check every frame, score SEG, SEG_2D and the counts) against py-ctcmetrics'
+   matching (``match``, which reads the two files) and pooled SEG: ``speedup=``.
+2. As whole processes, as a user runs them: ``tools/ctc_seg.py`` against
+   ``python -m ctc_metrics.scripts.evaluate --seg`` (``seg_process_speedup=``) and
+   ``tools/ctc_det.py`` against ``... --det`` (``det_process_speedup=``), py-ctcmetrics with its
+   default threads. Each side is the same measure to 1e-6.
+
+Each side is timed as the best of ``--repeats`` runs after one warm-up.
 """
 import argparse
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ctc_metrics.utils.representations import match  # noqa: E402
 
+from emr_d2.data.ctc import write_result_tracks  # noqa: E402
 from emr_d2.evaluation.ctc_folders import seg_of_folders  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def label_volume(rng, shape=(59, 512, 512), count=50, jitter=0):
@@ -37,17 +47,31 @@ def label_volume(rng, shape=(59, 512, 512), count=50, jitter=0):
 
 
 def write_ctc_folders(root: str, frames: int) -> tuple[str, str, list[tuple[str, str]]]:
-    """``<root>/01_GT/SEG/man_segTTT.tif`` and ``<root>/01_RES/maskTTT.tif`` for each frame."""
+    """``<root>/01_GT/SEG/man_segTTT.tif``, the same labels as ``01_GT/TRA`` markers (with
+    man_track.txt) and ``<root>/01_RES/maskTTT.tif`` (with res_track.txt) for each frame."""
     gt_dir, res_dir = os.path.join(root, "01_GT"), os.path.join(root, "01_RES")
-    os.makedirs(os.path.join(gt_dir, "SEG"))
+    for folder in ("SEG", "TRA"):
+        os.makedirs(os.path.join(gt_dir, folder))
     os.makedirs(res_dir)
     pairs = []
     for t in range(frames):
         gt_path = os.path.join(gt_dir, "SEG", f"man_seg{t:03d}.tif")
         res_path = os.path.join(res_dir, f"mask{t:03d}.tif")
-        tifffile.imwrite(gt_path, label_volume(np.random.default_rng(t)), photometric="minisblack")
-        tifffile.imwrite(res_path, label_volume(np.random.default_rng(t), jitter=3), photometric="minisblack")
+        gt = label_volume(np.random.default_rng(t))
+        tifffile.imwrite(gt_path, gt, photometric="minisblack")
+        tifffile.imwrite(os.path.join(gt_dir, "TRA", f"man_track{t:03d}.tif"), gt, photometric="minisblack")
+        res = label_volume(np.random.default_rng(t), jitter=3)
+        res[res <= 2] = 0  # two missed nuclei
+        res[res == 4] = 3  # two nuclei merged
+        tifffile.imwrite(res_path, res, photometric="minisblack")
         pairs.append((gt_path, res_path))
+    present = {}
+    for t in range(frames):
+        for label in np.unique(tifffile.imread(os.path.join(gt_dir, "TRA", f"man_track{t:03d}.tif"))):
+            present.setdefault(int(label), []).append(t)
+    with open(os.path.join(gt_dir, "TRA", "man_track.txt"), "w") as f:
+        f.writelines(f"{label} {min(ts)} {max(ts)} 0\n" for label, ts in sorted(present.items()) if label)
+    write_result_tracks(res_dir)
     return gt_dir, res_dir, pairs
 
 
@@ -59,6 +83,22 @@ def best_time(function, repeats: int) -> tuple[float, float]:
         function()
         best = min(best, time.perf_counter() - start)
     return result, best
+
+
+def measure_of(command: list[str], pattern: str) -> float:
+    """Run a command line; the number after ``pattern`` in its output."""
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
+    return float(re.search(pattern + r"\s*:?\s*'?:?\s*([0-9.]+)", done.stdout).group(1))
+
+
+def compare_processes(measure: str, ours: list[str], theirs: list[str], repeats: int) -> float:
+    """Time our tool and py-ctcmetrics' evaluate as processes; print both; return the ratio."""
+    ours_value, ours_time = best_time(lambda: measure_of(ours, f"{measure} measure"), repeats)
+    theirs_value, theirs_time = best_time(lambda: measure_of(theirs, f"'{measure}'"), repeats)
+    print(f"{measure} as processes: ours {ours_value:.6f} in {ours_time:.2f} s; py-ctcmetrics {theirs_value:.6f} "
+          f"in {theirs_time:.2f} s")
+    assert abs(ours_value - theirs_value) < 1e-6
+    return theirs_time / ours_time
 
 
 def main() -> None:
@@ -81,6 +121,12 @@ def main() -> None:
           f"py-ctcmetrics {theirs_seg:.6f} in {theirs:.3f} s")
     assert abs(ours_summary["SEG"] - theirs_seg) < 1e-9
     print(f"speedup={theirs / ours:.1f}")
+    python, tools = sys.executable, os.path.join(ROOT, "tools")
+    evaluate = [python, "-m", "ctc_metrics.scripts.evaluate", "--res", res_dir, "--gt", gt_dir]
+    for measure in ("SEG", "DET"):
+        ratio = compare_processes(measure, [python, os.path.join(tools, f"ctc_{measure.lower()}.py"), res_dir, gt_dir],
+                                  evaluate + [f"--{measure.lower()}"], args.repeats)
+        print(f"{measure.lower()}_process_speedup={ratio:.1f}")
 
 
 if __name__ == "__main__":

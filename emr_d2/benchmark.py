@@ -25,7 +25,8 @@ from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "SEG_oracle_link", "SEG_2D",
+COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "DET", "DET_calibrated", "OP_CSB",
+           "OP_CSB_calibrated", "SEG_oracle_link", "SEG_2D",
            "SEG_poles", "SEG_core", "splits", "merges", "segm_AP", "volume_AP", "count_error",
            "centre_weight", "train_time_s", "inference_s_per_volume", "linking"]
 METRICS = COLUMNS[3:-1]
@@ -126,10 +127,12 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
                 results[linking] = json.load(f)
     with open(os.path.join(run_dir, "linking.json")) as f:
         choice = json.load(f)["choice"]
-    ctc = results["default"]["ctc"]
+    ctc, calibrated = results["default"]["ctc"], results["calibrated"]["ctc"]
     row = {
         "dataset": dataset.name, "config": config_name(config), "seed": seed,
-        "SEG": ctc["SEG"], "SEG_calibrated": results["calibrated"]["ctc"]["SEG"],
+        "SEG": ctc["SEG"], "SEG_calibrated": calibrated["SEG"],
+        **{f"{k}{suffix}": m.get(k, float("nan")) for k in ("DET", "OP_CSB")
+           for suffix, m in (("", ctc), ("_calibrated", calibrated))},
         **{k: ctc[k] for k in ("SEG_oracle_link", "SEG_2D", "SEG_poles", "SEG_core", "splits", "merges")},
         "segm_AP": results["default"].get("segm", {}).get("AP", float("nan")),
         "volume_AP": ctc["volume_AP"], "count_error": ctc["count_error"], "train_time_s": train_time,
@@ -160,15 +163,39 @@ def finished_rows(output: str, dataset: BenchDataset) -> list[dict]:
     return sorted(rows, key=lambda r: (r["config"], r["seed"]))
 
 
+def published_rows(results: str) -> list[dict]:
+    """Rows of ``<results>/results.csv`` as written before (numbers as floats, seeds as ints)."""
+    path = os.path.join(results, "results.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            if key in METRICS:
+                row[key] = float(value) if value not in ("", None) else float("nan")
+        row["seed"] = int(row["seed"])
+    return rows
+
+
+def merge_rows(published: list[dict], finished: list[dict]) -> list[dict]:
+    """The finished runs, and the published rows of (config, seed) pairs not run again (their
+    columns added since are NaN), by config name and seed."""
+    rows = {(r["config"], r["seed"]): {m: float("nan") for m in METRICS} | r for r in published}
+    rows.update({(r["config"], r["seed"]): r for r in finished})
+    return [rows[key] for key in sorted(rows)]
+
+
 def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
                   results_dir: str, opts: list[str] = (), gpus: int = 0) -> list[dict]:
     """All configs x seeds on one dataset (one at a time, or one per GPU in parallel). After every
     run, ``<results_dir>/<dataset>/results.{csv,md,png}`` are rewritten from all finished runs of
-    the dataset under ``output`` (so later calls with other configs add to the same tables, and
-    several processes can share the work: a run another process holds is skipped). Returns
-    those rows."""
+    the dataset under ``output`` and the rows published there before of runs not repeated (so
+    later calls with other configs add to the same tables, and several processes can share the
+    work: a run another process holds is skipped). Returns those rows."""
     jobs = [(c, s) for s in range(seeds) for c in configs]
     results = os.path.join(results_dir, dataset.name)
+    published = published_rows(results)
     if gpus > 1:
         def on_gpu(index_job):
             index, (config, seed) = index_job
@@ -181,8 +208,8 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
         for k, (config, seed) in enumerate(jobs, 1):
             logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
             run_one(config, seed, dataset, output, list(opts))
-            write_results(finished_rows(output, dataset), results)
-    rows = finished_rows(output, dataset)
+            write_results(merge_rows(published, finished_rows(output, dataset)), results)
+    rows = merge_rows(published, finished_rows(output, dataset))
     write_results(rows, results)
     return rows
 
@@ -204,18 +231,21 @@ ONE_DECIMAL = {"segm_AP", "volume_AP", "splits", "merges", "train_time_s", "infe
 
 
 def results_markdown(rows: list[dict]) -> str:
-    """Mean +- std per config over seeds; the best mean of every metric in bold."""
+    """Mean +- std per config over seeds; the best mean of every metric in bold; "–" where a
+    config has no value (a column added after its runs)."""
     summary = summarise(rows)
     best = {}
     for m in METRICS:
-        means = {c: s[m][0] for c, s in summary.items()}
-        best[m] = None if m in NOT_RANKED else (min if m in LOWER_IS_BETTER else max)(means, key=means.get)
+        means = {c: s[m][0] for c, s in summary.items() if np.isfinite(s[m][0])}
+        choose = min if m in LOWER_IS_BETTER else max
+        best[m] = None if m in NOT_RANKED or len(means) < 2 else choose(means, key=means.get)
     lines = ["| config | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for config, s in summary.items():
         cells = []
         for m in METRICS:
-            text = f"{s[m][0]:.1f} ± {s[m][1]:.1f}" if m in ONE_DECIMAL else f"{s[m][0]:.3f} ± {s[m][1]:.3f}"
-            cells.append(f"**{text}**" if best[m] == config and len(summary) > 1 else text)
+            mean, std = s[m]
+            text = "–" if not np.isfinite(mean) else f"{mean:.1f} ± {std:.1f}" if m in ONE_DECIMAL else f"{mean:.3f} ± {std:.3f}"
+            cells.append(f"**{text}**" if best[m] == config else text)
         lines.append(f"| {config} | {s['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -235,31 +265,35 @@ def write_results(rows: list[dict], output: str) -> None:
     atomic_write(os.path.join(output, "results.png"), lambda f: plot_results(rows, f))
 
 
-PLOTTED = ["SEG", "SEG_calibrated", "SEG_oracle_link", "volume_AP"]
+PLOTTED = ["SEG", "SEG_calibrated", "DET_calibrated", "OP_CSB_calibrated", "SEG_oracle_link"]
 
 
-def plot_results(rows: list[dict], file) -> None:
-    """Bars of PLOTTED metrics per config (mean and std over seeds, every seed a dot) as PNG."""
+def plot_results(rows: list[dict], file):
+    """PLOTTED metrics per config as PNG: mean over seeds with a ± std error bar, every seed a
+    dot. Points rather than bars, so that an axis zoomed onto the values does not make small
+    differences look large; configs without a value are left out of that panel. Returns the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     summary = summarise(rows)
     names = list(summary)
-    fig = Figure(figsize=(4 * len(PLOTTED), 3.6))
+    fig = Figure(figsize=(3.6 * len(PLOTTED), 3.8))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PLOTTED))
     for ax, metric in zip(axes, PLOTTED):
-        means = [summary[c][metric][0] for c in names]
-        stds = [summary[c][metric][1] for c in names]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
-        for i, c in enumerate(names):  # every seed as a dot
+        for i, c in enumerate(names):
+            mean, std = summary[c][metric]
+            if not np.isfinite(mean):
+                continue
+            ax.errorbar([i], [mean], yerr=[std], fmt="o", color="tab:blue", capsize=4, ms=6)
             values = [r[metric] for r in rows if r["config"] == c]
-            ax.plot([i] * len(values), values, "k.", ms=4)
+            ax.plot([i + 0.15] * len(values), values, "k.", ms=4)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{metric} (mean ± std over seeds)")
-        low = min(m - s for m, s in zip(means, stds))
-        if metric != "volume_AP":
-            ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}\nmean ± std over seeds, dots: seeds", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(file, dpi=110, format="png")
+    return fig

@@ -1,7 +1,15 @@
-"""Error handling shared by the command-line tools (torch-free)."""
+"""What the command-line tools share (torch-free): one-line errors, the --debug and --voxel-size
+arguments, and output folders that receive a run's files only when the whole run succeeded."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
+
+DEBUG_HELP = "on an error, show the Python traceback instead of one line"
 
 
 def one_line(error: BaseException) -> str:
@@ -16,7 +24,8 @@ def one_line(error: BaseException) -> str:
 def run_cli(main, argv: list[str] | None = None) -> int:
     """Run ``main(argv)``; any error becomes one line on stderr and exit code 1.
 
-    ``--debug`` anywhere in argv shows the Python traceback instead.
+    ``--debug`` anywhere in argv shows the Python traceback instead (tools list it in --help
+    with :func:`add_debug_argument`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -32,3 +41,59 @@ def run_cli(main, argv: list[str] | None = None) -> int:
             raise
         print(f"error: {one_line(e)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    """List ``--debug`` (handled by :func:`run_cli`) in the tool's --help."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+def _micrometres(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"takes exactly three numbers Z Y X (micrometres); {text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"takes three positive numbers Z Y X (micrometres); got {text}")
+    return value
+
+
+def add_voxel_size_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--voxel-size Z Y X``: exactly three positive numbers, in micrometres."""
+    parser.add_argument("--voxel-size", nargs=3, type=_micrometres, metavar=("Z", "Y", "X"), default=None,
+                        help=f"{help} (three positive numbers, micrometres)")
+
+
+def check_new_output_folder(folder: str, overwrite: bool) -> None:
+    """An output folder that exists and holds files is refused unless ``overwrite``."""
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+        raise FileExistsError(f"{folder}: the output folder exists and is not empty; pass --overwrite to "
+                              "replace the files this run writes")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"{folder}: exists and is not a folder")
+
+
+@contextlib.contextmanager
+def staged_output(folder: str):
+    """Yield a staging folder beside ``folder`` for a run's files; they are moved into
+    ``folder`` when the block ends without an error, and deleted (with ``folder``, if this run
+    created it and left it empty) when it does not: a run writes all of its files or none."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.partial-", dir=parent)
+    except OSError as e:
+        raise OSError(f"{folder}: cannot write there ({e.strerror or e})") from e
+    created = not os.path.isdir(folder)
+    try:
+        yield stage
+        os.makedirs(folder, exist_ok=True)
+        for name in sorted(os.listdir(stage)):
+            os.replace(os.path.join(stage, name), os.path.join(folder, name))
+    except BaseException:
+        if created and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

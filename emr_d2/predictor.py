@@ -12,7 +12,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from tqdm import tqdm
 
-from .data.ctc import CTCFormatError, list_frames, read_raw_volume, write_label_volume
+from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, list_frames, read_raw_volume, write_label_volume,
+                       write_result_tracks)
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
                           warn_if_deeper_than)
 from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
@@ -119,36 +120,44 @@ class VolumePredictor:
         return link_slices(self.regions(volume, progress, voxel_um), **self.link_options)
 
 
-def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
-    """(input volume, output label file) pairs for ``tools/predict.py``.
+def output_name(raw_file: str) -> str:
+    """The one naming rule for predictions: a CTC raw frame ``tTTT.tif`` gives the CTC result
+    name ``maskTTT.tif`` (same digits), any other ``name.tif`` gives ``name_labels.tif``."""
+    base = os.path.basename(raw_file)
+    if RAW_PATTERN.match(base):
+        return "mask" + base[1:]
+    return os.path.splitext(base)[0] + "_labels.tif"
 
-    A CTC sequence folder (tTTT.tif frames) gives ``maskTTT.tif``; a single TIFF or a folder of
-    TIFFs gives ``<name>_labels.tif`` for each.
-    """
+
+def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
+    """(input volume, output label file) pairs for ``tools/predict.py``: a 3D TIFF, a CTC sequence
+    folder (its tTTT.tif frames) or a folder of TIFFs, each named by :func:`output_name`."""
     if os.path.isfile(input_path):
         files = [input_path]
     elif os.path.isdir(input_path):
         frames = list_frames(input_path)
-        if frames:
-            return [(path, os.path.join(output_dir, "mask" + os.path.basename(path)[1:]))
-                    for _, path in sorted(frames.items())]
-        files = sorted(os.path.join(input_path, f) for f in os.listdir(input_path)
-                       if f.lower().endswith((".tif", ".tiff")))
+        files = [path for _, path in sorted(frames.items())] or sorted(
+            os.path.join(input_path, f) for f in os.listdir(input_path) if f.lower().endswith((".tif", ".tiff")))
         if not files:
             raise CTCFormatError(f"{input_path}: no .tif files found")
     else:
         raise CTCFormatError(f"{input_path}: no such file or folder")
-    return [(f, os.path.join(output_dir, os.path.splitext(os.path.basename(f))[0] + "_labels.tif"))
-            for f in files]
+    return [(f, os.path.join(output_dir, output_name(f))) for f in files]
 
 
 def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxel_um: tuple | None = None) -> None:
     """Segment every input volume ((Z, Y, X) voxel size voxel_um, micrometres) and write its
-    uint16 label volume (atomically)."""
+    uint16 label volume (atomically). A folder of CTC result frames (maskTTT.tif) is then made a
+    valid CTC result (labels unique over the sequence, ``res_track.txt``). Every input is
+    checked (readable, a 3D stack of finite numbers) before the first volume is predicted."""
     predictor.slice_offsets(voxel_um)  # a missing voxel size fails before any work
     pixel_scale(predictor.pixel_size_um, voxel_um)
+    for source, _ in pairs:
+        read_raw_volume(source)
     for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
         volume = read_raw_volume(source)
         linked = predictor(volume, progress=True, voxel_um=voxel_um)
         write_label_volume(target, linked.labels)
-        logger.info(f"{source} -> {target}: {int(linked.labels.max())} objects")
+        logger.info(f"{source} -> {os.path.basename(target)}: {int(linked.labels.max())} objects")
+    for res_dir in sorted({os.path.dirname(t) for _, t in pairs if RES_PATTERN.match(os.path.basename(t))}):
+        write_result_tracks(res_dir)

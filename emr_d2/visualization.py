@@ -74,53 +74,99 @@ def plot_slice_grid(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
     fig.savefig(path, dpi=100)
 
 
-def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None, path: str,
-                    voxel_size: tuple[float, float, float] | None = None) -> None:
+def orthogonal_aspects(voxel_size: tuple[float, float, float] | None) -> tuple[float, float]:
+    """imshow aspect (row step / column step) of the XZ view (rows z, columns x) and of the YZ
+    view (rows z, columns y) for a (Z, Y, X) voxel size; 1:1 voxels when it is unknown."""
+    if voxel_size is None:
+        return 1.0, 1.0
+    vz, vy, vx = (float(v) for v in voxel_size)
+    return vz / vx, vz / vy
+
+
+def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None, path,
+                    voxel_size: tuple[float, float, float] | None = None) -> Figure:
     """XY, XZ and YZ sections through the volume centre, with reference (white) and predicted
-    (colour = 3D object id) outlines: a linked object keeps one colour along z."""
+    (colour = 3D object id) outlines: a linked object keeps one colour along z. The side views
+    are drawn at the physical aspect of voxel_size (Z, Y, X in micrometres; 1:1 voxels, said in
+    the title, when None); dashed lines mark where the other views cut. Returns the figure."""
     image = _display(raw)
     depth, height, width = raw.shape
     z, y, x = depth // 2, height // 2, width // 2
-    aspect = voxel_size[0] / voxel_size[1] if voxel_size else 1.0
+    xz_aspect, yz_aspect = orthogonal_aspects(voxel_size)
     colours = _label_colours(int(pred.max()) if pred is not None else 1)
-    views = [
-        ("XY (z = %d)" % z, lambda v: v[z], 1.0),
-        ("XZ (y = %d)" % y, lambda v: v[:, y, :], aspect),
-        ("YZ (x = %d)" % x, lambda v: v[:, :, x], aspect),
+    cut_colours = {"XY": "tab:orange", "XZ": "tab:cyan", "YZ": "tab:pink"}
+    views = [  # name, cut, aspect, (x axis, y axis), lines: (orientation, position, view it shows)
+        ("XY", f"z = {z}", lambda v: v[z], 1.0, ("x (pixels)", "y (pixels)"), [("h", y, "XZ"), ("v", x, "YZ")]),
+        ("XZ", f"y = {y}", lambda v: v[:, y, :], xz_aspect, ("x (pixels)", "z (slices, 0 at the top) ↓"),
+         [("h", z, "XY"), ("v", x, "YZ")]),
+        ("YZ", f"x = {x}", lambda v: v[:, :, x], yz_aspect, ("y (pixels)", "z (slices, 0 at the top) ↓"),
+         [("h", z, "XY"), ("v", y, "XZ")]),
     ]
-    fig, axes = _subplots(1, 3, figsize=(13, 4.2))
-    for ax, (name, cut, asp) in zip(axes, views):
-        _overlay(ax, cut(image), None if gt is None else cut(gt), None if pred is None else cut(pred), colours, asp)
-        ax.set_title(name, fontsize=10)
-    fig.suptitle("orthogonal views: z-linking shows as one colour per object along z", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig, axes = _subplots(1, 3, figsize=(14, 5.4))
+    for ax, (name, where, cut, aspect, (xlabel, ylabel), lines) in zip(axes, views):
+        _overlay(ax, cut(image), None if gt is None else cut(gt), None if pred is None else cut(pred), colours, aspect)
+        for orientation, position, other in lines:
+            draw = ax.axhline if orientation == "h" else ax.axvline
+            draw(position, color=cut_colours[other], ls="--", lw=1.4)
+        for side in ax.spines.values():
+            side.set_edgecolor(cut_colours[name])
+            side.set_linewidth(2)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_title(f"{name} section at {where}", fontsize=10, color=cut_colours[name])
+    scale = (f"side views at the physical aspect of {' x '.join(f'{v:g}' for v in voxel_size)} um voxels (Z x Y x X)"
+             if voxel_size is not None else "voxel size unknown: side views drawn with 1:1 voxels")
+    fig.suptitle("orthogonal sections: raw, reference outlines (white), predicted outlines (colour = 3D object);\n"
+                 f"dashed lines: where the other sections cut (frame colours); {scale}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=100, format="png", bbox_inches="tight")
+    return fig
 
 
-def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path: str,
-                        pixel_maps: dict[str, np.ndarray] | None = None) -> None:
-    """Bar plots of the mean weight of every slice offset dz per fusion module, for windows in
-    the volume's interior and at its edges (where slices are padded); optional heat maps of
-    per-pixel weights (module -> (N, h, w) for one window).
+def fusion_title(module_name: str, class_name: str) -> str:
+    """The README's words for a fusion module of a model: which fusion, where it fuses."""
+    parts = module_name.split(".")
+    if "modules_by_level" in parts:
+        level = parts[parts.index("modules_by_level") + 1]
+        where = "every fused FPN level (one module)" if level == "shared" else f"FPN level {level}"
+        return f"early fusion: {class_name}\nat {where}"
+    if "roi_heads" in parts:
+        head = "mask" if "mask_pooler" in parts else "box" if "box_pooler" in parts else parts[-1]
+        return f"late fusion: {class_name}\nof the {head} head's ROI features"
+    return f"{class_name}\n({module_name})"
 
-    weights: module -> {"interior": (N,), "edge": (N,)}.
+
+EDGE_NOTE = ("interior: windows whose slices all lie inside the volume; edge: windows near the first or last "
+             "slice, whose outer slices are padding (INPUT.SLICE_PADDING)")
+
+
+def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path,
+                        pixel_maps: dict[str, np.ndarray] | None = None) -> Figure:
+    """Bars of the mean weight of every slice offset dz per fusion module, for windows in the
+    volume's interior and at its edges (where slices are padded); optional heat maps of
+    per-pixel weights (title -> (N, h, w) for one window). Returns the figure.
+
+    weights: title (:func:`fusion_title`) -> {"interior": (N,), "edge": (N,)}.
     """
     pixel_maps = pixel_maps or {}
     n_bars = len(weights)
     n_maps = sum(len(m) for m in pixel_maps.values())
-    fig, axes = _subplots(1, max(n_bars + n_maps, 1), figsize=(3.6 * max(n_bars + n_maps, 1), 3.4), squeeze=False)
+    panels = max(n_bars + n_maps, 1)
+    fig, axes = _subplots(1, panels, figsize=(max(4.2 * panels, 7.5), 4.2), squeeze=False)
     axes = list(axes.flat)
     for ax, (name, groups) in zip(axes, weights.items()):
         n = len(next(iter(groups.values())))
         offsets = np.arange(n) - n // 2
         width = 0.8 / len(groups)
         for k, (group, values) in enumerate(groups.items()):
-            ax.bar(offsets + (k - (len(groups) - 1) / 2) * width, values, width, label=group)
+            ax.bar(offsets + (k - (len(groups) - 1) / 2) * width, values, width, label=f"{group} windows")
         ax.set_xticks(offsets)
-        ax.set_xlabel("slice offset dz")
-        ax.set_ylabel("mean weight")
-        ax.set_title(name.replace("backbone.", ""), fontsize=8)
-        ax.legend(fontsize=7)
+        ax.set_xticklabels([f"{d:+d}" if d else "0 (centre)" for d in offsets])
+        ax.set_xlabel("slice offset dz from the centre slice")
+        ax.set_ylabel("mean slice weight (sums to 1)")
+        ax.set_ylim(0, 1)
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=9)
     k = n_bars
     for name, maps in pixel_maps.items():
         n = len(maps)
@@ -128,44 +174,88 @@ def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path: str,
             ax = axes[k]
             k += 1
             shown = ax.imshow(weight_map, vmin=0, vmax=1, cmap="viridis")
-            ax.set_title(f"{name.replace('backbone.', '')}\ndz = {i - n // 2:+d}", fontsize=8)
+            ax.set_title(f"{name}\nper-pixel weight of dz = {i - n // 2:+d}, centre window", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.suptitle("which slices the model relies on: " + EDGE_NOTE, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
+    return fig
+
+
+class MetricsFormatError(ValueError):
+    """A file that is not detectron2's metrics.json; the message names it."""
 
 
 def read_metrics(path: str) -> list[dict]:
     """The lines of detectron2's metrics.json (one JSON object per line)."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MetricsFormatError(f"{path}: line {number} is not JSON ({e.msg}); expected detectron2's "
+                                         "metrics.json (one JSON object per line), e.g. OUTPUT_DIR/metrics.json") from e
+            if not isinstance(row, dict) or "iteration" not in row:
+                raise MetricsFormatError(f"{path}: line {number} has no \"iteration\"; expected detectron2's "
+                                         "metrics.json")
+            rows.append(row)
+    if not rows:
+        raise MetricsFormatError(f"{path}: no logged iteration")
+    return rows
 
 
-def plot_training_curves(metrics_file: str, path: str) -> None:
-    """Losses over iterations, and SEG / validation loss / fusion weights where logged."""
+def _padded_limits(values: list[float], log: bool = False) -> tuple[float, float]:
+    """Axis limits that hold every value with a margin (one value: a range around it)."""
+    low, high = min(values), max(values)
+    if log:
+        return low / 1.3, high * 1.3
+    margin = (high - low) * 0.08 or max(abs(high) * 0.05, 0.01)
+    return low - margin, high + margin
+
+
+def plot_training_curves(metrics_file: str, path) -> Figure:
+    """Losses over iterations, and SEG / validation loss / fusion weights where logged, on axes
+    that hold every plotted value; a metric logged once is one labelled point. Returns the figure."""
     rows = read_metrics(metrics_file)
     losses = sorted({k for r in rows for k in r if k.startswith("loss_") or k == "total_loss"})
-    extras = [k for k in ("ctc/SEG", "ctc/SEG_2D", "validation_loss") if any(k in r for r in rows)]
+    extras = [k for k in ("ctc/SEG", "ctc/DET", "ctc/SEG_2D", "validation_loss") if any(k in r for r in rows)]
     fusion = sorted({k for r in rows for k in r if k.startswith("fusion/")})
-    count = 1 + bool(extras) + bool(fusion)
-    fig, axes = _subplots(1, count, figsize=(5 * count, 3.6), squeeze=False)
-    panels = [(losses, "training losses", "-")]
+    panels = [(losses, "training losses", "loss (log scale)")]
     if extras:
-        panels.append((extras, "evaluation", "o-"))
+        panels.append((extras, "evaluation", "value"))
     if fusion:
-        panels.append((fusion, "mean slice weights", "-"))
-    for ax, (keys, title, style) in zip(axes.flat, panels):
+        panels.append((fusion, "mean slice weight per window position", "weight"))
+    fig, axes = _subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    iterations = [r["iteration"] for r in rows]
+    for ax, (keys, title, ylabel) in zip(axes.flat, panels):
+        values = []
         for key in keys:
             points = [(r["iteration"], r[key]) for r in rows if key in r]
-            ax.plot(*zip(*points), style, label=key.replace("fusion/backbone.", ""),
-                    lw=2 if key == "total_loss" else 1)
+            values += [v for _, v in points]
+            label = key.replace("fusion/backbone.", "")
+            if len(points) == 1:
+                ax.plot(*points[0], "o", label=f"{label} = {points[0][1]:.3f}")
+                ax.annotate(f"{points[0][1]:.3f}", points[0], textcoords="offset points", xytext=(4, 4), fontsize=8)
+            else:
+                ax.plot(*zip(*points), "-", label=label, lw=2 if key == "total_loss" else 1)
+        log = ylabel.startswith("loss") and values and min(values) > 0
+        if log:
+            ax.set_yscale("log")
+        if values:
+            ax.set_ylim(*_padded_limits(values, log))
+        ax.set_xlim(*_padded_limits([0, *iterations]))
         ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize=6)
-    axes.flat[0].set_yscale("log")
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
+    return fig
 
 
 def collect_fusion_weights(cfg, model, volume: np.ndarray, voxel_um: tuple | None = None) -> tuple[dict, dict]:
@@ -173,8 +263,9 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray, voxel_um: tuple | Non
     average each fusion module's slice weights per window position, separately for edge windows
     (touching padding) and interior ones.
 
-    Returns (module -> {"interior": (N,), "edge": (N,)}, module -> (N, h, w) per-pixel weights
-    of the centre window, for modules that weight per pixel or window).
+    Returns (title -> {"interior": (N,), "edge": (N,)}, title -> (N, h, w) per-pixel weights
+    of the centre window, for modules that weight per pixel or window), titled by
+    :func:`fusion_title`.
     """
     from .modeling.fusion import fusion_weights, mean_slice_weights
     from .predictor import VolumePredictor
@@ -193,16 +284,18 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray, voxel_um: tuple | Non
             sums.setdefault(name, {}).setdefault(group, []).append(mean_slice_weights(w).cpu().numpy())
             if z == depth // 2 and w.dim() == 4:
                 maps[name] = w[0].cpu().numpy()
-    weights = {name: {g: np.mean(v, axis=0) for g, v in groups.items()} for name, groups in sums.items()}
-    return weights, maps
+    modules = dict(model.named_modules())
+    title = {name: fusion_title(name, type(modules[name]).__name__) for name in sums}
+    weights = {title[name]: {g: np.mean(v, axis=0) for g, v in groups.items()} for name, groups in sums.items()}
+    return weights, {title[name]: m for name, m in maps.items()}
 
 
 def save_volume_pictures(raw, gt, pred, out_dir: str, voxel_size=None) -> list[str]:
     """slices.png and orthogonal.png of one volume (voxel_size (Z, Y, X) sets the aspect of the
-    side views); returns the written paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    grid = os.path.join(out_dir, "slices.png")
-    ortho = os.path.join(out_dir, "orthogonal.png")
-    plot_slice_grid(raw, gt, pred, grid)
-    plot_orthogonal(raw, gt, pred, ortho, voxel_size)
-    return [grid, ortho]
+    side views), written only when both were drawn; returns the written paths."""
+    from .cli import staged_output
+
+    with staged_output(out_dir) as stage:
+        plot_slice_grid(raw, gt, pred, os.path.join(stage, "slices.png"))
+        plot_orthogonal(raw, gt, pred, os.path.join(stage, "orthogonal.png"), voxel_size)
+    return [os.path.join(out_dir, "slices.png"), os.path.join(out_dir, "orthogonal.png")]

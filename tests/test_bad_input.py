@@ -215,3 +215,123 @@ def test_make_synthetic_unwritable_output(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     assert_one_line_error(run_tool("make_synthetic.py", "--out", tmp_path / "file" / "data"), "file/data")
     assert_one_line_error(run_tool("make_synthetic.py", "--out", tmp_path / "x", "--frames", "0"), "--frames")
+
+
+# --- every tool: a correct result, or exit != 0 with one line naming the file, and nothing written ---
+
+def stack(path, depth=4, seed=0):
+    write(str(path), (np.random.default_rng(seed).random((depth, 64, 64)) * 1000).astype(np.uint16))
+    return path
+
+
+def test_predict_without_weights_is_an_error_unless_random_weights_are_asked_for(tmp_path):
+    stack(tmp_path / "v.tif")
+    run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
+                   tmp_path / "v.tif", "--output", tmp_path / "out", *TINY_MODEL, "INPUT.NUM_SLICES", "3")
+    assert_one_line_error(run, "MODEL.WEIGHTS is empty", "--random-weights")
+    assert not (tmp_path / "out").exists()
+    run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
+                   tmp_path / "v.tif", "--output", tmp_path / "out", "--random-weights", *TINY_MODEL,
+                   "INPUT.NUM_SLICES", "3")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert os.listdir(tmp_path / "out") == ["v_labels.tif"]
+    assert "is_fx_tracing" not in run.stdout + run.stderr  # item 7: the known torch.fx line is filtered
+    run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
+                   tmp_path / "v.tif", "--output", tmp_path / "other", *TINY_MODEL, "MODEL.WEIGHTS",
+                   tmp_path / "nothing.pth")
+    assert_one_line_error(run, "nothing.pth", "no such checkpoint")
+
+
+def test_voxel_size_takes_three_positive_numbers(tmp_path, weights):
+    stack(tmp_path / "v.tif")
+    for values, message in ((["0", "0", "0"], "positive"), (["-1", "0.25", "0.25"], "positive"),
+                            (["0.4", "0.25", "MODEL.WEIGHTS"], "exactly three numbers")):
+        run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
+                       tmp_path / "v.tif", "--output", tmp_path / "out", "--voxel-size", *values, *TINY_MODEL,
+                       "MODEL.WEIGHTS", weights / "mlp.pth")
+        assert run.returncode == 2 and "--voxel-size" in run.stderr and message in run.stderr, run.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_voxel_size_file_with_zeros_is_named(tmp_path, weights):
+    stack(tmp_path / "data" / "01" / "t000.tif")
+    (tmp_path / "data" / "voxel_size.json").write_text('{"zyx_um": [0, 0.25, 0.25]}')
+    run = predict(weights / "mlp.pth", tmp_path / "data" / "01", tmp_path / "out", "INPUT.PIXEL_SIZE_UM", "0.25")
+    assert_one_line_error(run, "voxel_size.json", "positive")
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_naming_rule_and_an_existing_output_needs_overwrite(tmp_path, weights):
+    stack(tmp_path / "seq" / "t003.tif")
+    run = predict(weights / "mlp.pth", tmp_path / "seq" / "t003.tif", tmp_path / "single")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "single")) == ["mask003.tif", "res_track.txt"]
+    run = predict(weights / "mlp.pth", tmp_path / "seq", tmp_path / "single")
+    assert_one_line_error(run, "single", "not empty", "--overwrite")
+    before = (tmp_path / "single" / "mask003.tif").stat().st_mtime_ns
+    run = predict(weights / "mlp.pth", tmp_path / "seq", tmp_path / "single", "--overwrite")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "single")) == ["mask003.tif", "res_track.txt"]
+    assert (tmp_path / "single" / "mask003.tif").stat().st_mtime_ns != before
+
+
+def test_a_folder_with_one_bad_stack_writes_nothing(tmp_path, weights):
+    stack(tmp_path / "in" / "a_good.tif")
+    write(str(tmp_path / "in" / "b_flat.tif"), np.zeros((64, 64), np.uint16))
+    run = predict(weights / "mlp.pth", tmp_path / "in", tmp_path / "out")
+    assert_one_line_error(run, "b_flat.tif", "expected a 3D stack")
+    assert not (tmp_path / "out").exists()
+    assert sorted(os.listdir(tmp_path)) == ["in"]  # no staging folder left behind either
+
+
+def test_ctc_seg_names_the_result_and_accepts_the_seg_folder(tmp_path):
+    gt = np.zeros((4, 16, 16), np.uint16)
+    gt[1:3, 2:6, 2:6] = 1
+    run = ctc_pair(tmp_path, gt, np.zeros((4, 16, 15), np.uint16))
+    assert_one_line_error(run, "man_seg000.tif", "differs from the result's (4, 16, 15)", "mask000.tif")
+    write(str(tmp_path / "RES" / "mask000.tif"), gt)
+    run = run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "GT" / "SEG", "--verbose")
+    assert run.returncode == 0 and "SEG measure: 1.000000" in run.stdout, run.stderr
+    assert "reference objects" in run.stdout.splitlines()[0]
+    assert_one_line_error(run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "NO_GT"), "NO_GT: no such folder")
+
+
+def test_eval_only_without_config_file_and_with_weights_of_another_model(tmp_path, weights, tiny_dataset):
+    run = run_tool("train_net.py", "--eval-only", "MODEL.WEIGHTS", weights / "mlp.pth", datasets=tmp_path)
+    assert_one_line_error(run, "no --config-file given", "config.yaml")
+    (weights / "config.yaml").write_text("# saved beside the weights by training\n")
+    run = run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--eval-only",
+                   *TINY_MODEL, "INPUT.NUM_SLICES", "3", "DATASETS.TEST", "('TINY_02',)", "MODEL.WEIGHTS",
+                   weights / "other.pth", "OUTPUT_DIR", tmp_path / "out", datasets=os.path.dirname(tiny_dataset))
+    assert_one_line_error(run, "other.pth", "in the checkpoint", str(weights / "config.yaml"))
+    assert len((run.stdout + run.stderr).splitlines()) < 5  # no environment or model listing first
+
+
+def test_debug_is_listed_in_every_help():
+    for name in ("train_net.py", "predict.py", "calibrate_linking.py", "ctc_seg.py", "ctc_det.py", "visualize.py",
+                 "make_synthetic.py", "benchmark.py"):
+        run = run_tool(name, "--help")
+        assert run.returncode == 0 and "--debug" in run.stdout, name
+
+
+def test_visualize_checks_every_input_before_drawing(tmp_path, weights):
+    raw = stack(tmp_path / "raw.tif", depth=10)
+    write(str(tmp_path / "flat.tif"), np.zeros((64, 64), np.uint16))
+    write(str(tmp_path / "short.tif"), np.zeros((9, 64, 64), np.uint16))
+    cases = [(["--pred", tmp_path / "flat.tif"], "flat.tif"), (["--gt", tmp_path / "short.tif"], "short.tif"),
+             (["--voxel-size", "0", "0", "0"], "--voxel-size")]
+    for extra, fragment in cases:
+        run = run_tool("visualize.py", "volume", "--raw", raw, "--out", tmp_path / "pics", *extra)
+        assert run.returncode != 0 and fragment in run.stderr, run.stderr
+        assert not (tmp_path / "pics").exists()
+    (tmp_path / "log.txt").write_text("[11/30 03:00:00 d2.engine]: Starting training\n")
+    run = run_tool("visualize.py", "curves", "--metrics", tmp_path / "log.txt", "--out", tmp_path / "c.png")
+    assert_one_line_error(run, "log.txt", "metrics.json")
+    assert not (tmp_path / "c.png").exists()
+    run = run_tool("visualize.py", "fusion", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--raw", raw,
+                   "--out", tmp_path / "f.png", *TINY_MODEL, "INPUT.NUM_SLICES", "3")
+    assert_one_line_error(run, "MODEL.WEIGHTS is empty")
+    (tmp_path / "metrics.json").write_text('{"iteration": 0, "total_loss": 2.0}\n{"iteration": 9, "total_loss": 1.0}\n')
+    run = run_tool("visualize.py", "curves", "--metrics", tmp_path / "metrics.json", "--out",
+                   tmp_path / "new" / "folder" / "c.png")
+    assert run.returncode == 0 and (tmp_path / "new" / "folder" / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -29,10 +29,13 @@ def test_two_processes_evaluate_like_one(tiny_dataset, tmp_path):
     distributed, single = ctc_metrics(two), ctc_metrics(one)
     assert distributed["num_volumes"] == single["num_volumes"] == 3
     assert distributed["num_pred"] == single["num_pred"] > 0
-    for key in ("SEG", "SEG_2D", "volume_AP", "precision", "recall", "count_error", "num_gt"):
+    for key in ("SEG", "SEG_2D", "DET", "OP_CSB", "volume_AP", "precision", "recall", "count_error", "num_gt"):
         assert distributed[key] == single[key], key
-    assert sorted(os.listdir(os.path.join(two, "inference", "TINY_02", "02_RES"))) == \
-        ["mask000.tif", "mask001.tif", "mask002.tif"]
+    res_two, res_one = (os.path.join(out, "inference", "TINY_02", "02_RES") for out in (two, one))
+    assert sorted(os.listdir(res_two)) == ["mask000.tif", "mask001.tif", "mask002.tif", "res_track.txt"]
+    for name in sorted(os.listdir(res_two)):  # labels unique over the sequence, whichever rank wrote a frame
+        with open(os.path.join(res_two, name), "rb") as a, open(os.path.join(res_one, name), "rb") as b:
+            assert a.read() == b.read(), name
     with open(os.path.join(two, "linking.json")) as f:
         calibration = json.load(f)
     assert calibration["volumes"] == 1  # the one TINY_01_val volume, gathered, not doubled

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from ctc_metrics.scripts.evaluate import evaluate_sequence
 
 from helpers import CONFIGS, ROOT, TINY_MODEL
 
@@ -73,15 +74,24 @@ def test_eval_only_writes_res_for_every_frame_and_prints_tables(trained, tiny_da
     assert "Using the linking calibrated in" in log
     res_dir = tmp_path / "inference" / "TINY_02" / "02_RES"
     frames = sorted(os.listdir(os.path.join(tiny_dataset, "02")))
-    assert sorted(os.listdir(res_dir)) == [f.replace("t", "mask", 1) for f in frames]
+    assert sorted(os.listdir(res_dir)) == [f.replace("t", "mask", 1) for f in frames] + ["res_track.txt"]
     raw = tifffile.imread(os.path.join(tiny_dataset, "02", frames[0]))
     res = tifffile.imread(res_dir / frames[0].replace("t", "mask", 1))
     assert res.shape == raw.shape and res.dtype == np.uint16
     metrics = json.load(open(tmp_path / "inference" / "TINY_02" / "ctc_metrics.json"))
     assert {"SEG", "SEG_2D", "SEG_poles", "SEG_core", "SEG_oracle_link", "splits", "merges", "volume_AP",
-            "precision", "recall", "count_error"} <= set(metrics)
+            "precision", "recall", "count_error", "DET", "OP_CSB"} <= set(metrics)
+    assert "OP_CSB" in log
     seg = tool("ctc_seg.py", str(res_dir), os.path.join(tiny_dataset, "02_GT"), dataset_root=tiny_dataset)
     assert f"SEG measure: {metrics['SEG']:.6f}" in seg.stdout
+    det = tool("ctc_det.py", str(res_dir), os.path.join(tiny_dataset, "02_GT"), "--op-csb", dataset_root=tiny_dataset)
+    assert f"DET measure: {metrics['DET']:.6f}" in det.stdout and f"OP_CSB measure: {metrics['OP_CSB']:.6f}" in det.stdout
+    # the CTC's Python reference reads the evaluator's folder as it is and agrees
+    reference = evaluate_sequence(str(res_dir), os.path.join(tiny_dataset, "02_GT"), ["Valid", "DET", "SEG"], threads=1)
+    assert reference["Valid"] == 1
+    for key in ("DET", "SEG", "OP_CSB"):
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-6)
+    assert 0 < metrics["DET"] < 1
 
 
 def test_predict_on_a_raw_stack_without_reference(trained, tiny_dataset, tmp_path):
@@ -99,7 +109,9 @@ def test_predict_on_a_raw_stack_without_reference(trained, tiny_dataset, tmp_pat
     tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
          os.path.join(tiny_dataset, "02"), "--output", str(tmp_path / "ctc"), *TINY_MODEL, "INPUT.NUM_SLICES", "3",
          "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), dataset_root=tiny_dataset)
-    assert sorted(os.listdir(tmp_path / "ctc")) == ["mask000.tif", "mask001.tif", "mask002.tif"]
+    assert sorted(os.listdir(tmp_path / "ctc")) == ["mask000.tif", "mask001.tif", "mask002.tif", "res_track.txt"]
+    reference = evaluate_sequence(str(tmp_path / "ctc"), os.path.join(tiny_dataset, "02_GT"), ["Valid", "DET"], threads=1)
+    assert reference["Valid"] == 1 and reference["DET"] > 0
 
 
 def test_visualize_writes_pictures(trained, tiny_dataset, tmp_path):

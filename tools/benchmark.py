@@ -20,7 +20,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from emr_d2.benchmark import BenchDataset, run_benchmark
-from emr_d2.cli import run_cli
+from emr_d2.cli import add_debug_argument, run_cli
 from emr_d2.data.catalog import datasets_root, register_ctc_dataset
 from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
     parser.add_argument("--results", default=None, help="folder of the results tables (default: --output)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     setup_logger(name="emr_d2")
     missing = [c for c in args.configs if not os.path.isfile(c)]

@@ -17,9 +17,10 @@ import emr_d2  # noqa: F401  (registers the models and datasets)
 from detectron2.utils.logger import setup_logger
 
 from emr_d2.calibration import calibrate_linking
-from emr_d2.cli import run_cli
+from emr_d2.cli import add_debug_argument, run_cli
 from emr_d2.data.catalog import check_datasets_registered
 from emr_d2.engine import setup_config
+from emr_d2.modeling.checkpoint import check_weights
 from emr_d2.predictor import VolumePredictor
 
 
@@ -28,12 +29,12 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", default=None, help="folder for linking.json (default: the weights' folder)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     setup_logger(name="emr_d2")
     # the configured linking, not an earlier calibration, is the baseline of the table
     cfg = setup_config(args.config_file, args.opts + ["TEST.CTC.USE_CALIBRATED_LINKING", "False"])
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("give the trained model as MODEL.WEIGHTS /path/to/model_final.pth")
+    check_weights(cfg.MODEL.WEIGHTS)
     check_datasets_registered(cfg.DATASETS.VAL)
     output = args.output or os.path.dirname(os.path.abspath(cfg.MODEL.WEIGHTS))
     os.makedirs(output, exist_ok=True)

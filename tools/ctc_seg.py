@@ -21,13 +21,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("res_dir")
     parser.add_argument("gt_dir")
-    parser.add_argument("--verbose", action="store_true", help="per-frame SEG and object counts")
+    parser.add_argument("--verbose", action="store_true", help="per-frame SEG and reference object counts")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     accumulator = seg_of_folders(args.res_dir, args.gt_dir)
     if args.verbose:
-        print(f"{'frame':>6} {'SEG':>9} {'objects':>8}")
+        print(f"{'frame':>6} {'SEG':>9} {'reference objects':>18}")
         for name, seg, count in accumulator.per_frame():
-            print(f"{name:>6} {seg:9.6f} {count:8d}")
+            print(f"{name:>6} {seg:9.6f} {count:18d}")
     summary = accumulator.summary()
     print(f"SEG measure: {summary['SEG']:.6f}")
     return 0

@@ -76,10 +76,11 @@ def main(argv=None) -> int:
                              os.path.join(pictures, "training_curves.png")], logs)
 
     print(f"\n=== emr_d2 demo finished in {(time.perf_counter() - start) / 60:.1f} min; held-out SIM-demo_02 ===")
-    print(f"{'config':<12} {'SEG':>6} {'SEG_2D':>7} {'volume AP':>10} {'precision':>10} {'recall':>7}")
+    print(f"{'config':<12} {'SEG':>6} {'DET':>6} {'OP_CSB':>7} {'SEG_2D':>7} {'volume AP':>10} {'precision':>10} "
+          f"{'recall':>7}")
     for name, m in metrics.items():
-        print(f"{name:<12} {m['SEG']:6.3f} {m['SEG_2D']:7.3f} {m['volume_AP']:10.1f} {m['precision']:10.3f} "
-              f"{m['recall']:7.3f}")
+        print(f"{name:<12} {m['SEG']:6.3f} {m['DET']:6.3f} {m['OP_CSB']:7.3f} {m['SEG_2D']:7.3f} {m['volume_AP']:10.1f} "
+              f"{m['precision']:10.3f} {m['recall']:7.3f}")
     print(f"\ndata:         {dataset}")
     for name in runs:
         out = os.path.join(args.output, name)

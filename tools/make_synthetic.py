@@ -12,7 +12,7 @@ import sys
 
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")  # no torch or detectron2 needed here
 
-from emr_d2.cli import run_cli  # noqa: E402
+from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset  # noqa: E402
 
 
@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="frames per sequence (default: the preset's)")
     parser.add_argument("--scale", type=float, default=None,
                         help="resolution relative to the preset's native voxel (default: the preset's)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     preset = write_synthetic_dataset(args.out, args.preset, seed=args.seed, frames=args.frames, scale=args.scale)
     print(f"Wrote {args.preset} dataset to {args.out}: volumes of {preset.shape} voxels "

@@ -1,44 +1,56 @@
 #!/usr/bin/env python
 """Segment new 3D stacks: one uint16 label TIFF per input volume, of the same shape.
 
-    python tools/predict.py --config-file configs/mlp_fusion.yaml --input stack.tif --output RES/ \\
-        MODEL.WEIGHTS output/model_final.pth
+    python tools/predict.py --config-file output/mlp_fusion/config.yaml --input stack.tif --output RES/ \\
+        MODEL.WEIGHTS output/mlp_fusion/model_final.pth
     python tools/predict.py --config-file ... --input Fluo-N3DH-SIM+/02 --output 02_RES/ MODEL.WEIGHTS ...
 
---input: a 3D TIFF, a folder of them, or a CTC sequence folder (then the outputs are named
-maskTTT.tif, as the CTC expects). --voxel-size Z Y X (micrometres) gives the data's voxel size;
-a CTC sequence takes its dataset's (voxel_size.json or a known CTC dataset) by default. Models
-with INPUT.SLICE_SPACING_UM need it. Trailing KEY VALUE pairs override the config.
+--input: a 3D TIFF, a folder of them, or a CTC sequence folder. Outputs are named by one rule: a
+CTC raw frame tTTT.tif gives maskTTT.tif (the CTC's result name; a folder of them also gets
+res_track.txt, so that the CTC's tools and tools/ctc_seg.py / ctc_det.py score it), any other
+name.tif gives name_labels.tif. Every input is checked before anything is written, the outputs
+appear in --output only when every volume succeeded, and a non-empty --output is refused unless
+--overwrite. --voxel-size Z Y X gives the data's voxel size; otherwise the dataset's
+(voxel_size.json beside or above the input, or a known CTC dataset). Models with
+INPUT.SLICE_SPACING_UM or INPUT.PIXEL_SIZE_UM need one. Trailing KEY VALUE pairs override the
+config; MODEL.WEIGHTS is required (--random-weights runs an untrained model).
 """
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
-import os
 import sys
 
 import emr_d2  # noqa: F401  (registers the models)
 from detectron2.utils.logger import setup_logger
 
-from emr_d2.cli import run_cli
-from emr_d2.data.catalog import voxel_size
+from emr_d2.cli import add_debug_argument, add_voxel_size_argument, check_new_output_folder, run_cli, staged_output
+from emr_d2.data.catalog import dataset_voxel_size
 from emr_d2.engine import setup_config
+from emr_d2.modeling.checkpoint import check_weights
 from emr_d2.predictor import VolumePredictor, plan_outputs, predict_files
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--config-file", required=True,
+                        help="the model's config (the config.yaml saved beside its weights)")
     parser.add_argument("--input", required=True, help="3D TIFF, folder of TIFFs, or CTC sequence folder")
     parser.add_argument("--output", required=True, help="folder for the label TIFFs")
-    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), default=None,
-                        help="voxel size of the input in micrometres")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    add_voxel_size_argument(parser, "voxel size of the input")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing non-empty --output, replacing files of the same name")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="predict with an untrained model (no MODEL.WEIGHTS): for testing only")
+    add_debug_argument(parser)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
+    args = parser.parse_intermixed_args(argv)  # flags may follow the KEY VALUE pairs too
     setup_logger(name="emr_d2")
     cfg = setup_config(args.config_file, args.opts)
+    check_weights(cfg.MODEL.WEIGHTS, args.random_weights)
     pairs = plan_outputs(args.input, args.output)
-    os.makedirs(args.output, exist_ok=True)  # an unwritable output fails before any work
-    voxel = args.voxel_size or voxel_size(os.path.dirname(os.path.abspath(args.input.rstrip("/"))))
-    predict_files(VolumePredictor(cfg), pairs, voxel)
+    check_new_output_folder(args.output, args.overwrite)
+    voxel = args.voxel_size or dataset_voxel_size(args.input)
+    with staged_output(args.output) as stage:
+        predict_files(VolumePredictor(cfg), plan_outputs(args.input, stage), voxel)
     print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
     return 0
 

@@ -5,35 +5,39 @@
     python tools/train_net.py --config-file configs/mlp_fusion.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file configs/mlp_fusion.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 32
 
-Errors are reported in one line; add --debug for the Python traceback.
+--config-file is required (for trained weights: the config.yaml saved beside them). Errors are
+reported in one line; add --debug for the Python traceback.
 """
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import sys
 
 import emr_d2  # noqa: F401  (registers models and datasets)
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from emr_d2.calibration import apply_calibrated_linking
-from emr_d2.cli import run_cli
+from emr_d2.cli import add_debug_argument, run_cli
 from emr_d2.data.catalog import check_datasets_registered
 from emr_d2.engine import Trainer, setup_config
 from emr_d2.modeling import SliceStackCheckpointer
+from emr_d2.modeling.checkpoint import check_weights
 
 
 def worker(args):
     cfg = setup_config(args.config_file, args.opts, freeze=False, calibrated_linking=False)
     check_datasets_registered([*([] if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL]),
                                *cfg.DATASETS.TEST])
+    if args.eval_only:  # weights that do not fit fail before the environment and config are logged
+        model = build_model(cfg)
+        SliceStackCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="emr_d2")
     apply_calibrated_linking(cfg, args.opts)  # after the logger (it says which linking.json it applies)
     default_setup(cfg, args)  # and before the config is written to OUTPUT_DIR/config.yaml
     cfg.freeze()
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        SliceStackCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -41,8 +45,15 @@ def worker(args):
 
 
 def main(argv) -> int:
-    args = default_argument_parser().parse_args(argv)
-    setup_config(args.config_file, args.opts)  # config errors before any process is started
+    parser = default_argument_parser()
+    add_debug_argument(parser)
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        raise ValueError("no --config-file given: name the model's config (for trained weights, the config.yaml "
+                         "saved beside them)")
+    cfg = setup_config(args.config_file, args.opts)  # config errors before any process is started
+    if args.eval_only and not args.resume:
+        check_weights(cfg.MODEL.WEIGHTS)
     launch(worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     return 0

@@ -15,7 +15,9 @@ import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .ctc import find_sequences, gt_folder
+from ..cli import one_line
+from .ctc import CTCFormatError, find_sequences, gt_folder
+from .window import check_voxel_size
 from .slices import load_sequence_records, split_frames
 
 logger = logging.getLogger(__name__)
@@ -47,9 +49,23 @@ def voxel_size(root: str) -> tuple[float, float, float] | None:
     published size of a known CTC dataset, else None."""
     path = os.path.join(root, VOXEL_SIZE_FILE)
     if os.path.isfile(path):
-        with open(path) as f:
-            return tuple(json.load(f)["zyx_um"])
+        try:
+            with open(path) as f:
+                size = tuple(float(v) for v in json.load(f)["zyx_um"])
+            check_voxel_size(size, path)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CTCFormatError(f"{path}: expected {{\"zyx_um\": [z, y, x]}} with three positive numbers "
+                                 f"in micrometres ({one_line(e)})") from e
+        return size
     return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
+
+
+def dataset_voxel_size(path: str) -> tuple[float, float, float] | None:
+    """The voxel size of the dataset an input belongs to: a raw frame ``<dataset>/<seq>/tTTT.tif``,
+    a sequence folder, a folder of stacks or a stack in it (the folder's, else its parent's
+    voxel_size.json or known CTC name); None if unknown."""
+    folder = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    return voxel_size(folder) or voxel_size(os.path.dirname(folder))
 
 
 def record_voxel_size(record: dict) -> tuple[float, float, float] | None:

@@ -5,7 +5,10 @@ A CTC dataset folder holds, for every sequence ``<seq>`` (``01``, ``02``, ...):
 - ``<seq>/tTTT.tif``: raw 3D frames (ZYX; 3 or 4 digits),
 - ``<seq>_GT/SEG/man_segTTT.tif``: full 3D reference labels, or
   ``<seq>_GT/SEG/man_seg_TTT_ZZZ.tif``: reference labels of single slices,
-- ``<seq>_RES/maskTTT.tif``: results (uint16 labels, same shape as the raw frame).
+- ``<seq>_GT/TRA/man_trackTTT.tif``: tracking markers (3D labels; DET is scored on them),
+- ``<seq>_RES/maskTTT.tif``: results (uint16 labels, same shape as the raw frame), and
+  ``<seq>_RES/res_track.txt``: one line ``L B E P`` per track (label, first and last frame,
+  parent label or 0), as the CTC's tools require.
 
 Torch-free on purpose: command-line tools such as ``tools/ctc_seg.py`` import it.
 """
@@ -24,6 +27,8 @@ RAW_PATTERN = re.compile(r"^t(\d{3,4})\.tif$")
 GT_3D_PATTERN = re.compile(r"^man_seg(\d{3,4})\.tif$")
 GT_SLICE_PATTERN = re.compile(r"^man_seg_(\d{3,4})_(\d{3,4})\.tif$")
 RES_PATTERN = re.compile(r"^mask(\d{3,4})\.tif$")
+TRA_PATTERN = re.compile(r"^man_track(\d{3,4})\.tif$")
+RES_TRACK_FILE = "res_track.txt"
 SEQUENCE_PATTERN = re.compile(r"^\d{2,}$")
 
 MAX_LABEL = np.iinfo(np.uint16).max
@@ -79,6 +84,11 @@ def list_results(res_dir: str) -> dict[int, str]:
     return _frames_by_pattern(res_dir, RES_PATTERN)
 
 
+def list_markers(tra_dir: str) -> dict[int, str]:
+    """Tracking markers of a ``<seq>_GT/TRA`` folder: {frame number: path of man_trackTTT.tif}."""
+    return _frames_by_pattern(tra_dir, TRA_PATTERN)
+
+
 def list_gt(seg_dir: str) -> dict[int, GTFrame]:
     """Reference frames of a ``<seq>_GT/SEG`` folder, 3D files and slice files alike."""
     frames: dict[int, GTFrame] = {}
@@ -105,6 +115,11 @@ def list_gt(seg_dir: str) -> dict[int, GTFrame]:
 def gt_folder(root: str, seq: str) -> str:
     """The ``<seq>_GT/SEG`` folder of a sequence."""
     return os.path.join(root, f"{seq}_GT", "SEG")
+
+
+def marker_folder(root: str, seq: str) -> str:
+    """The ``<seq>_GT/TRA`` folder of a sequence."""
+    return os.path.join(root, f"{seq}_GT", "TRA")
 
 
 def _open_tiff(path: str, memmap: bool) -> np.ndarray:
@@ -157,8 +172,10 @@ def read_label_volume(path: str, memmap: bool = True) -> np.ndarray:
     return data
 
 
-def read_gt_frame(gt: GTFrame, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[int] | None]:
-    """Reference labels of one frame as a (Z, Y, X) volume of the raw frame's shape.
+def read_gt_frame(gt: GTFrame, shape: tuple[int, int, int], shape_of: str = "the raw frame's",
+                  shape_file: str = "") -> tuple[np.ndarray, list[int] | None]:
+    """Reference labels of one frame as a (Z, Y, X) volume of the given shape (that of the raw
+    frame; errors name it ``shape_of``, and ``shape_file`` if given).
 
     Returns (labels, annotated_slices): annotated_slices is None for a full 3D reference,
     else the sorted z indices that have a reference (other slices are zero and must not be
@@ -168,8 +185,8 @@ def read_gt_frame(gt: GTFrame, shape: tuple[int, int, int]) -> tuple[np.ndarray,
         labels = _squeeze_to_3d(read_label_volume(gt.volume_path), gt.volume_path)
         if labels.shape != tuple(shape):
             raise CTCFormatError(
-                f"{gt.volume_path}: reference shape {labels.shape} differs from the raw frame's "
-                f"{tuple(shape)}"
+                f"{gt.volume_path}: reference shape {labels.shape} differs from {shape_of} "
+                f"{tuple(shape)}" + (f" ({shape_file})" if shape_file else "")
             )
         return np.asarray(labels), None
     labels = None
@@ -177,8 +194,8 @@ def read_gt_frame(gt: GTFrame, shape: tuple[int, int, int]) -> tuple[np.ndarray,
         plane = read_label_volume(path)
         if plane.ndim != 2 or plane.shape != tuple(shape[1:]):
             raise CTCFormatError(
-                f"{path}: reference slice shape {plane.shape} differs from the raw frame's "
-                f"{tuple(shape[1:])}"
+                f"{path}: reference slice shape {plane.shape} differs from {shape_of} "
+                f"{tuple(shape[1:])}" + (f" ({shape_file})" if shape_file else "")
             )
         if not 0 <= z < shape[0]:
             raise CTCFormatError(f"{path}: slice {z} outside a volume of {shape[0]} slices")
@@ -194,3 +211,31 @@ def write_label_volume(path: str, labels: np.ndarray) -> None:
         raise CTCFormatError(f"{path}: {int(labels.max())} objects do not fit a uint16 label image")
     data = labels.astype(np.uint16, copy=False)
     atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))
+
+
+def write_result_tracks(res_dir: str) -> int:
+    """Make a result folder a valid CTC result: every object a track of its own frame, so that its
+    label is unique over the sequence, and ``res_track.txt`` listing them (``L t t 0``).
+
+    Frames are read in frame order; a frame whose labels collide with an earlier frame's is
+    relabelled past them (atomically rewritten), keeping its objects' order. Returns the number
+    of tracks. Raises CTCFormatError naming the folder when they do not fit uint16 labels.
+    """
+    tracks, used = [], 0
+    for frame, path in sorted(list_results(res_dir).items()):
+        labels = read_label_volume(path)
+        ids = np.unique(labels)
+        ids = ids[ids > 0]
+        if ids.size and int(ids[0]) <= used:
+            if used + ids.size > MAX_LABEL:
+                raise CTCFormatError(f"{res_dir}: more than {MAX_LABEL} objects over the sequence do not "
+                                     "fit uint16 labels unique over the sequence")
+            lookup = np.zeros(int(ids[-1]) + 1, np.uint16)
+            lookup[ids] = np.arange(used + 1, used + 1 + ids.size)
+            write_label_volume(path, lookup[labels])
+            ids = lookup[ids]
+        tracks += [(int(label), frame) for label in ids]
+        used = max(used, int(ids[-1])) if ids.size else used
+    atomic_write(os.path.join(res_dir, RES_TRACK_FILE),
+                 lambda f: f.writelines(f"{label} {frame} {frame} 0\n" for label, frame in tracks), "w")
+    return len(tracks)

@@ -21,7 +21,8 @@ from detectron2.structures import BoxMode
 from tqdm import tqdm
 
 from ..atomic import atomic_write
-from .ctc import MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt, read_gt_frame, read_raw_volume
+from .ctc import (MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt, list_markers, marker_folder,
+                  read_gt_frame, read_label_volume, read_raw_volume)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,24 @@ def read_record_reference(record: dict) -> tuple[np.ndarray, list[int] | None]:
     if record.get("gt_file"):
         return read_gt_frame(GTFrame(record["frame"], volume_path=record["gt_file"]), shape)
     return read_gt_frame(_reference_frames(record["dataset_root"], record["sequence"])[record["frame"]], shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _marker_frames(dataset_root: str, sequence: str) -> dict[int, str]:
+    return list_markers(marker_folder(dataset_root, sequence))
+
+
+def read_record_markers(record: dict) -> np.ndarray | None:
+    """(Z, H, W) tracking markers (``<seq>_GT/TRA/man_trackTTT.tif``) of a slice record's frame,
+    or None when the frame has no marker file."""
+    path = _marker_frames(record["dataset_root"], record["sequence"]).get(record["frame"])
+    if path is None:
+        return None
+    markers = read_label_volume(path)
+    shape = (record["depth"], record["height"], record["width"])
+    if markers.shape != shape:
+        raise CTCFormatError(f"{path}: marker shape {markers.shape} differs from the raw frame's {shape}")
+    return np.asarray(markers)
 
 
 def build_volume_records(root: str, seq: str, frame: int, raw_path: str, gt: GTFrame) -> list[dict]:

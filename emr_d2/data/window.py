@@ -81,6 +81,7 @@ class SliceWindow:
 
     def offsets_for(self, voxel_um: tuple | None, source: str = "the volume") -> np.ndarray:
         """slice_offsets for a volume of (Z, Y, X) voxel size voxel_um (None: unknown)."""
+        check_voxel_size(voxel_um, source)
         return self.slice_offsets(voxel_um[0] if voxel_um else None, source)
 
     def indices(self, z: int, depth: int, offsets: np.ndarray) -> np.ndarray:
@@ -114,9 +115,17 @@ def normalised_slices(volume: np.ndarray, indices, low: float, high: float) -> n
     return out
 
 
+def check_voxel_size(voxel_um: tuple | None, source: str = "the volume") -> None:
+    """A (Z, Y, X) voxel size is three finite positive numbers (None: unknown)."""
+    if voxel_um is not None and (len(voxel_um) != 3 or not all(0 < float(v) < float("inf") for v in voxel_um)):
+        raise ValueError(f"the voxel size of {source} must be three positive numbers Z Y X in micrometres, "
+                         f"got {tuple(voxel_um)}")
+
+
 def pixel_scale(target_um: float, voxel_um: tuple | None, source: str = "the volume") -> float:
     """Factor that resizes slices of a volume with (Z, Y, X) voxel size voxel_um to the in-plane
     pixel size target_um (INPUT.PIXEL_SIZE_UM; 0: native pixels, factor 1)."""
+    check_voxel_size(voxel_um, source)
     if not target_um:
         return 1.0
     if not voxel_um:

@@ -176,5 +176,5 @@ def _annotated_records(names, filter_empty: bool) -> list[dict]:
     return [r for r in get_detection_dataset_dicts(names, filter_empty=filter_empty) if r.get("annotated", True)]
 
 
-CTC_TABLE_KEYS = ("SEG", "SEG_2D", "SEG_poles", "SEG_core", "SEG_oracle_link", "splits", "merges",
-                  "volume_AP", "precision", "recall", "count_error")
+CTC_TABLE_KEYS = ("SEG", "DET", "OP_CSB", "SEG_2D", "SEG_poles", "SEG_core", "SEG_oracle_link", "splits",
+                  "merges", "volume_AP", "precision", "recall", "count_error")

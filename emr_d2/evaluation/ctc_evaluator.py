@@ -16,10 +16,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..atomic import atomic_write
-from ..data.ctc import write_label_volume
-from ..data.slices import read_record_reference
+from ..data.ctc import write_label_volume, write_result_tracks
+from ..data.slices import read_record_markers, read_record_reference
 from ..linking import (instances_to_numpy, link_options_from_config, link_slices, link_with_reference,
                        paste_volume)
+from .det import DETAccumulator, op_csb
 from .seg import SEGAccumulator
 
 logger = logging.getLogger(__name__)
@@ -89,15 +90,17 @@ def volume_average_precision(volumes: list[dict]) -> dict:
 
 class CTCEvaluator(DatasetEvaluator):
     """Restacks per-slice predictions into volumes, links them across z, writes
-    ``<output_dir>/<seq>_RES/maskTTT.tif`` and scores them with the CTC SEG measure.
+    ``<output_dir>/<seq>_RES/maskTTT.tif`` (and, once all are in, ``res_track.txt``, which makes
+    the folder a CTC result that the CTC's tools accept) and scores them with the CTC SEG measure,
+    and with DET and OP_CSB where the frames have tracking markers (``<seq>_GT/TRA``).
 
     Inputs to :meth:`process` are slice records (volume_id, z, depth, ...); outputs carry
     ``instances`` at the record's native size and, for neighbour-mask models, ``slice_offsets``
     (the window's offsets). A volume is linked, written and scored on the process that predicted
     its last slice, as soon as all its slices are in; only per-volume scores are gathered (DDP).
     :meth:`evaluate` returns ``{"ctc": {SEG, SEG_2D, SEG_poles, SEG_core, splits, merges,
-    SEG_oracle_link, volume_AP, precision, recall, count_error, ...}}`` and writes the same to
-    ``<output_dir>/ctc_metrics.json``. ``SEG_oracle_link`` is the SEG of the same per-slice masks
+    SEG_oracle_link, DET, OP_CSB, volume_AP, precision, recall, count_error, ...}}`` and writes
+    the same to ``<output_dir>/ctc_metrics.json``. ``SEG_oracle_link`` is the SEG of the same per-slice masks
     linked with the reference identities (:func:`link_with_reference`): ``SEG_oracle_link - SEG``
     is what linking loses, ``1 - SEG_oracle_link`` what the masks lose.
     """
@@ -113,8 +116,9 @@ class CTCEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._open: dict[str, dict[int, tuple]] = defaultdict(dict)  # volume -> z -> predictions
-        self._seg, self._oracle = SEGAccumulator(), SEGAccumulator()
+        self._seg, self._oracle, self._det = SEGAccumulator(), SEGAccumulator(), DETAccumulator()
         self._objects: list[tuple[str, dict]] = []  # (volume id, volume_objects)
+        self._res_dirs: set[str] = set()
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for record, output in zip(inputs, outputs):
@@ -132,9 +136,13 @@ class CTCEvaluator(DatasetEvaluator):
         if self.write_res and self.output_dir:
             res_dir = os.path.join(self.output_dir, f"{record['sequence']}_RES")
             write_label_volume(os.path.join(res_dir, res_file_name(record["file_name"])), linked.labels)
+            self._res_dirs.add(res_dir)
         gt, annotated = read_record_reference(record)
         volume_id = record["volume_id"]
         self._seg.add(volume_id, gt, linked.labels, annotated)
+        markers = read_record_markers(record)
+        if markers is not None:
+            self._det.add(volume_id, markers, linked.labels)
         self._oracle.add(volume_id, gt, link_with_reference(regions.maps, gt), annotated)
         self._objects.append((volume_id, volume_objects(gt, linked.labels, linked.scores)))
 
@@ -142,25 +150,32 @@ class CTCEvaluator(DatasetEvaluator):
         if self._open:
             volume_id, slices = next(iter(self._open.items()))
             raise RuntimeError(f"{volume_id}: only {len(slices)} slices were predicted")
-        parts = [(self._seg, self._oracle, self._objects)]
+        parts = [(self._seg, self._oracle, self._det, self._objects, self._res_dirs)]
         if self.distributed:
             comm.synchronize()
             parts = comm.gather(parts[0], dst=0)
             if not comm.is_main_process():
                 return None
-        seg, oracle, objects = SEGAccumulator(), SEGAccumulator(), []
-        for part_seg, part_oracle, part_objects in parts:
+        seg, oracle, det, objects, res_dirs = SEGAccumulator(), SEGAccumulator(), DETAccumulator(), [], set()
+        for part_seg, part_oracle, part_det, part_objects, part_res_dirs in parts:
             seg.merge(part_seg)
             oracle.merge(part_oracle)
+            det.merge(part_det)
             objects += part_objects
+            res_dirs |= part_res_dirs
         if not objects:
             logger.warning(f"CTCEvaluator on {self.dataset_name}: no volume was predicted")
             return {"ctc": {}}
+        for res_dir in sorted(res_dirs):  # every rank has written its frames (synchronize above)
+            write_result_tracks(res_dir)
         seg.warn_empty_references(self.dataset_name)
         volume_ap = volume_average_precision([o for _, o in sorted(objects, key=lambda item: item[0])])
         results = dict(seg.summary(), SEG_oracle_link=oracle.summary()["SEG"],
                        volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
                        volume_AP75=volume_ap["AP75"], num_volumes=len(objects))
+        if det.markers:
+            results.update(det.summary())
+            results["OP_CSB"] = op_csb(results["SEG"], results["DET"])
         if self.output_dir:
             write_json(os.path.join(self.output_dir, "ctc_metrics.json"), results)
         return {"ctc": results}

@@ -137,20 +137,21 @@ class Contingency:
         return cls(g_ids[gt_keys % len(g_ids)], r_ids[res_keys % len(r_ids)], gt_sizes, res_sizes,
                    pair_gt, pair_res, overlap, gt_keys // max(len(g_ids), 1))
 
-    def _matched_pairs(self) -> np.ndarray:
-        """(P,) bool: the pair satisfies |R & S| > 0.5 |R| (at most one pair per reference)."""
+    def matched_pairs(self) -> np.ndarray:
+        """(P,) bool: the pair satisfies |R & S| > 0.5 |R| (at most one pair per reference; the
+        CTC's matching rule of SEG and of DET, whose reference objects are the TRA markers)."""
         return 2 * self.pair_overlap > self.gt_sizes[self.pair_gt]
 
     def ctc_match(self) -> np.ndarray:
         """(G,) index of the result object matched to each reference object, -1 if none."""
         match = np.full(len(self.gt_ids), -1)
-        matched = self._matched_pairs()
+        matched = self.matched_pairs()
         match[self.pair_gt[matched]] = self.pair_res[matched]
         return match
 
     def matched_jaccard(self) -> np.ndarray:
         """(G,) Jaccard index of each reference object with its matched result object, 0 if none."""
-        matched = self._matched_pairs()
+        matched = self.matched_pairs()
         gt, res, overlap = self.pair_gt[matched], self.pair_res[matched], self.pair_overlap[matched]
         scores = np.zeros(len(self.gt_ids))
         scores[gt] = overlap / (self.gt_sizes[gt] + self.res_sizes[res] - overlap)

@@ -27,6 +27,20 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose parameters do not fit the model built from the config."""
 
 
+def check_weights(weights: str, random_weights: bool = False) -> None:
+    """MODEL.WEIGHTS of a tool that applies a trained model: a file, unless an untrained model is
+    asked for (``--random-weights``), which then must not name weights."""
+    if random_weights:
+        if weights:
+            raise ValueError(f"--random-weights and MODEL.WEIGHTS {weights} contradict each other; give one")
+        return
+    if not weights:
+        raise ValueError("MODEL.WEIGHTS is empty: give the trained model (MODEL.WEIGHTS DIR/model_final.pth), "
+                         "or --random-weights to run an untrained model")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights}: no such checkpoint file (MODEL.WEIGHTS)")
+
+
 class SliceStackCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that adapts 1- or 3-channel stems to the model's input channels
     (channel fusion: N; shared per-slice backbones: 1) instead of dropping them, and that writes
@@ -62,12 +76,17 @@ class SliceStackCheckpointer(DetectionCheckpointer):
                         "channels (mean over channels, repeated and rescaled)"
                     )
         incompatible = super()._load_model(checkpoint)
-        if self.strict and (incompatible.missing_keys or incompatible.incorrect_shapes):
-            problems = [f"{k}: {a} in the checkpoint, {b} in the model" for k, a, b in incompatible.incorrect_shapes]
-            problems += [f"{k} missing" for k in incompatible.missing_keys]
+        if self.strict and (incompatible.missing_keys or incompatible.incorrect_shapes
+                            or incompatible.unexpected_keys):
+            problems = [f"{k}: shape {tuple(a)} in the checkpoint, {tuple(b)} in the model"
+                        for k, a, b in incompatible.incorrect_shapes]
+            problems += [f"{k}: in the model, missing in the checkpoint" for k in incompatible.missing_keys]
+            problems += [f"{k}: in the checkpoint, not in the model" for k in incompatible.unexpected_keys]
+            saved = os.path.join(os.path.dirname(os.path.abspath(self._path)), "config.yaml")
+            hint = f"; its training config is {saved}: pass it as --config-file" if os.path.isfile(saved) else ""
             raise CheckpointMismatchError(
-                f"{self._path}: does not match the config "
-                f"({len(problems)} problems, e.g. {'; '.join(problems[:2])})")
+                f"{self._path}: does not match the config's model ({len(problems)} problems, e.g. "
+                f"{'; '.join(problems[:2])}){hint}")
         return incompatible
 
     def save(self, name: str, **kwargs) -> None:
