@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -123,17 +124,22 @@ def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
     return fig
 
 
-def fusion_title(module_name: str, class_name: str) -> str:
-    """The README's words for a fusion module of a model: which fusion, where it fuses."""
+def fusion_place(module_name: str) -> tuple[str, str]:
+    """(family, where) of a fusion module of a model, in the README's words."""
     parts = module_name.split(".")
     if "modules_by_level" in parts:
         level = parts[parts.index("modules_by_level") + 1]
-        where = "every fused FPN level (one module)" if level == "shared" else f"FPN level {level}"
-        return f"early fusion: {class_name}\nat {where}"
+        return "early fusion", "at every fused FPN level (one module)" if level == "shared" else f"at FPN level {level}"
     if "roi_heads" in parts:
         head = "mask" if "mask_pooler" in parts else "box" if "box_pooler" in parts else parts[-1]
-        return f"late fusion: {class_name}\nof the {head} head's ROI features"
-    return f"{class_name}\n({module_name})"
+        return "late fusion", f"of the {head} head's ROI features"
+    return "fusion", f"in {module_name}"
+
+
+def fusion_title(module_name: str, class_name: str) -> str:
+    """Which fusion a module is and where it fuses, for a plot title."""
+    family, where = fusion_place(module_name)
+    return f"{family}: {class_name}\n{where}"
 
 
 EDGE_NOTE = ("interior: windows whose slices all lie inside the volume; edge: windows near the first or last "
@@ -178,9 +184,10 @@ def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path,
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(shown, ax=ax, fraction=0.046)
-    fig.suptitle("which slices the model relies on: " + EDGE_NOTE, fontsize=8)
+    note = textwrap.fill("which slices the model relies on; " + EDGE_NOTE, width=int(fig.get_figwidth() * 15))
+    fig.suptitle(note, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    fig.savefig(path, dpi=100, format="png", bbox_inches="tight")
     return fig
 
 
@@ -225,11 +232,14 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
     losses = sorted({k for r in rows for k in r if k.startswith("loss_") or k == "total_loss"})
     extras = [k for k in ("ctc/SEG", "ctc/DET", "ctc/SEG_2D", "validation_loss") if any(k in r for r in rows)]
     fusion = sorted({k for r in rows for k in r if k.startswith("fusion/")})
+    modules = {k.rsplit("/", 1)[0] for k in fusion}
+    labels = {k: (f"{' '.join(fusion_place(k[len('fusion/'):].rsplit('/', 1)[0]))}, " if len(modules) > 1 else "")
+              + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
     panels = [(losses, "training losses", "loss (log scale)")]
     if extras:
-        panels.append((extras, "evaluation", "value"))
+        panels.append((extras, "evaluation", "score or loss"))
     if fusion:
-        panels.append((fusion, "mean slice weight per window position", "weight"))
+        panels.append((fusion, "mean slice weight per window position", "weight (sums to 1)"))
     fig, axes = _subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     iterations = [r["iteration"] for r in rows]
     for ax, (keys, title, ylabel) in zip(axes.flat, panels):
@@ -237,7 +247,7 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
         for key in keys:
             points = [(r["iteration"], r[key]) for r in rows if key in r]
             values += [v for _, v in points]
-            label = key.replace("fusion/backbone.", "")
+            label = labels.get(key, key)
             if len(points) == 1:
                 ax.plot(*points[0], "o", label=f"{label} = {points[0][1]:.3f}")
                 ax.annotate(f"{points[0][1]:.3f}", points[0], textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -246,8 +256,9 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
         log = ylabel.startswith("loss") and values and min(values) > 0
         if log:
             ax.set_yscale("log")
-        if values:
             ax.set_ylim(*_padded_limits(values, log))
+        elif values:  # scores and weights from zero, so that small differences look small
+            ax.set_ylim(min(0.0, *values), _padded_limits(values)[1])
         ax.set_xlim(*_padded_limits([0, *iterations]))
         ax.set_xlabel("iteration")
         ax.set_ylabel(ylabel)
