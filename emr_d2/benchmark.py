@@ -58,11 +58,13 @@ def config_name(path: str) -> str:
 
 
 def linking_label(choice: dict) -> str:
-    """A short name of a calibrated linking: ``overlap 0.8 lb1 min2`` (``connected min2``)."""
+    """A short name of a calibrated linking: ``overlap 0.8 lb1 min2`` (``connected min2``), with
+    ``split0.25`` when it splits objects at necks of that depth."""
+    split = f" split{choice['SPLIT_DEPTH']:g}" if choice.get("SPLIT_DEPTH") else ""
     if choice["LINKING"] == "connected":
-        return f"connected min{choice['MIN_SLICES']}"
+        return f"connected min{choice['MIN_SLICES']}{split}"
     return (f"{choice['LINKING']} {choice['LINK_THRESHOLD']:g} lb{choice['LOOK_BACK']} "
-            f"min{choice['MIN_SLICES']}")
+            f"min{choice['MIN_SLICES']}{split}")
 
 
 def claim(run_dir: str) -> bool:

@@ -1,7 +1,8 @@
 """Linking calibration: choose the z-linker and its settings on validation volumes, never the test.
 
 The validation volumes are predicted once; their per-slice masks are relinked for every point of
-a grid (linker x threshold x look-back x minimum slices) and scored with SEG; the best point wins.
+a grid (linker x threshold x look-back x minimum slices x split depth) and scored with SEG; the
+best point wins.
 The choice and the whole table are written to ``linking.json``, which :func:`apply_calibrated_linking`
 applies to a config whose MODEL.WEIGHTS lie in the same folder.
 """
@@ -46,16 +47,17 @@ class PastedVolume:
 
 def linking_grid(cfg) -> list[dict]:
     """link_slices options of every grid point of TEST.CTC.CALIBRATION. ``connected`` ignores
-    threshold and look-back, so it enters once per minimum length."""
+    threshold and look-back, so it enters once per minimum length and split depth."""
     grid = cfg.TEST.CTC.CALIBRATION
     points = []
-    for strategy, min_slices in itertools.product(grid.LINKERS, grid.MIN_SLICES):
+    for strategy, min_slices, depth in itertools.product(grid.LINKERS, grid.MIN_SLICES, grid.SPLIT_DEPTHS):
         if strategy == "connected":
-            points.append(dict(strategy=strategy, threshold=0.0, look_back=0, min_slices=min_slices))
+            points.append(dict(strategy=strategy, threshold=0.0, look_back=0, min_slices=min_slices,
+                               split_depth=float(depth)))
             continue
         for threshold, look_back in itertools.product(grid.THRESHOLDS, grid.LOOK_BACKS):
             points.append(dict(strategy=strategy, threshold=float(threshold), look_back=int(look_back),
-                               min_slices=int(min_slices)))
+                               min_slices=int(min_slices), split_depth=float(depth)))
     return points
 
 
@@ -93,7 +95,7 @@ def choose_linking(volumes: list[PastedVolume], grid: list[dict], fill_gaps: boo
              for options in tqdm(grid, desc="calibration: relinking", unit="setting",
                                  disable=not comm.is_main_process())]
     best = max(range(len(table)), key=lambda i: (table[i]["SEG"], -i))
-    return {k: table[best][k] for k in CALIBRATED_KEYS}, table
+    return {k: table[best][k] for k in CALIBRATED_KEYS if k in table[best]}, table
 
 
 def calibrate_linking(cfg, model: torch.nn.Module, output_dir: str) -> dict:

@@ -144,6 +144,10 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.CTC.FILL_GAPS = True
     # Objects present in fewer slices than this are dropped.
     _c.TEST.CTC.MIN_SLICES = 2
+    # Split a linked object where its area along z has an interior minimum at least this fraction
+    # below its largest area on both sides (nuclei are convex: such a neck is the cap of one
+    # nucleus linked to the next); 0 turns it off.
+    _c.TEST.CTC.SPLIT_DEPTH = 0.0
     # Per-slice instances below this score are dropped before linking.
     _c.TEST.CTC.SCORE_THRESHOLD = 0.5
     # Write <seq>_RES/maskTTT.tif for every evaluated frame.
@@ -168,6 +172,7 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.CTC.CALIBRATION.THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     _c.TEST.CTC.CALIBRATION.LOOK_BACKS = [0, 1, 2]
     _c.TEST.CTC.CALIBRATION.MIN_SLICES = [1, 2, 3]
+    _c.TEST.CTC.CALIBRATION.SPLIT_DEPTHS = [0.0]
 
     # ---------------------------------------------------------------- training engine
     # Mixed precision (with detectron2's SOLVER.AMP.ENABLED): "auto" (bfloat16 on the CPU and on
@@ -251,6 +256,11 @@ def check_config(cfg: CN) -> None:
             cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and n > 1):
         raise ValueError("TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and "
                          "INPUT.NUM_SLICES > 1")
+    depths = [("TEST.CTC.SPLIT_DEPTH", cfg.TEST.CTC.SPLIT_DEPTH)]
+    depths += [("TEST.CTC.CALIBRATION.SPLIT_DEPTHS", d) for d in cfg.TEST.CTC.CALIBRATION.SPLIT_DEPTHS]
+    for key, depth in depths:
+        if not 0 <= depth < 1:
+            raise ValueError(f"{key}: {depth} must be a fraction in [0, 1) (0: no split)")
     if cfg.TEST.CTC.CALIBRATE_LINKING and not cfg.DATASETS.VAL:
         raise ValueError("TEST.CTC.CALIBRATE_LINKING: True needs validation data in DATASETS.VAL")
     _choice("TEST.BEST_METRIC_MODE", cfg.TEST.BEST_METRIC_MODE, ("max", "min"))

@@ -5,7 +5,10 @@
 2. The 2D regions are linked across z into 3D objects by one of the strategies in LINKERS:
    by the overlap of the regions themselves, or (``predicted``) by the overlap of each region's
    predicted masks in the neighbour slices (the neighbour-mask head) with the regions there.
-3. Objects shorter than ``min_slices`` are dropped and the rest relabelled 1..K.
+3. Optionally (``split_depth``), a linked object is split where its area along z has a clear
+   interior minimum: nuclei are convex, so an area that falls and rises again is the cap of one
+   nucleus linked to the cap of the next (:func:`split_at_necks`).
+4. Objects shorter than ``min_slices`` are dropped and the rest relabelled 1..K.
 """
 from __future__ import annotations
 
@@ -144,6 +147,39 @@ def _link_regions(regions: SliceRegions, strategy: str, threshold: float,
     return tracks
 
 
+def _neck(areas: np.ndarray, depth: float) -> int | None:
+    """Index of the deepest interior minimum of an (n,) area profile that lies at least
+    ``depth`` (a fraction) below the largest area on each of its sides; None if none does."""
+    if len(areas) < 3:
+        return None
+    left = np.maximum.accumulate(areas)[:-2]  # largest area before each interior index
+    right = np.maximum.accumulate(areas[::-1])[::-1][2:]  # and after it
+    ratio = areas[1:-1] / np.maximum(np.minimum(left, right), 1)
+    neck = int(np.argmin(ratio))
+    return neck + 1 if ratio[neck] <= 1 - depth else None
+
+
+def split_at_necks(track: list[tuple[int, int]], slice_maps: np.ndarray, depth: float) -> list[list]:
+    """Split a track of (z, region) pairs at every clear interior minimum of its area along z
+    (at least ``depth`` below the largest area on both sides), deepest first. The neck slice
+    stays with the side whose neighbouring slice it overlaps more (intersection over the smaller
+    area), so that a cap joins its own nucleus."""
+    slices = sorted({z for z, _ in track})
+    masks = {z: np.isin(slice_maps[z], [r for zt, r in track if zt == z]) for z in slices}
+    neck = _neck(np.array([np.count_nonzero(masks[z]) for z in slices], dtype=np.float64), depth)
+    if neck is None:
+        return [track]
+
+    def overlap(a: np.ndarray, b: np.ndarray) -> float:
+        return np.count_nonzero(a & b) / max(min(np.count_nonzero(a), np.count_nonzero(b)), 1)
+
+    z = slices[neck]
+    joins_before = overlap(masks[z], masks[slices[neck - 1]]) >= overlap(masks[z], masks[slices[neck + 1]])
+    cut = z + 1 if joins_before else z
+    return (split_at_necks([p for p in track if p[0] < cut], slice_maps, depth)
+            + split_at_necks([p for p in track if p[0] >= cut], slice_maps, depth))
+
+
 def link_slices(
     regions: SliceRegions,
     strategy: str = "iou",
@@ -151,6 +187,7 @@ def link_slices(
     look_back: int = 1,
     min_slices: int = 1,
     fill_gaps: bool = True,
+    split_depth: float = 0.0,
 ) -> LinkedVolume:
     """Link per-slice regions into 3D objects.
 
@@ -162,6 +199,9 @@ def link_slices(
     fill_gaps: where look-back bridged missed slices, fill them (only on background pixels) with
         the object's predicted mask there if one was predicted (predicted linking), else with
         the intersection of the object's masks on both sides of the gap.
+    split_depth: with any strategy, split linked objects at interior minima of their area along
+        z at least this fraction below the largest area on both sides (:func:`split_at_necks`);
+        0 turns it off.
     """
     if strategy not in LINKERS:
         raise ValueError(f"TEST.CTC.LINKING must be one of {LINKERS}, got {strategy!r}")
@@ -181,6 +221,9 @@ def link_slices(
                     tracks[component - 1].append((z, int(region)))
     else:
         tracks = _link_regions(regions, strategy, threshold, look_back)
+    if split_depth > 0:
+        tracks = [part for track in tracks for part in split_at_necks(track, slice_maps, split_depth)]
+        components = None  # objects are now sets of regions, not 3D components
     kept = [t for t in range(len(tracks)) if len({z for z, _ in tracks[t]}) >= min_slices]
     if len(kept) > MAX_LABEL:
         raise ValueError(f"{len(kept)} objects do not fit a uint16 label volume")
@@ -222,7 +265,7 @@ def _predicted_fill(regions: SliceRegions, before: tuple[int, int], after: tuple
 
 # The TEST.CTC key of every keyword argument of link_slices.
 LINK_OPTION_KEYS = {"strategy": "LINKING", "threshold": "LINK_THRESHOLD", "look_back": "LOOK_BACK",
-                    "min_slices": "MIN_SLICES", "fill_gaps": "FILL_GAPS"}
+                    "min_slices": "MIN_SLICES", "fill_gaps": "FILL_GAPS", "split_depth": "SPLIT_DEPTH"}
 
 
 def link_options_from_config(cfg) -> dict:

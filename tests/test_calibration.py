@@ -51,7 +51,7 @@ def test_grid_covers_linkers_thresholds_look_backs_and_minimum_lengths():
     cfg = tiny_cfg("baseline_2d", 1, freeze=False)
     grid = linking_grid(cfg)
     assert len(grid) == 2 * 9 * 3 * 3 + 3
-    assert dict(strategy="overlap", threshold=0.9, look_back=2, min_slices=3) in grid
+    assert dict(strategy="overlap", threshold=0.9, look_back=2, min_slices=3, split_depth=0.0) in grid
 
 
 @pytest.fixture
@@ -100,3 +100,15 @@ def test_calibrated_linking_beside_the_weights_is_applied_unless_overridden(tmp_
 def test_calibration_without_validation_data_fails_at_setup():
     with pytest.raises(ValueError, match="DATASETS.VAL"):
         tiny_cfg("baseline_2d", 1, ["TEST.CTC.CALIBRATE_LINKING", "True", "DATASETS.VAL", "()"])
+
+
+def test_calibration_can_choose_the_shape_split():
+    from test_linking import stacked_nuclei
+
+    gt = stacked_nuclei()
+    volume = PastedVolume("v", paste_volume(per_slice(gt), gt.shape), gt, None)
+    grid = [dict(strategy="overlap", threshold=0.3, look_back=1, min_slices=1, split_depth=d) for d in (0.0, 0.25)]
+    best, table = choose_linking([volume], grid, fill_gaps=True)
+    assert best["split_depth"] == 0.25 and [row["SEG"] for row in table] == [pytest.approx(0.5, abs=0.1), 1.0]
+    cfg = tiny_cfg("baseline_2d", 1, ["TEST.CTC.CALIBRATION.SPLIT_DEPTHS", "[0.0, 0.25]"], freeze=False)
+    assert len(linking_grid(cfg)) == 2 * (2 * 9 * 3 * 3 + 3)

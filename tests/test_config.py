@@ -48,6 +48,8 @@ BAD_VALUES = [
     ("TEST.BEST_METRIC_MODE", "maximum"),
     ("SOLVER.OPTIMIZER", "LAMB"),
     ("MODEL.PIXEL_MEAN", "[0.1, 0.2]"),
+    ("TEST.CTC.SPLIT_DEPTH", "1.5"),
+    ("TEST.CTC.CALIBRATION.SPLIT_DEPTHS", "[0.0, -0.1]"),
 ]
 
 

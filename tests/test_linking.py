@@ -115,3 +115,45 @@ def test_oracle_link_of_perfect_masks_with_scrambled_ids_is_perfect_while_linkin
     assert acc_oracle.summary()["SEG"] == 1.0
     assert acc_oracle.summary()["extra"] == 1  # the stray region stays an object of its own
     assert acc_linked.summary()["SEG"] < 1.0
+
+
+def stacked_nuclei():
+    """Two nuclei stacked along z whose caps touch (slices 5 and 6; the upper one 1 px to the
+    side): overlap 0.8 and IoU 0.7 between the caps, so linking by overlap merges them."""
+    y, x = np.mgrid[:32, :32]
+    gt = np.zeros((12, 32, 32), np.uint16)
+    for z, radius in enumerate([3, 5, 7, 7, 5, 3]):
+        gt[z][(y - 16) ** 2 + (x - 16) ** 2 <= radius ** 2] = 1
+        gt[11 - z][(y - 16) ** 2 + (x - 17) ** 2 <= radius ** 2] = 2
+    return gt
+
+
+@pytest.mark.parametrize("strategy", ["iou", "overlap", "connected"])
+def test_the_shape_split_separates_stacked_nuclei_that_linking_merges(strategy):
+    gt = stacked_nuclei()
+    merged = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1)
+    assert len(merged.scores) == 1 and score_frame(gt, merged.labels).scores.mean() < 0.6
+    split = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1, split_depth=0.25)
+    assert len(split.scores) == 2 and score_frame(gt, split.labels).scores.mean() == 1.0
+
+
+def test_the_shape_split_leaves_convex_objects_and_shallow_dips_whole():
+    gt = ellipsoids()
+    linked = link_volume(per_slice(gt), gt.shape, strategy="overlap", threshold=0.3, look_back=1, split_depth=0.25)
+    assert len(linked.scores) == 3 and score_frame(gt, linked.labels).scores.mean() == pytest.approx(1.0)
+    y, x = np.mgrid[:32, :32]
+    dented = np.zeros((7, 32, 32), np.uint16)
+    for z, radius in enumerate([3, 5, 7, 6.3, 7, 5, 3]):  # a waist of 0.81 of the widest area
+        dented[z][(y - 16) ** 2 + (x - 16) ** 2 <= radius ** 2] = 1
+    linked = link_volume(per_slice(dented), dented.shape, strategy="overlap", threshold=0.3, look_back=1,
+                         split_depth=0.25)
+    assert len(linked.scores) == 1
+
+
+def test_necks_are_found_deepest_first():
+    from emr_d2.linking import _neck
+
+    assert _neck(np.array([9.0, 25, 49, 49, 25, 9, 9, 25, 49]), 0.25) == 5
+    assert _neck(np.array([9.0, 25, 49, 40, 49]), 0.25) is None  # 40 / 49 = 0.82
+    assert _neck(np.array([9.0, 25, 49, 30, 49, 10, 49]), 0.25) == 5  # 10 / 49 before 30 / 49
+    assert _neck(np.array([49.0, 9]), 0.25) is None
