@@ -3,6 +3,7 @@ tools/ctc_seg.py and tools/ctc_det.py)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -22,16 +23,16 @@ def reference_subfolder(gt_dir: str, kind: str) -> str:
     return os.path.join(gt_dir, kind)
 
 
-def _results(res_dir: str) -> dict[int, str]:
+def _result_frames(res_dir: str, frames) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(frame, path, labels) of ``res_dir/maskTTT.tif`` for every frame number, in order; a
+    missing folder or frame is an error naming it."""
     if not os.path.isdir(res_dir):
         raise CTCFormatError(f"{res_dir}: no such folder")
-    return list_results(res_dir)
-
-
-def _result_frame(results: dict[int, str], res_dir: str, frame: int) -> tuple[str, np.ndarray]:
-    if frame not in results:
-        raise CTCFormatError(f"{res_dir}: result frame mask{frame:03d}.tif is missing")
-    return results[frame], read_label_volume(results[frame])
+    results = list_results(res_dir)
+    for frame in sorted(frames):
+        if frame not in results:
+            raise CTCFormatError(f"{res_dir}: result frame mask{frame:03d}.tif is missing")
+        yield frame, results[frame], read_label_volume(results[frame])
 
 
 def seg_of_folders(res_dir: str, gt_dir: str) -> SEGAccumulator:
@@ -44,13 +45,11 @@ def seg_of_folders(res_dir: str, gt_dir: str) -> SEGAccumulator:
     references = list_gt(seg_dir)
     if not references:
         raise CTCFormatError(f"{seg_dir}: no reference frames (man_segTTT.tif or man_seg_TTT_ZZZ.tif) found")
-    results = _results(res_dir)
     accumulator = SEGAccumulator()
-    for frame, gt_frame in sorted(references.items()):
-        path, res = _result_frame(results, res_dir, frame)
+    for frame, path, res in _result_frames(res_dir, references):
         if res.ndim == 2:
             res = res[None]
-        gt, annotated = read_gt_frame(gt_frame, res.shape, "the result's", path)
+        gt, annotated = read_gt_frame(references[frame], res.shape, "the result's", path)
         accumulator.add(f"{frame:03d}", gt, res, annotated)
     accumulator.warn_empty_references(seg_dir)
     return accumulator
@@ -67,10 +66,9 @@ def det_of_folders(res_dir: str, gt_dir: str) -> DETAccumulator:
     markers = list_markers(tra_dir)
     if not markers:
         raise CTCFormatError(f"{tra_dir}: no tracking markers (man_trackTTT.tif) found")
-    results = _results(res_dir)
     accumulator = DETAccumulator()
-    for frame, marker_path in sorted(markers.items()):
-        path, res = _result_frame(results, res_dir, frame)
+    for frame, path, res in _result_frames(res_dir, markers):
+        marker_path = markers[frame]
         marker = read_label_volume(marker_path)
         if np.squeeze(res).shape != np.squeeze(marker).shape:
             raise CTCFormatError(f"{path}: result shape {res.shape} differs from the markers' {marker.shape} "
