@@ -27,16 +27,18 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose parameters do not fit the model built from the config."""
 
 
-def check_weights(weights: str, random_weights: bool = False) -> None:
-    """MODEL.WEIGHTS of a tool that applies a trained model: a file, unless an untrained model is
-    asked for (``--random-weights``), which then must not name weights."""
+def check_weights(weights: str, random_weights: bool | None = None) -> None:
+    """MODEL.WEIGHTS of a tool that applies a trained model: a file. ``random_weights``: the
+    tool's --random-weights flag (None: it has none), which asks for an untrained model and then
+    must come without weights."""
     if random_weights:
         if weights:
             raise ValueError(f"--random-weights and MODEL.WEIGHTS {weights} contradict each other; give one")
         return
     if not weights:
-        raise ValueError("MODEL.WEIGHTS is empty: give the trained model (MODEL.WEIGHTS DIR/model_final.pth), "
-                         "or --random-weights to run an untrained model")
+        alternative = ", or --random-weights to run an untrained model" if random_weights is not None else ""
+        raise ValueError(f"MODEL.WEIGHTS is empty: give the trained model (MODEL.WEIGHTS DIR/model_final.pth)"
+                         f"{alternative}")
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights}: no such checkpoint file (MODEL.WEIGHTS)")
 
