@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ctc_metrics.utils.representations import match  # noqa: E402
 
-from emr_d2.data.ctc import write_result_tracks  # noqa: E402
+from emr_d2.data.ctc import write_marker_tracks, write_result_tracks  # noqa: E402
 from emr_d2.evaluation.ctc_folders import seg_of_folders  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,12 +65,7 @@ def write_ctc_folders(root: str, frames: int) -> tuple[str, str, list[tuple[str,
         res[res == 4] = 3  # two nuclei merged
         tifffile.imwrite(res_path, res, photometric="minisblack")
         pairs.append((gt_path, res_path))
-    present = {}
-    for t in range(frames):
-        for label in np.unique(tifffile.imread(os.path.join(gt_dir, "TRA", f"man_track{t:03d}.tif"))):
-            present.setdefault(int(label), []).append(t)
-    with open(os.path.join(gt_dir, "TRA", "man_track.txt"), "w") as f:
-        f.writelines(f"{label} {min(ts)} {max(ts)} 0\n" for label, ts in sorted(present.items()) if label)
+    write_marker_tracks(os.path.join(gt_dir, "TRA"))
     write_result_tracks(res_dir)
     return gt_dir, res_dir, pairs
 

@@ -159,25 +159,35 @@ def _neck(areas: np.ndarray, depth: float) -> int | None:
     return neck + 1 if ratio[neck] <= 1 - depth else None
 
 
-def split_at_necks(track: list[tuple[int, int]], slice_maps: np.ndarray, depth: float) -> list[list]:
+def split_at_necks(track: list[tuple[int, int]], slice_maps: np.ndarray, region_areas: list[np.ndarray],
+                   depth: float) -> list[list]:
     """Split a track of (z, region) pairs at every clear interior minimum of its area along z
     (at least ``depth`` below the largest area on both sides), deepest first. The neck slice
     stays with the side whose neighbouring slice it overlaps more (intersection over the smaller
-    area), so that a cap joins its own nucleus."""
+    area), so that a cap joins its own nucleus.
+
+    region_areas: per slice, (K_z + 1,) pixel count of every region of ``slice_maps[z]``.
+    """
     slices = sorted({z for z, _ in track})
-    masks = {z: np.isin(slice_maps[z], [r for zt, r in track if zt == z]) for z in slices}
-    neck = _neck(np.array([np.count_nonzero(masks[z]) for z in slices], dtype=np.float64), depth)
+    position = {z: i for i, z in enumerate(slices)}
+    areas = np.zeros(len(slices))
+    for z, region in track:
+        areas[position[z]] += region_areas[z][region]
+    neck = _neck(areas, depth)
     if neck is None:
         return [track]
+
+    def mask(z: int) -> np.ndarray:
+        return np.isin(slice_maps[z], [r for zt, r in track if zt == z])
 
     def overlap(a: np.ndarray, b: np.ndarray) -> float:
         return np.count_nonzero(a & b) / max(min(np.count_nonzero(a), np.count_nonzero(b)), 1)
 
-    z = slices[neck]
-    joins_before = overlap(masks[z], masks[slices[neck - 1]]) >= overlap(masks[z], masks[slices[neck + 1]])
+    z, at_neck = slices[neck], mask(slices[neck])
+    joins_before = overlap(at_neck, mask(slices[neck - 1])) >= overlap(at_neck, mask(slices[neck + 1]))
     cut = z + 1 if joins_before else z
-    return (split_at_necks([p for p in track if p[0] < cut], slice_maps, depth)
-            + split_at_necks([p for p in track if p[0] >= cut], slice_maps, depth))
+    return (split_at_necks([p for p in track if p[0] < cut], slice_maps, region_areas, depth)
+            + split_at_necks([p for p in track if p[0] >= cut], slice_maps, region_areas, depth))
 
 
 def link_slices(
@@ -222,7 +232,8 @@ def link_slices(
     else:
         tracks = _link_regions(regions, strategy, threshold, look_back)
     if split_depth > 0:
-        tracks = [part for track in tracks for part in split_at_necks(track, slice_maps, split_depth)]
+        region_areas = [np.bincount(m.ravel()) for m in slice_maps]
+        tracks = [part for track in tracks for part in split_at_necks(track, slice_maps, region_areas, split_depth)]
         components = None  # objects are now sets of regions, not 3D components
     kept = [t for t in range(len(tracks)) if len({z for z, _ in tracks[t]}) >= min_slices]
     if len(kept) > MAX_LABEL:

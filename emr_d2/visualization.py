@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 import numpy as np
 from scipy import ndimage
 
+from .cli import staged_output
 from .data.window import normalise, percentile_range
 
 
@@ -235,14 +236,14 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
     modules = {k.rsplit("/", 1)[0] for k in fusion}
     labels = {k: (f"{' '.join(fusion_place(k[len('fusion/'):].rsplit('/', 1)[0]))}, " if len(modules) > 1 else "")
               + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
-    panels = [(losses, "training losses", "loss (log scale)")]
+    panels = [(losses, "training losses", "loss (log scale)", True)]
     if extras:
-        panels.append((extras, "evaluation", "score or loss"))
+        panels.append((extras, "evaluation", "score or loss", False))
     if fusion:
-        panels.append((fusion, "mean slice weight per window position", "weight (sums to 1)"))
+        panels.append((fusion, "mean slice weight per window position", "weight (sums to 1)", False))
     fig, axes = _subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     iterations = [r["iteration"] for r in rows]
-    for ax, (keys, title, ylabel) in zip(axes.flat, panels):
+    for ax, (keys, title, ylabel, log_scale) in zip(axes.flat, panels):
         values = []
         for key in keys:
             points = [(r["iteration"], r[key]) for r in rows if key in r]
@@ -253,10 +254,9 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
                 ax.annotate(f"{points[0][1]:.3f}", points[0], textcoords="offset points", xytext=(4, 4), fontsize=8)
             else:
                 ax.plot(*zip(*points), "-", label=label, lw=2 if key == "total_loss" else 1)
-        log = ylabel.startswith("loss") and values and min(values) > 0
-        if log:
+        if log_scale and values and min(values) > 0:
             ax.set_yscale("log")
-            ax.set_ylim(*_padded_limits(values, log))
+            ax.set_ylim(*_padded_limits(values, log=True))
         elif values:  # scores and weights from zero, so that small differences look small
             ax.set_ylim(min(0.0, *values), _padded_limits(values)[1])
         ax.set_xlim(*_padded_limits([0, *iterations]))
@@ -304,8 +304,6 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray, voxel_um: tuple | Non
 def save_volume_pictures(raw, gt, pred, out_dir: str, voxel_size=None) -> list[str]:
     """slices.png and orthogonal.png of one volume (voxel_size (Z, Y, X) sets the aspect of the
     side views), written only when both were drawn; returns the written paths."""
-    from .cli import staged_output
-
     with staged_output(out_dir) as stage:
         plot_slice_grid(raw, gt, pred, os.path.join(stage, "slices.png"))
         plot_orthogonal(raw, gt, pred, os.path.join(stage, "orthogonal.png"), voxel_size)

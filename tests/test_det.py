@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from ctc_metrics.scripts.evaluate import evaluate_sequence
 
-from emr_d2.data.ctc import CTCFormatError, write_result_tracks
+from emr_d2.data.ctc import CTCFormatError, write_marker_tracks, write_result_tracks
 from emr_d2.evaluation.ctc_folders import det_of_folders, seg_of_folders
 from emr_d2.evaluation.det import count_detections, op_csb
 
@@ -56,15 +56,11 @@ def write_sequence(root, frames):
     gt, res = root / "01_GT", root / "01_RES"
     for folder in (gt / "TRA", gt / "SEG", res):
         folder.mkdir(parents=True)
-    present = {}
     for t, (markers, labels) in enumerate(frames):
         tifffile.imwrite(gt / "TRA" / f"man_track{t:03d}.tif", markers, photometric="minisblack")
         tifffile.imwrite(gt / "SEG" / f"man_seg{t:03d}.tif", markers, photometric="minisblack")
         tifffile.imwrite(res / f"mask{t:03d}.tif", labels, photometric="minisblack")
-        for label in np.unique(markers[markers > 0]):
-            present.setdefault(int(label), []).append(t)
-    (gt / "TRA" / "man_track.txt").write_text(
-        "".join(f"{label} {min(ts)} {max(ts)} 0\n" for label, ts in sorted(present.items())))
+    write_marker_tracks(str(gt / "TRA"))
     write_result_tracks(str(res))
     return str(res), str(gt)
 

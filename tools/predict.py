@@ -17,6 +17,7 @@ config; MODEL.WEIGHTS is required (--random-weights runs an untrained model).
 """
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
+import os
 import sys
 
 import emr_d2  # noqa: F401  (registers the models)
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
     check_new_output_folder(args.output, args.overwrite)
     voxel = args.voxel_size or dataset_voxel_size(args.input)
     with staged_output(args.output) as stage:
-        predict_files(VolumePredictor(cfg), plan_outputs(args.input, stage), voxel)
+        staged = [(source, os.path.join(stage, os.path.basename(target))) for source, target in pairs]
+        predict_files(VolumePredictor(cfg), staged, voxel)
     print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
     return 0
 

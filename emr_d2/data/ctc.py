@@ -213,6 +213,20 @@ def write_label_volume(path: str, labels: np.ndarray) -> None:
     atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))
 
 
+def write_marker_tracks(tra_dir: str, parents: dict[int, int] | None = None) -> None:
+    """``man_track.txt`` of a TRA folder: every marker label a track from its first to its last
+    frame with a marker file (``L B E P``), its parent from ``parents`` if that track is present,
+    else 0."""
+    present: dict[int, list[int]] = {}
+    for frame, path in sorted(list_markers(tra_dir).items()):
+        for label in np.unique(read_label_volume(path)):
+            if label:
+                present.setdefault(int(label), []).append(frame)
+    parent = {label: p for label, p in (parents or {}).items() if p in present}
+    lines = [f"{label} {min(frames)} {max(frames)} {parent.get(label, 0)}\n" for label, frames in sorted(present.items())]
+    atomic_write(os.path.join(tra_dir, "man_track.txt"), lambda f: f.writelines(lines), "w")
+
+
 def write_result_tracks(res_dir: str) -> int:
     """Make a result folder a valid CTC result: every object a track of its own frame, so that its
     label is unique over the sequence, and ``res_track.txt`` listing them (``L t t 0``).

@@ -28,6 +28,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ..atomic import atomic_write
+from .ctc import write_marker_tracks
 
 FULL_VOXEL_UM = (0.2, 0.125, 0.125)
 
@@ -265,17 +266,7 @@ def write_synthetic_sequence(out_dir: str, seq: str, preset: SyntheticPreset, se
         _write_tiff(os.path.join(raw_dir, f"t{t:03d}.tif"), raw)
         _write_tiff(os.path.join(seg_dir, f"man_seg{t:03d}.tif"), labels)
         _write_tiff(os.path.join(tra_dir, f"man_track{t:03d}.tif"), labels)
-    present = {}
-    for t in range(num_frames):
-        for label in np.unique(tifffile.imread(os.path.join(tra_dir, f"man_track{t:03d}.tif"))):
-            if label:
-                present.setdefault(int(label), []).append(t)
-    with open(os.path.join(tra_dir, "man_track.txt"), "w") as f:
-        for label in sorted(present):
-            # a track is written from its first to its last visible frame
-            parent = sim.tracks[label][2]
-            parent = parent if parent in present else 0
-            f.write(f"{label} {min(present[label])} {max(present[label])} {parent}\n")
+    write_marker_tracks(tra_dir, {label: track[2] for label, track in sim.tracks.items()})
 
 
 def write_synthetic_dataset(out_dir: str, preset: str | SyntheticPreset = "demo", seed: int = 0,

@@ -68,10 +68,9 @@ def det_of_folders(res_dir: str, gt_dir: str) -> DETAccumulator:
         raise CTCFormatError(f"{tra_dir}: no tracking markers (man_trackTTT.tif) found")
     accumulator = DETAccumulator()
     for frame, path, res in _result_frames(res_dir, markers):
-        marker_path = markers[frame]
-        marker = read_label_volume(marker_path)
+        marker = read_label_volume(markers[frame])
         if np.squeeze(res).shape != np.squeeze(marker).shape:
             raise CTCFormatError(f"{path}: result shape {res.shape} differs from the markers' {marker.shape} "
-                                 f"({marker_path})")
-        accumulator.add(f"{frame:03d}", np.squeeze(marker), np.squeeze(res))
+                                 f"({markers[frame]})")
+        accumulator.add(f"{frame:03d}", marker.squeeze(), res.squeeze())
     return accumulator
