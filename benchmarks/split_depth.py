@@ -30,22 +30,28 @@ def metrics(eval_dir: str, dataset: str) -> dict:
         return json.load(f)
 
 
+def run_tool(command: list[str]) -> None:
+    """Run a tool; on failure, exit with its last error line."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        sys.exit(f"{os.path.basename(command[1])} failed: {lines[-1]}")
+
+
 def relink(run: str, config: str, dataset: str, depths: list[str]) -> dict:
     """Calibrate with the split depths and evaluate on the test sequence; the split run's metrics."""
     out = os.path.join(run, "split_depth")
     weights = ["MODEL.WEIGHTS", os.path.join(run, "model_final.pth")]
     if not os.path.isfile(os.path.join(out, "inference", f"{dataset}_02", "ctc_metrics.json")):
-        subprocess.run([sys.executable, os.path.join(TOOLS, "calibrate_linking.py"), "--config-file", config,
-                        "--output", out, *weights, "DATASETS.VAL", f"('{dataset}_01_val',)",
-                        "TEST.CTC.CALIBRATION.SPLIT_DEPTHS", f"[{', '.join(depths)}]"],
-                       check=True, capture_output=True)
+        run_tool([sys.executable, os.path.join(TOOLS, "calibrate_linking.py"), "--config-file", config,
+                  "--output", out, *weights, "DATASETS.VAL", f"('{dataset}_01_val',)",
+                  "TEST.CTC.CALIBRATION.SPLIT_DEPTHS", f"[{', '.join(depths)}]"])
         with open(os.path.join(out, "linking.json")) as f:
             choice = json.load(f)["choice"]
         chosen = [str(v) for key, value in choice.items() for v in (f"TEST.CTC.{key}", value)]
-        subprocess.run([sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file", config, "--eval-only",
-                        *weights, "DATASETS.TEST", f"('{dataset}_02',)", "DATASETS.VAL", "()",
-                        "TEST.CTC.CALIBRATE_LINKING", "False", *chosen, "OUTPUT_DIR", out],
-                       check=True, capture_output=True)
+        run_tool([sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file", config, "--eval-only",
+                  *weights, "DATASETS.TEST", f"('{dataset}_02',)", "DATASETS.VAL", "()",
+                  "TEST.CTC.CALIBRATE_LINKING", "False", *chosen, "OUTPUT_DIR", out])
     with open(os.path.join(out, "linking.json")) as f:
         return {"choice": json.load(f)["choice"], **metrics(out, dataset)}
 
@@ -74,6 +80,9 @@ def main() -> None:
                          "merges_split": split["merges"], "SEG_oracle_link": split["SEG_oracle_link"]})
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                   flush=True)
+    if not rows:
+        sys.exit(f"error: no finished benchmark run of {', '.join(args.configs)} under "
+                 f"{os.path.join(args.output, args.dataset)}")
     os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
     with open(args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
