@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "DET", "DET_calibrated", "OP_CSB",
            "OP_CSB_calibrated", "SEG_oracle_link", "SEG_2D",
-           "SEG_poles", "SEG_core", "splits", "merges", "segm_AP", "volume_AP", "count_error",
+           "SEG_poles", "SEG_core", "splits", "merges", "splits_calibrated", "merges_calibrated",
+           "z_extent_error_um", "segm_AP", "volume_AP", "count_error",
            "centre_weight", "train_time_s", "inference_s_per_volume", "linking"]
 METRICS = COLUMNS[3:-1]
 TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train_net.py")
@@ -87,27 +88,38 @@ def claim(run_dir: str) -> bool:
 
 
 def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
-            env: dict | None = None) -> dict | None:
+            env: dict | None = None, refresh: bool = False) -> dict | None:
     """Train and evaluate one (config, seed) on a dataset; returns its row (cached in row.json),
-    or None when another benchmark process is running it (several may share one output)."""
+    or None when another benchmark process is running it (several may share one output).
+    refresh: a finished run is calibrated and evaluated again with today's code (its weights
+    and training time kept)."""
     run_dir = os.path.join(output, dataset.name, config_name(config), f"seed{seed}")
     row_file = os.path.join(run_dir, "row.json")
+    previous = None
     if os.path.isfile(row_file):
         with open(row_file) as f:
-            return json.load(f)
+            previous = json.load(f)
+        if not refresh or previous.get("refreshed"):
+            return previous
     os.makedirs(run_dir, exist_ok=True)
     if not claim(run_dir):
         logger.info(f"{run_dir} is being run by another process; skipped")
         return None
     try:
-        return _train_and_evaluate(config, seed, dataset, run_dir, opts, env)
+        row = _train_and_evaluate(config, seed, dataset, run_dir, opts, env,
+                                  None if previous is None else previous["train_time_s"])
+        if previous is not None:
+            row["refreshed"] = True
+            atomic_write(row_file, lambda f: json.dump(row, f), "w")
+        return row
     finally:
         os.remove(os.path.join(run_dir, "running.lock"))
 
 
 def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: str, opts: list[str],
-                        env: dict | None) -> dict:
-    """Train (resumable), then evaluate with the configured and the calibrated linking; write row.json."""
+                        env: dict | None, train_time: float | None = None) -> dict:
+    """Train (resumable), then evaluate with the configured and the calibrated linking; write
+    row.json. train_time: that of a finished training evaluated again (refresh)."""
     row_file = os.path.join(run_dir, "row.json")
     common = [sys.executable, TRAIN_NET, "--config-file", config]
     datasets = ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
@@ -118,7 +130,8 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
         start = time.perf_counter()
         subprocess.run(common + ["--resume", *datasets, "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
                        check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-        train_time = time.perf_counter() - start
+        if train_time is None:
+            train_time = time.perf_counter() - start
         for linking, use_calibrated in (("default", "False"), ("calibrated", "True")):
             eval_dir = os.path.join(run_dir, "eval", linking)
             subprocess.run(common + ["--eval-only", *datasets, "DATASETS.TEST", f"('{dataset.test}',)",
@@ -136,6 +149,8 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
         **{f"{k}{suffix}": m.get(k, float("nan")) for k in ("DET", "OP_CSB")
            for suffix, m in (("", ctc), ("_calibrated", calibrated))},
         **{k: ctc[k] for k in ("SEG_oracle_link", "SEG_2D", "SEG_poles", "SEG_core", "splits", "merges")},
+        "splits_calibrated": calibrated["splits"], "merges_calibrated": calibrated["merges"],
+        "z_extent_error_um": calibrated.get("z_extent_error_um", float("nan")),
         "segm_AP": results["default"].get("segm", {}).get("AP", float("nan")),
         "volume_AP": ctc["volume_AP"], "count_error": ctc["count_error"], "train_time_s": train_time,
         "inference_s_per_volume": ctc["seconds_per_volume"], "linking": linking_label(choice),
@@ -189,8 +204,9 @@ def merge_rows(published: list[dict], finished: list[dict]) -> list[dict]:
 
 
 def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
-                  results_dir: str, opts: list[str] = (), gpus: int = 0) -> list[dict]:
-    """All configs x seeds on one dataset (one at a time, or one per GPU in parallel). After every
+                  results_dir: str, opts: list[str] = (), gpus: int = 0, refresh: bool = False) -> list[dict]:
+    """All configs x seeds on one dataset (one at a time, or one per GPU in parallel; refresh: see
+    :func:`run_one`). After every
     run, ``<results_dir>/<dataset>/results.{csv,md,png}`` are rewritten from all finished runs of
     the dataset under ``output`` and the rows published there before of runs not repeated (so
     later calls with other configs add to the same tables, and several processes can share the
@@ -202,14 +218,14 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
         def on_gpu(index_job):
             index, (config, seed) = index_job
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(index % gpus))
-            return run_one(config, seed, dataset, output, list(opts), env)
+            return run_one(config, seed, dataset, output, list(opts), env, refresh)
 
         with ThreadPoolExecutor(gpus) as pool:
             list(pool.map(on_gpu, enumerate(jobs)))
     else:
         for k, (config, seed) in enumerate(jobs, 1):
             logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
-            run_one(config, seed, dataset, output, list(opts))
+            run_one(config, seed, dataset, output, list(opts), refresh=refresh)
             write_results(merge_rows(published, finished_rows(output, dataset)), results)
     rows = merge_rows(published, finished_rows(output, dataset))
     write_results(rows, results)
@@ -227,9 +243,11 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
     return summary
 
 
-LOWER_IS_BETTER = {"splits", "merges", "count_error", "train_time_s", "inference_s_per_volume"}
+LOWER_IS_BETTER = {"splits", "merges", "splits_calibrated", "merges_calibrated", "z_extent_error_um",
+                   "count_error", "train_time_s", "inference_s_per_volume"}
 NOT_RANKED = {"centre_weight"}
-ONE_DECIMAL = {"segm_AP", "volume_AP", "splits", "merges", "train_time_s", "inference_s_per_volume"}
+ONE_DECIMAL = {"segm_AP", "volume_AP", "splits", "merges", "splits_calibrated", "merges_calibrated",
+               "train_time_s", "inference_s_per_volume"}
 
 
 def results_markdown(rows: list[dict]) -> str:
@@ -258,7 +276,7 @@ def write_results(rows: list[dict], output: str) -> None:
     os.makedirs(output, exist_ok=True)
 
     def write_csv(f):
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
     parser.add_argument("--results", default=None, help="folder of the results tables (default: --output)")
+    parser.add_argument("--refresh", action="store_true",
+                        help="calibrate and evaluate finished runs again with today's code (weights kept)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     for name in args.datasets:
         dataset = prepare_dataset(name)
         rows = run_benchmark(args.configs, dataset, args.seeds, args.output, results, args.opts,
-                             gpus=torch.cuda.device_count())
+                             gpus=torch.cuda.device_count(), refresh=args.refresh)
         with open(os.path.join(results, dataset.name, "results.md")) as f:
             print(f"## {dataset.name}\n{f.read()}")
         print(f"{len(rows)} runs; results in {os.path.join(results, dataset.name)}/results.csv, results.md, results.png")

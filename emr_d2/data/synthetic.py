@@ -44,7 +44,7 @@ class SyntheticPreset:
     radius_um: float = 3.0  # nuclei are about 6 um across
     radius_jitter: float = 0.15  # relative spread of the three semi-axes
     min_separation: float = 1.0  # centre distance / (r_i + r_j) that repulsion restores
-    photons: float = 600.0  # signal = photons * (0.2 + phantom)
+    photons: float = 600.0
     offset: float = 700.0
     read_noise: float = 90.0
     psf_sigma_px: tuple[float, float, float] = (1.3, 1.0, 1.0)  # at the native voxel
@@ -60,10 +60,26 @@ class SyntheticPreset:
     # of 1 + N(0, flicker) drawn per slice and frame.
     bleaching: float = 0.0
     flicker: float = 0.0
+    # Semi-axis along z relative to the in-plane ones; below 1 the nuclei lie flat (as on a
+    # coverslip) and turn only in the plane.
+    z_axis_ratio: float = 1.0
+    # Brightness inside a nucleus: texture * (1.1 - edge_dimming * rho ** edge_power), rho the
+    # normalised radius (0 at the centre, 1 at the surface).
+    edge_dimming: float = 0.3
+    edge_power: float = 4.0
+    signal_floor: float = 0.2  # signal = photons * (signal_floor + brightness)
+    # Brightness also falls as a Gaussian along the nucleus's own first (z) axis, of this sigma
+    # relative to that semi-axis (0: it does not).
+    axial_brightness_sigma: float = 0.0
+    # A nucleus is in the reference only in the slices where its own (blurred) signal, summed
+    # over the slice, is at least this fraction of its brightest slice's (0: wherever it is).
+    reference_min_signal: float = 0.0
+    z_scale: float | None = None  # slices per native slice (None: scale)
 
     @property
     def voxel_um(self) -> tuple[float, float, float]:
-        return tuple(v / self.scale for v in self.native_voxel_um)
+        z_scale = self.scale if self.z_scale is None else self.z_scale
+        return tuple(v / s for v, s in zip(self.native_voxel_um, (z_scale, self.scale, self.scale)))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -78,27 +94,35 @@ PRESETS = {
     "bench": SyntheticPreset(field_um=(10.0, 32.0, 32.0), scale=0.5, frames={"01": 24, "02": 10},
                              num_nuclei=16, min_separation=0.85, photons=300.0,
                              psf_sigma_px=(1.8, 1.0, 1.0), deform=0.1),
-    # Fluo-N3DH-CHO-like anisotropy at CPU size: 12 x 96 x 96 voxels of 2.0 x 0.4 x 0.4 um (CHO's
-    # published 1.0 x 0.2 x 0.2 um voxel at half resolution: z spacing 5x the pixel). CHO nuclei
-    # are about 10-14 um across (radius 6 um +- 15 %), so a nucleus spans 5-7 slices and the
-    # 24 um deep field holds two layers that touch along z as well as in the plane. Axial PSF
-    # FWHM 2.5 um (sigma 1.06 um, about 0.5 slice) as for a confocal with a 1.0 NA objective at
-    # this depth, plus 35 % out-of-focus haze (axial sigma 4 um, lateral 1.2 um), so a nucleus
-    # shows dimly and nearly full-size in the slices above and below its poles. Bleaching of
-    # 30 % over the stack and 10 % slice-to-slice flicker; fewer photons than bench: voxel_snr
-    # about 1.3 against bench's 2.2.
-    "aniso": SyntheticPreset(field_um=(24.0, 38.4, 38.4), scale=0.5, frames={"01": 24, "02": 10},
-                             num_nuclei=14, radius_um=6.0, min_separation=0.85, photons=220.0,
-                             psf_sigma_px=(1.06, 1.0, 1.0), deform=0.1,
-                             native_voxel_um=(1.0, 0.2, 0.2), haze_fraction=0.35,
-                             haze_sigma_um=(4.0, 1.2, 1.2), bleaching=0.3, flicker=0.1),
+    # Fluo-N3DH-CHO-like at CPU size: 18 x 96 x 96 voxels of 1.0 x 0.4 x 0.4 um (CHO's 1 um slice
+    # step, its 0.2 um pixel at half resolution). Calibrated to what real 5x-anisotropic CTC
+    # stacks show (measured by axial_profile and voxel_snr; see tests/test_data.py): flat nuclei
+    # about 12 um across and 8 um deep (z semi-axis 0.72 of the in-plane radius), lying in two
+    # layers that touch along z; from the widest slice outward, in 1 um steps, the signal inside
+    # the footprint is 1.00 / 0.83 / 0.49 / 0.21 / 0.07 (real: 1.00 / 0.88 / 0.47 / 0.19 / 0.08)
+    # and the reference area 1.00 / 0.95 / 0.78 / 0.44 / 0.00 (real: 1.00 / 0.95 / 0.75 / 0.47 /
+    # 0.00), the reference ending where a nucleus's own signal falls below 0.18 of its peak, so
+    # its haze one slice beyond is about 0.07 of the peak; SNR (voxel_snr) about 12.4 (real:
+    # 11-13). Axial PSF sigma 0.7 um plus 10 % haze (axial sigma 4 um), bleaching of 30 % over
+    # the stack and 10 % slice-to-slice flicker.
+    "aniso": SyntheticPreset(field_um=(18.0, 38.4, 38.4), scale=0.5, z_scale=1.0, frames={"01": 24, "02": 10},
+                             num_nuclei=14, radius_um=6.0, min_separation=0.85, photons=2000.0, read_noise=45.0,
+                             psf_sigma_px=(0.7, 1.0, 1.0), deform=0.1, native_voxel_um=(1.0, 0.2, 0.2),
+                             haze_fraction=0.1, haze_sigma_um=(4.0, 1.2, 1.2), bleaching=0.3, flicker=0.1,
+                             z_axis_ratio=0.72, signal_floor=0.0, axial_brightness_sigma=0.42,
+                             reference_min_signal=0.18),
     # Full SIM+ size: 59 x 350 x 650 voxels at 0.2 x 0.125 x 0.125 um, 150 and 80 frames.
     "sim+": SyntheticPreset(field_um=(11.8, 43.75, 81.25), scale=1.0, frames={"01": 150, "02": 80},
                             num_nuclei=20, min_separation=0.9),
 }
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+def _random_rotation(rng: np.random.Generator, in_plane_only: bool = False) -> np.ndarray:
+    """A random (3, 3) rotation of ZYX coordinates; with in_plane_only, about the z axis."""
+    if in_plane_only:
+        angle = rng.uniform(0, 2 * np.pi)
+        c, s = np.cos(angle), np.sin(angle)
+        return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     return q * np.sign(np.diag(r))
 
@@ -123,6 +147,7 @@ class SequenceSimulator:
         self.preset = preset
         self.rng = rng
         self.field = np.array(preset.field_um)
+        self.shape_axes = np.array([preset.z_axis_ratio, 1.0, 1.0])  # a nucleus's axes / its radius
         self.next_label = 1
         self.tracks: dict[int, list[int]] = {}  # label -> [begin, end, parent]
         self.nuclei = [self._new_nucleus(self._random_centre(), preset.radius_um, 0, 0)
@@ -140,8 +165,8 @@ class SequenceSimulator:
         return Nucleus(
             label=label,
             centre=np.array(centre, dtype=float),
-            axes=radius * (1.0 + p.radius_jitter * rng.uniform(-1, 1, size=3)),
-            rotation=_random_rotation(rng),
+            axes=radius * (1.0 + p.radius_jitter * rng.uniform(-1, 1, size=3)) * self.shape_axes,
+            rotation=_random_rotation(rng, in_plane_only=p.z_axis_ratio != 1.0),
             velocity=rng.normal(0, p.drift_um / 2, size=3),
             shape_dirs=rng.normal(size=(4, 3)) / np.sqrt(3),
             shape_phase=rng.uniform(0, 2 * np.pi, size=4),
@@ -150,19 +175,20 @@ class SequenceSimulator:
         )
 
     def _separate(self, iterations: int = 5) -> None:
-        """Push apart nuclei closer than min_separation * (r_i + r_j); keep centres in the field."""
+        """Push apart nuclei closer than min_separation * (r_i + r_j), distances measured with z
+        divided by the preset's z_axis_ratio (so flat nuclei stack closer); keep centres in the field."""
         for _ in range(iterations):
             if len(self.nuclei) < 2:
                 break
-            centres = np.stack([n.centre for n in self.nuclei])
-            radii = np.array([n.axes.mean() for n in self.nuclei])
+            centres = np.stack([n.centre for n in self.nuclei]) / self.shape_axes
+            radii = np.array([(n.axes / self.shape_axes).mean() for n in self.nuclei])
             diff = centres[:, None] - centres[None]
             dist = np.linalg.norm(diff, axis=-1) + np.eye(len(centres))
             wanted = self.preset.min_separation * (radii[:, None] + radii[None])
             push = np.clip(wanted - dist, 0, None) * (1 - np.eye(len(centres)))
             if not push.any():
                 break
-            shift = (diff / dist[..., None] * push[..., None] / 2).sum(axis=1)
+            shift = (diff / dist[..., None] * push[..., None] / 2).sum(axis=1) * self.shape_axes
             for nucleus, s in zip(self.nuclei, shift):
                 nucleus.centre = np.clip(nucleus.centre + s, 0.05 * self.field, 0.95 * self.field)
 
@@ -185,7 +211,8 @@ class SequenceSimulator:
             n.velocity[bounce] *= -1
             n.centre = np.clip(n.centre, 0.05 * self.field, 0.95 * self.field)
             n.shape_phase = n.shape_phase + rng.normal(0, 0.15, size=n.shape_phase.shape)
-            n.axes = np.clip(n.axes * (1 + rng.normal(0, 0.01, size=3)), 0.6 * p.radius_um, 1.4 * p.radius_um)
+            typical = p.radius_um * self.shape_axes
+            n.axes = np.clip(n.axes * (1 + rng.normal(0, 0.01, size=3)), 0.6 * typical, 1.4 * typical)
             survivors.append(n)
         self.nuclei = survivors
         self._separate()
@@ -219,13 +246,19 @@ class SequenceSimulator:
             texture = 0.5 + 0.35 * np.cos(local @ n.texture_k.T + n.texture_phase).mean(-1)
             best[region][inside] = rho[inside]
             labels[region][inside] = n.label
-            phantom[region][inside] = np.clip(texture[inside] * (1.1 - 0.3 * rho[inside] ** 4), 0, 1)
-        signal = np.where(labels > 0, p.photons * (0.2 + phantom), 0.0)
+            dimming = 1.1 - p.edge_dimming * rho[inside] ** p.edge_power
+            if p.axial_brightness_sigma > 0:
+                dimming = dimming * np.exp(-0.5 * (local[..., 0][inside] / (p.axial_brightness_sigma * n.axes[0])) ** 2)
+            phantom[region][inside] = np.clip(texture[inside] * dimming, 0, 1)
+        signal = np.where(labels > 0, p.photons * (p.signal_floor + phantom), 0.0)
         sigma = np.array(p.psf_sigma_px) * np.array(p.native_voxel_um) / voxel
+        haze_sigma = np.array(p.haze_sigma_um) / voxel
         blurred = ndimage.gaussian_filter(signal, sigma=sigma)
         if p.haze_fraction > 0:
-            haze = ndimage.gaussian_filter(signal, sigma=np.array(p.haze_sigma_um) / voxel)
+            haze = ndimage.gaussian_filter(signal, sigma=haze_sigma)
             blurred = (1 - p.haze_fraction) * blurred + p.haze_fraction * haze
+        if p.reference_min_signal > 0:
+            labels = self._dim_slices_removed(labels, signal, sigma[0], haze_sigma[0])
         if p.bleaching > 0 or p.flicker > 0:
             depth = blurred.shape[0]
             gain = np.exp(-p.bleaching * np.arange(depth) / depth)
@@ -236,13 +269,68 @@ class SequenceSimulator:
         return np.clip(np.rint(raw), 0, 65535).astype(np.uint16), labels
 
 
+    def _dim_slices_removed(self, labels: np.ndarray, signal: np.ndarray, sigma_z: float,
+                            haze_sigma_z: float) -> np.ndarray:
+        """labels without each nucleus's slices whose own signal, blurred along z as the image is,
+        is below preset.reference_min_signal of its brightest slice's."""
+        p = self.preset
+        depth = labels.shape[0]
+        count = int(labels.max()) + 1
+        slice_index = np.broadcast_to(np.arange(depth)[:, None, None], labels.shape)
+        sums = np.bincount((labels.astype(np.int64) * depth + slice_index).ravel(), weights=signal.ravel(),
+                           minlength=count * depth).reshape(count, depth)
+        own = (1 - p.haze_fraction) * ndimage.gaussian_filter1d(sums, sigma_z, axis=1, mode="constant")
+        if p.haze_fraction > 0:
+            own += p.haze_fraction * ndimage.gaussian_filter1d(sums, haze_sigma_z, axis=1, mode="constant")
+        keep = own >= p.reference_min_signal * own.max(axis=1, keepdims=True)
+        keep[0] = False
+        return np.where(keep[labels, slice_index], labels, 0).astype(labels.dtype)
+
+
 def voxel_snr(raw: np.ndarray, labels: np.ndarray) -> float:
     """Signal-to-noise ratio per voxel: (mean inside nuclei - mean of the background at least 3
-    voxels from any nucleus) / standard deviation of that background. bench: about 2.2, aniso: 1.3."""
+    voxels from any nucleus) / standard deviation of that background. bench: about 2.2, aniso: 12.4
+    (real Fluo-N3DH-CHO-like stacks: 11-13)."""
     inside = labels > 0
     background = ~ndimage.binary_dilation(inside, iterations=3)
     raw = np.asarray(raw, dtype=np.float64)
     return float((raw[inside].mean() - raw[background].mean()) / raw[background].std())
+
+
+def axial_profile(raw: np.ndarray, labels: np.ndarray, max_offset: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
+    """How a nucleus ends along z, measured as on real stacks, from its widest reference slice
+    outward: ((max_offset + 1,) mean background-subtracted signal inside its footprint (the
+    union of its slices) relative to the widest slice, (max_offset + 1,) reference area relative
+    to the widest slice, number of nucleus sides measured).
+
+    Only sides that stay inside the stack for max_offset slices and meet no other nucleus's
+    footprint there are measured; the background of a slice is its mean at least 3 voxels
+    from any nucleus.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    far = ~ndimage.binary_dilation(labels > 0, iterations=3)
+    background = np.array([raw[z][far[z]].mean() if far[z].any() else raw[far].mean() for z in range(len(raw))])
+    signal = raw - background[:, None, None]
+    areas = np.stack([np.bincount(labels[z].ravel(), minlength=int(labels.max()) + 1) for z in range(len(labels))])
+    signals, area_ratios = [], []
+    for label in range(1, areas.shape[1]):
+        if not areas[:, label].any():
+            continue
+        widest = int(np.argmax(areas[:, label]))
+        footprint = (labels == label).any(axis=0)
+        for step in (-1, 1):
+            zs = widest + step * np.arange(max_offset + 1)
+            if zs.min() < 0 or zs.max() >= len(raw):
+                continue
+            others = labels[zs[1:]][:, footprint]
+            if ((others > 0) & (others != label)).any():
+                continue
+            profile = signal[zs][:, footprint].mean(axis=1)
+            signals.append(profile / profile[0])
+            area_ratios.append(areas[zs, label] / areas[widest, label])
+    if not signals:
+        return np.full(max_offset + 1, np.nan), np.full(max_offset + 1, np.nan), 0
+    return np.mean(signals, axis=0), np.mean(area_ratios, axis=0), len(signals)
 
 
 def _write_tiff(path: str, data: np.ndarray) -> None:
