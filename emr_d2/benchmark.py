@@ -60,8 +60,11 @@ def config_name(path: str) -> str:
 
 def linking_label(choice: dict) -> str:
     """A short name of a calibrated linking: ``overlap 0.8 lb1 min2`` (``connected min2``), with
-    ``split0.25`` when it splits objects at necks of that depth."""
+    ``split0.25`` when it splits objects at necks of that depth, ``gate1`` / ``trim1`` when
+    predicted z extents gate the linking / trim the objects (um)."""
     split = f" split{choice['SPLIT_DEPTH']:g}" if choice.get("SPLIT_DEPTH") else ""
+    split += f" gate{choice['EXTENT_GATE_UM']:g}" if choice.get("EXTENT_GATE_UM") else ""
+    split += f" trim{choice['EXTENT_TRIM_UM']:g}" if choice.get("EXTENT_TRIM_UM") else ""
     if choice["LINKING"] == "connected":
         return f"connected min{choice['MIN_SLICES']}{split}"
     return (f"{choice['LINKING']} {choice['LINK_THRESHOLD']:g} lb{choice['LOOK_BACK']} "

@@ -1,8 +1,8 @@
 """Linking calibration: choose the z-linker and its settings on validation volumes, never the test.
 
 The validation volumes are predicted once; their per-slice masks are relinked for every point of
-a grid (linker x threshold x look-back x minimum slices x split depth) and scored with SEG; the
-best point wins.
+a grid (linker x threshold x look-back x minimum slices x split depth, and extent gate x extent
+trim for a model with a z-extent head) and scored with SEG; the best point wins.
 The choice and the whole table are written to ``linking.json``, which :func:`apply_calibrated_linking`
 applies to a config whose MODEL.WEIGHTS lie in the same folder.
 """
@@ -45,19 +45,26 @@ class PastedVolume:
     annotated: list | None  # slices with a reference (slice-wise reference), None: all
 
 
-def linking_grid(cfg) -> list[dict]:
+def linking_grid(cfg, with_extents: bool = False) -> list[dict]:
     """link_slices options of every grid point of TEST.CTC.CALIBRATION. ``connected`` ignores
-    threshold and look-back, so it enters once per minimum length and split depth."""
+    threshold, look-back and extent gate, so it enters once per minimum length, split depth
+    (and extent trim). with_extents (a model with a z-extent head): the extent gates and trims
+    too."""
     grid = cfg.TEST.CTC.CALIBRATION
+    gates = [float(g) for g in grid.EXTENT_GATES_UM] if with_extents else [None]
+    trims = [float(t) for t in grid.EXTENT_TRIMS_UM] if with_extents else [None]
     points = []
-    for strategy, min_slices, depth in itertools.product(grid.LINKERS, grid.MIN_SLICES, grid.SPLIT_DEPTHS):
+    for strategy, min_slices, depth, trim in itertools.product(grid.LINKERS, grid.MIN_SLICES, grid.SPLIT_DEPTHS,
+                                                               trims):
+        common = dict(min_slices=int(min_slices), split_depth=float(depth))
         if strategy == "connected":
-            points.append(dict(strategy=strategy, threshold=0.0, look_back=0, min_slices=min_slices,
-                               split_depth=float(depth)))
+            extent = {} if trim is None else {"extent_gate_um": 0.0, "extent_trim_um": trim}
+            points.append(dict(strategy=strategy, threshold=0.0, look_back=0, **common, **extent))
             continue
-        for threshold, look_back in itertools.product(grid.THRESHOLDS, grid.LOOK_BACKS):
+        for threshold, look_back, gate in itertools.product(grid.THRESHOLDS, grid.LOOK_BACKS, gates):
+            extent = {} if trim is None else {"extent_gate_um": gate, "extent_trim_um": trim}
             points.append(dict(strategy=strategy, threshold=float(threshold), look_back=int(look_back),
-                               min_slices=int(min_slices), split_depth=float(depth)))
+                               **common, **extent))
     return points
 
 
@@ -107,7 +114,8 @@ def calibrate_linking(cfg, model: torch.nn.Module, output_dir: str) -> dict:
     volumes = predict_validation_volumes(cfg, model)
     default = link_options_from_config(cfg)
     fill_gaps = default.pop("fill_gaps")
-    best, table = choose_linking(volumes, [default] + linking_grid(cfg), fill_gaps)
+    with_extents = any(v.regions.z_extents is not None for v in volumes)
+    best, table = choose_linking(volumes, [default] + linking_grid(cfg, with_extents), fill_gaps)
     result = {
         "choice": {CALIBRATED_KEYS[k]: v for k, v in best.items()},
         "SEG": max(row["SEG"] for row in table),

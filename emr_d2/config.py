@@ -69,6 +69,19 @@ def add_emr_config(cfg: CN) -> None:
     # Weight of the neighbour-mask loss (binary cross-entropy, mean over neighbour slices).
     _c.MODEL.ROI_MASK_HEAD.NEIGHBOR_LOSS_WEIGHT = 1.0
 
+    # ---------------------------------------------------------------- z-extent head
+    # Every detection also predicts how far, in micrometres, its object reaches below and above
+    # its slice in the 3D reference: ``pred_z_extent`` (R, 2) = (down to the first slice, up to
+    # the last). A small branch on the (fused) mask-pooler features, trained with the ROI heads
+    # against the 3D reference (a side cut by the stack end is not trained); needs an ROI head
+    # class that has it (SliceStackROIHeads, SliceFusionROIHeads). Feeds TEST.CTC.EXTENT_*.
+    _c.MODEL.Z_EXTENT = CN()
+    _c.MODEL.Z_EXTENT.ENABLED = False
+    # Targets are divided by this typical reach of a nucleus before the smooth L1 loss.
+    _c.MODEL.Z_EXTENT.SCALE_UM = 4.0
+    _c.MODEL.Z_EXTENT.LOSS_WEIGHT = 1.0
+    _c.MODEL.Z_EXTENT.FC_DIM = 256
+
     # ---------------------------------------------------------------- datasets and splits
     # "<dataset>_<seq>_train" / "_val": the first (1 - VAL_FRACTION) of the frames of a sequence
     # train, the last VAL_FRACTION validate, and GAP frames between them belong to neither.
@@ -148,6 +161,12 @@ def add_emr_config(cfg: CN) -> None:
     # below its largest area on both sides (nuclei are convex: such a neck is the cap of one
     # nucleus linked to the next); 0 turns it off. 0.15: what the calibration chose most often.
     _c.TEST.CTC.SPLIT_DEPTH = 0.15
+    # With a z-extent head: two detections are not linked where one's predicted extent ends more
+    # than this many micrometres before the other's begins (0: extents do not gate linking).
+    _c.TEST.CTC.EXTENT_GATE_UM = 0.0
+    # With a z-extent head: an object's extent is the median of its detections' predictions, and
+    # its slices more than this many micrometres outside it are removed (haze caps; 0: none are).
+    _c.TEST.CTC.EXTENT_TRIM_UM = 0.0
     # Per-slice instances below this score are dropped before linking.
     _c.TEST.CTC.SCORE_THRESHOLD = 0.5
     # Write <seq>_RES/maskTTT.tif for every evaluated frame.
@@ -173,6 +192,9 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.CTC.CALIBRATION.LOOK_BACKS = [0, 1, 2]
     _c.TEST.CTC.CALIBRATION.MIN_SLICES = [1, 2, 3]
     _c.TEST.CTC.CALIBRATION.SPLIT_DEPTHS = [0.0, 0.15, 0.25, 0.35]
+    # Extent gates and trims tried (only for a model with MODEL.Z_EXTENT.ENABLED).
+    _c.TEST.CTC.CALIBRATION.EXTENT_GATES_UM = [0.0, 1.0, 2.0]
+    _c.TEST.CTC.CALIBRATION.EXTENT_TRIMS_UM = [0.0, 1.0]
 
     # ---------------------------------------------------------------- training engine
     # Mixed precision (with detectron2's SOLVER.AMP.ENABLED): "auto" (bfloat16 on the CPU and on
@@ -216,7 +238,7 @@ def check_config(cfg: CN) -> None:
     from .modeling.fusion.base import FUSION_REGISTRY, STATIC_INITS
     from .modeling.intensity import INTENSITY_MODES
     from .modeling.rcnn import slice_stats
-    from .modeling.roi_heads import SliceFusionROIHeads
+    from .modeling.roi_heads import SliceFusionROIHeads, SliceStackROIHeads
 
     n = cfg.INPUT.NUM_SLICES
     if n < 1:
@@ -261,6 +283,21 @@ def check_config(cfg: CN) -> None:
     for key, depth in depths:
         if not 0 <= depth < 1:
             raise ValueError(f"{key}: {depth} must be a fraction in [0, 1) (0: no split)")
+    extents = [("TEST.CTC.EXTENT_GATE_UM", cfg.TEST.CTC.EXTENT_GATE_UM),
+               ("TEST.CTC.EXTENT_TRIM_UM", cfg.TEST.CTC.EXTENT_TRIM_UM)]
+    extents += [("TEST.CTC.CALIBRATION.EXTENT_GATES_UM", v) for v in cfg.TEST.CTC.CALIBRATION.EXTENT_GATES_UM]
+    extents += [("TEST.CTC.CALIBRATION.EXTENT_TRIMS_UM", v) for v in cfg.TEST.CTC.CALIBRATION.EXTENT_TRIMS_UM]
+    for key, value in extents:
+        if value < 0:
+            raise ValueError(f"{key}: {value} must not be negative (0: off)")
+    if cfg.MODEL.Z_EXTENT.ENABLED:
+        if cfg.MODEL.Z_EXTENT.SCALE_UM <= 0:
+            raise ValueError(f"MODEL.Z_EXTENT.SCALE_UM: {cfg.MODEL.Z_EXTENT.SCALE_UM} must be positive")
+        if not issubclass(ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME), SliceStackROIHeads):
+            raise ValueError(f"MODEL.Z_EXTENT.ENABLED needs an ROI head with the z-extent branch "
+                             f"(SliceStackROIHeads or SliceFusionROIHeads), not {cfg.MODEL.ROI_HEADS.NAME!r}")
+        if not cfg.MODEL.MASK_ON:
+            raise ValueError("MODEL.Z_EXTENT.ENABLED reads the mask pooler's features: it needs MODEL.MASK_ON")
     if cfg.TEST.CTC.CALIBRATE_LINKING and not cfg.DATASETS.VAL:
         raise ValueError("TEST.CTC.CALIBRATE_LINKING: True needs validation data in DATASETS.VAL")
     _choice("TEST.BEST_METRIC_MODE", cfg.TEST.BEST_METRIC_MODE, ("max", "min"))

@@ -8,7 +8,10 @@
 3. Optionally (``split_depth``), a linked object is split where its area along z has a clear
    interior minimum: nuclei are convex, so an area that falls and rises again is the cap of one
    nucleus linked to the cap of the next (:func:`split_at_necks`).
-4. Objects shorter than ``min_slices`` are dropped and the rest relabelled 1..K.
+4. With a z-extent head, detections whose predicted extents say that one object ends before the
+   other begins are not linked (``extent_gate_um``), and slices outside an object's consensus
+   extent are removed (``extent_trim_um``, :func:`trim_to_extent`).
+5. Objects shorter than ``min_slices`` are dropped and the rest relabelled 1..K.
 """
 from __future__ import annotations
 
@@ -33,6 +36,14 @@ class SliceRegions:
     # Z arrays (K_z, M, H, W) bool: region k's predicted mask in slice z + neighbor_offsets[m]
     # (in slice z's region order); None without a neighbour-mask head.
     neighbor_masks: list | None = None
+    # Z arrays (K_z, 2) float: how far region k's object reaches below and above slice z, in um
+    # (the z-extent head's pred_z_extent); None without a z-extent head.
+    z_extents: list | None = None
+    z_spacing_um: float = 1.0  # slice spacing the extents are measured in
+
+    def reach(self, z: int) -> np.ndarray:
+        """(K_z, 2) predicted reach of slice z's regions below and above it, in slices."""
+        return self.z_extents[z] / self.z_spacing_um
 
     def neighbor_mask(self, z: int, region: int, dz: int) -> np.ndarray | None:
         """(H, W) predicted mask of region ``region`` of slice z in slice z + dz, if predicted."""
@@ -100,11 +111,21 @@ def _predicted_similarity(regions: SliceRegions, z: int, zp: int, cols: np.ndarr
     return np.mean(scores, axis=0) if scores else iou
 
 
+def _extent_conflicts(regions: SliceRegions, z: int, zp: int, cols: np.ndarray, gate_um: float) -> np.ndarray:
+    """(A, B) True where slice z's region a predicts its object to begin, or region ``cols + 1``
+    of slice zp < z predicts its object to end, more than gate_um between zp and z."""
+    gap_um = (z - zp) * regions.z_spacing_um
+    starts_after = gap_um - regions.z_extents[z][:, 0] > gate_um  # (A,)
+    ends_before = gap_um - regions.z_extents[zp][cols, 1] > gate_um  # (B,)
+    return starts_after[:, None] | ends_before[None, :]
+
+
 def _link_regions(regions: SliceRegions, strategy: str, threshold: float,
-                  look_back: int) -> list[list[tuple[int, int]]]:
+                  look_back: int, extent_gate_um: float = 0.0) -> list[list[tuple[int, int]]]:
     """Tracks of (z, region) pairs, linking each slice's regions to objects seen up to
     1 + look_back slices before by maximum-weight assignment of IoU, overlap / smaller area or
-    predicted IoU (:func:`_predicted_similarity`)."""
+    predicted IoU (:func:`_predicted_similarity`); pairs whose predicted extents conflict
+    (:func:`_extent_conflicts`, with extent_gate_um > 0) are never linked."""
     slice_maps = regions.maps
     tracks: list[list[tuple[int, int]]] = []
     open_tracks: dict[int, int] = {}  # track index -> last z
@@ -126,6 +147,8 @@ def _link_regions(regions: SliceRegions, strategy: str, threshold: float,
             sim = inter / np.maximum(denom, 1)
             if strategy == "predicted":
                 sim = _predicted_similarity(regions, z, zp, cols, sim)
+            if extent_gate_um > 0:
+                sim = np.where(_extent_conflicts(regions, z, zp, cols, extent_gate_um), -1.0, sim)
             candidates += ends_here
             similarity.append(sim)
         assigned = {}
@@ -190,6 +213,16 @@ def split_at_necks(track: list[tuple[int, int]], slice_maps: np.ndarray, region_
             + split_at_necks([p for p in track if p[0] >= cut], slice_maps, region_areas, depth))
 
 
+def trim_to_extent(track: list[tuple[int, int]], regions: SliceRegions, trim_um: float) -> list[tuple[int, int]]:
+    """The (z, region) pairs of a track that lie within trim_um of its object's extent: the
+    median over its detections of where each predicts the object to begin and to end."""
+    reach = np.array([regions.reach(z)[region - 1] for z, region in track])  # (n, 2) slices
+    zs = np.array([z for z, _ in track], dtype=np.float64)
+    first, last = np.median(zs - reach[:, 0]), np.median(zs + reach[:, 1])
+    margin = trim_um / regions.z_spacing_um
+    return [p for p, z in zip(track, zs) if first - margin <= z <= last + margin]
+
+
 def link_slices(
     regions: SliceRegions,
     strategy: str = "iou",
@@ -198,6 +231,8 @@ def link_slices(
     min_slices: int = 1,
     fill_gaps: bool = True,
     split_depth: float = 0.0,
+    extent_gate_um: float = 0.0,
+    extent_trim_um: float = 0.0,
 ) -> LinkedVolume:
     """Link per-slice regions into 3D objects.
 
@@ -212,6 +247,11 @@ def link_slices(
     split_depth: with any strategy, split linked objects at interior minima of their area along
         z at least this fraction below the largest area on both sides (:func:`split_at_necks`);
         0 turns it off.
+    extent_gate_um, extent_trim_um: with predicted extents (``regions.z_extents``), never link
+        two detections whose extents are more than extent_gate_um apart
+        (:func:`_extent_conflicts`), and remove an object's slices more than extent_trim_um
+        outside its consensus extent (:func:`trim_to_extent`); 0 turns each off. Ignored
+        without predicted extents.
     """
     if strategy not in LINKERS:
         raise ValueError(f"TEST.CTC.LINKING must be one of {LINKERS}, got {strategy!r}")
@@ -230,12 +270,16 @@ def link_slices(
                 if component and region:
                     tracks[component - 1].append((z, int(region)))
     else:
-        tracks = _link_regions(regions, strategy, threshold, look_back)
+        tracks = _link_regions(regions, strategy, threshold, look_back,
+                               extent_gate_um if regions.z_extents is not None else 0.0)
     if split_depth > 0:
         region_areas = [np.bincount(m.ravel()) for m in slice_maps]
         tracks = [part for track in tracks for part in split_at_necks(track, slice_maps, region_areas, split_depth)]
         components = None  # objects are now sets of regions, not 3D components
-    kept = [t for t in range(len(tracks)) if len({z for z, _ in tracks[t]}) >= min_slices]
+    if extent_trim_um > 0 and regions.z_extents is not None:
+        tracks = [trim_to_extent(track, regions, extent_trim_um) for track in tracks]
+        components = None
+    kept = [t for t in range(len(tracks)) if tracks[t] and len({z for z, _ in tracks[t]}) >= min_slices]
     if len(kept) > MAX_LABEL:
         raise ValueError(f"{len(kept)} objects do not fit a uint16 label volume")
     scores = np.array([np.mean([slice_scores[z][r - 1] for z, r in tracks[t]]) for t in kept])
@@ -276,7 +320,8 @@ def _predicted_fill(regions: SliceRegions, before: tuple[int, int], after: tuple
 
 # The TEST.CTC key of every keyword argument of link_slices.
 LINK_OPTION_KEYS = {"strategy": "LINKING", "threshold": "LINK_THRESHOLD", "look_back": "LOOK_BACK",
-                    "min_slices": "MIN_SLICES", "fill_gaps": "FILL_GAPS", "split_depth": "SPLIT_DEPTH"}
+                    "min_slices": "MIN_SLICES", "fill_gaps": "FILL_GAPS", "split_depth": "SPLIT_DEPTH",
+                    "extent_gate_um": "EXTENT_GATE_UM", "extent_trim_um": "EXTENT_TRIM_UM"}
 
 
 def link_options_from_config(cfg) -> dict:
@@ -284,41 +329,53 @@ def link_options_from_config(cfg) -> dict:
     return {option: cfg.TEST.CTC[key] for option, key in LINK_OPTION_KEYS.items()}
 
 
-def instances_to_numpy(instances, score_threshold: float) -> tuple[np.ndarray, ...]:
-    """The detectron2 Instances scoring at least the threshold as numpy: (K, H, W) bool masks and
-    (K,) scores, plus (K, M, H, W) bool predicted neighbour masks where the model predicts them."""
+def instances_to_numpy(instances, score_threshold: float) -> tuple:
+    """The detectron2 Instances scoring at least the threshold as numpy: (K, H, W) bool masks,
+    (K,) scores, (K, M, H, W) bool predicted neighbour masks and (K, 2) predicted z extents in
+    um, each of the last two None where the model does not predict it."""
     keep = (instances.scores >= score_threshold).cpu()
-    out = (instances.pred_masks.cpu()[keep].numpy().astype(bool), instances.scores.cpu()[keep].numpy())
-    if instances.has("pred_neighbor_masks"):
-        out += (instances.pred_neighbor_masks.cpu()[keep].numpy().astype(bool),)
-    return out
+
+    def field(name: str, dtype) -> np.ndarray | None:
+        return instances.get(name).cpu()[keep].numpy().astype(dtype) if instances.has(name) else None
+
+    return (field("pred_masks", bool), instances.scores.cpu()[keep].numpy(),
+            field("pred_neighbor_masks", bool), field("pred_z_extent", np.float64))
 
 
-def paste_volume(predictions, shape: tuple[int, int, int], window_offsets=()) -> SliceRegions:
+def paste_volume(predictions, shape: tuple[int, int, int], window_offsets=(), z_spacing_um: float = 1.0) -> SliceRegions:
     """Paste the per-slice predictions of one volume into :class:`SliceRegions`.
 
-    predictions: iterable of (z, (K, H, W) bool masks, (K,) scores), or of (z, masks, scores,
-    (K, M, H, W) bool predicted neighbour masks) from a neighbour-mask model, whose M masks are
-    at the non-zero ``window_offsets`` (dz); slices not given are empty.
+    predictions: iterable of (z, (K, H, W) bool masks, (K,) scores[, (K, M, H, W) bool predicted
+    neighbour masks or None[, (K, 2) predicted z extents in um or None]]), as
+    :func:`instances_to_numpy` gives them; neighbour masks are at the non-zero
+    ``window_offsets`` (dz), extents measured with slices z_spacing_um apart. Slices not given
+    are empty.
     """
     offsets = np.asarray(window_offsets, dtype=np.int64)
     offsets = offsets[offsets != 0]
     slice_maps = np.zeros(shape, dtype=np.int32)
     slice_scores = [np.zeros(0)] * shape[0]
-    neighbors = None
-    for z, masks, scores, *neighbor_masks in predictions:
-        if neighbor_masks and neighbors is None:
+    neighbors = extents = None
+    for z, masks, scores, *extra in predictions:
+        neighbor_masks, z_extents = (list(extra) + [None, None])[:2]
+        if neighbor_masks is not None and neighbors is None:
             neighbors = [np.zeros((0, len(offsets), *shape[1:]), bool)] * shape[0]
+        if z_extents is not None and extents is None:
+            extents = [np.zeros((0, 2))] * shape[0]
         if len(masks):
             slice_maps[z], slice_scores[z], kept = paste_slice(masks, scores)
-            if neighbor_masks:
-                neighbors[z] = np.asarray(neighbor_masks[0], dtype=bool)[kept]
-    return SliceRegions(slice_maps, slice_scores, offsets if neighbors is not None else offsets[:0], neighbors)
+            if neighbor_masks is not None:
+                neighbors[z] = np.asarray(neighbor_masks, dtype=bool)[kept]
+            if z_extents is not None:
+                extents[z] = np.asarray(z_extents, dtype=np.float64)[kept]
+    return SliceRegions(slice_maps, slice_scores, offsets if neighbors is not None else offsets[:0], neighbors,
+                        extents, z_spacing_um)
 
 
-def link_volume(predictions, shape: tuple[int, int, int], window_offsets=(), **options) -> LinkedVolume:
+def link_volume(predictions, shape: tuple[int, int, int], window_offsets=(), z_spacing_um: float = 1.0,
+                **options) -> LinkedVolume:
     """Paste and link per-slice predictions of one volume (options: those of :func:`link_slices`)."""
-    return link_slices(paste_volume(predictions, shape, window_offsets), **options)
+    return link_slices(paste_volume(predictions, shape, window_offsets, z_spacing_um), **options)
 
 
 def link_with_reference(slice_maps: np.ndarray, reference: np.ndarray) -> np.ndarray:

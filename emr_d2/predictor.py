@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, list_frames, read_raw_volume, write_label_volume,
                        write_result_tracks)
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
-                          warn_if_deeper_than)
+                          warn_if_deeper_than, z_spacing_um)
 from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
     paste_volume
 from .modeling.checkpoint import SliceStackCheckpointer
@@ -110,10 +110,10 @@ class VolumePredictor:
     # ------------------------------------------------------------------ whole volume
     def regions(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> SliceRegions:
         """Predict and paste every slice of a (Z, H, W) raw volume (with predicted neighbour
-        masks for a neighbour-mask model), ready for linking."""
+        masks and z extents where the model predicts them), ready for linking."""
         predictions = ((z, *instances_to_numpy(instances, self.score_threshold))
                        for z, instances in self.slice_instances(volume, progress, voxel_um))
-        return paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um))
+        return paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um))
 
     def __call__(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> LinkedVolume:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""

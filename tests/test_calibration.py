@@ -50,7 +50,7 @@ def test_calibration_picks_the_only_linking_that_separates_touching_objects():
 def test_grid_covers_linkers_thresholds_look_backs_and_minimum_lengths():
     cfg = tiny_cfg("baseline_2d", 1, freeze=False)
     grid = linking_grid(cfg)
-    assert len(grid) == 2 * 9 * 3 * 3 + 3
+    assert len(grid) == 4 * (2 * 9 * 3 * 3 + 3)  # four split depths by default
     assert dict(strategy="overlap", threshold=0.9, look_back=2, min_slices=3, split_depth=0.0) in grid
 
 

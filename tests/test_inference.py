@@ -15,12 +15,14 @@ EXTRA = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.BATCH_WINDOWS", "
 
 # Non-contiguous offsets with the neighbour-mask head: its pasted neighbour masks must agree too.
 NEIGHBORS = ["INPUT.SLICE_OFFSETS", "[-3, -1, 0, 2, 3]", "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True"]
+Z_EXTENT = ["MODEL.Z_EXTENT.ENABLED", "True"]
 
 
 @pytest.mark.parametrize("variant,padding,extra", [
     ("mlp_fusion", "replicate", []), ("windowed_fusion", "zero", []), ("late_fusion_mlp", "reflect", []),
     ("late_fusion_center", "replicate", []), ("cross_slice_attention", "zero", []),
     ("mlp_fusion", "reflect", NEIGHBORS), ("late_fusion_center", "zero", NEIGHBORS),
+    ("mlp_fusion", "zero", Z_EXTENT), ("late_fusion_mlp", "replicate", Z_EXTENT),
 ])
 def test_cached_and_per_window_inference_agree(tiny_dataset, variant, padding, extra):
     torch.manual_seed(0)
@@ -40,9 +42,12 @@ def test_cached_and_per_window_inference_agree(tiny_dataset, variant, padding, e
         torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(x.scores, y.scores, atol=1e-4, rtol=1e-4)
         assert (x.pred_masks != y.pred_masks).float().mean() < 1e-3
-        if extra:
+        if extra == NEIGHBORS:
             assert x.pred_neighbor_masks.shape == (len(x), 4, *volume.shape[1:])
             assert (x.pred_neighbor_masks != y.pred_neighbor_masks).float().mean() < 1e-3
+        if extra == Z_EXTENT:
+            assert x.pred_z_extent.shape == (len(x), 2)
+            torch.testing.assert_close(x.pred_z_extent, y.pred_z_extent, atol=1e-3, rtol=1e-3)
     assert total > 0
 
 

@@ -16,7 +16,7 @@ from ..structures import NeighborMasks
 from .augment import IntensityAugmentation, build_slice_augmentations
 from .catalog import record_voxel_size
 from .ctc import read_label_volume
-from .window import SliceWindow, VolumeWindowReader, pixel_scale, scaled_size
+from .window import SliceWindow, VolumeWindowReader, pixel_scale, scaled_size, z_spacing_um
 
 
 def annotations_to_label_map(annotations: list[dict], height: int, width: int) -> np.ndarray:
@@ -42,6 +42,33 @@ def label_map_to_instances(label_map: np.ndarray) -> Instances:
     instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     instances.gt_classes = torch.zeros(len(ids), dtype=torch.int64)
     return instances
+
+
+@functools.lru_cache(maxsize=16)
+def object_z_ranges(gt_file: str) -> np.ndarray:
+    """(L + 1, 2) first and last slice of every label 1..L of a 3D reference file (-1, -1 for a
+    label that is absent)."""
+    found = ndimage.find_objects(np.asarray(read_label_volume(gt_file)))
+    ranges = np.full((len(found) + 1, 2), -1, dtype=np.int64)
+    for label, box in enumerate(found, start=1):
+        if box is not None:
+            ranges[label] = box[0].start, box[0].stop - 1
+    return ranges
+
+
+def z_extent_targets(ids: np.ndarray, z: int, depth: int, ranges: np.ndarray | None,
+                     spacing_um: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each object ``ids`` of slice z reaches below and above it in its 3D reference:
+    ((K, 2) float32 um (down to its first slice, up to its last), (K, 2) bool valid). A side that
+    touches the stack end may be cut by it and is not valid; without a 3D reference (ranges
+    None) nothing is. Edge padding of the window does not change the targets."""
+    extent = np.zeros((len(ids), 2), dtype=np.float32)
+    valid = np.zeros((len(ids), 2), dtype=bool)
+    if ranges is not None and len(ids):
+        first, last = ranges[ids, 0], ranges[ids, 1]
+        extent[:] = np.stack([z - first, last - z], axis=1) * spacing_um
+        valid[:] = np.stack([first > 0, last < depth - 1], axis=1) & (first >= 0)[:, None]
+    return torch.from_numpy(extent), torch.from_numpy(valid)
 
 
 def neighbor_masks_of(centre: np.ndarray, neighbors: np.ndarray, valid: np.ndarray) -> NeighborMasks:
@@ -91,7 +118,8 @@ class SliceStackMapper:
             INPUT.PIXEL_SIZE_UM (if set) and augmented alike;
         instances: the centre slice's Instances (training only), with ``gt_neighbor_masks``
             (NeighborMasks: the same objects in the other window slices, from the 3D reference)
-            when ``neighbor_masks``;
+            when ``neighbor_masks``, and ``gt_z_extent`` / ``gt_z_extent_valid`` (K, 2)
+            (:func:`z_extent_targets`) when ``z_extent``;
         volume_id, z, frame, sequence, file_name, image_id, height, width (native size).
     """
 
@@ -107,6 +135,7 @@ class SliceStackMapper:
         intensity_augmentation: IntensityAugmentation | None = None,
         center_degradation: CenterDegradation | None = None,
         neighbor_masks: bool = False,
+        z_extent: bool = False,
     ):
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -115,6 +144,7 @@ class SliceStackMapper:
         self.intensity_augmentation = intensity_augmentation
         self.center_degradation = center_degradation
         self.neighbor_masks = neighbor_masks and window.num_slices > 1
+        self.z_extent = z_extent
         self.reader = VolumeWindowReader(percentiles)
         self.label_volume = functools.lru_cache(maxsize=4)(read_label_volume)  # memory-mapped
 
@@ -129,6 +159,7 @@ class SliceStackMapper:
             "intensity_augmentation": IntensityAugmentation.from_config(cfg) if is_train else None,
             "center_degradation": CenterDegradation.from_config(cfg) if is_train else None,
             "neighbor_masks": cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS,
+            "z_extent": cfg.MODEL.Z_EXTENT.ENABLED,
         }
 
     def _neighbor_labels(self, record: dict, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +202,12 @@ class SliceStackMapper:
             record["instances"] = label_map_to_instances(labels[:, :, 0])
             if self.neighbor_masks:
                 record["instances"].gt_neighbor_masks = neighbor_masks_of(labels[:, :, 0], labels[:, :, 1:], valid)
+            if self.z_extent:
+                ids = np.unique(labels[:, :, 0])
+                ranges = object_z_ranges(record["gt_file"]) if record.get("gt_file") else None
+                instances = record["instances"]
+                instances.gt_z_extent, instances.gt_z_extent_valid = z_extent_targets(
+                    ids[ids > 0], record["z"], record["depth"], ranges, z_spacing_um(voxel))
         record.pop("annotations", None)
         record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return record

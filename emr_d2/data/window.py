@@ -169,3 +169,9 @@ class VolumeWindowReader:
         data, low, high = self.volume(path)
         warn_if_deeper_than(data.shape[0], offsets, path)
         return normalised_slices(data, window_indices(z, data.shape[0], offsets, padding), low, high)
+
+
+def z_spacing_um(voxel_um: tuple | None) -> float:
+    """The slice spacing z extents are measured in: the voxel's z size, 1.0 (so extents count
+    slices) where the dataset's voxel size is unknown."""
+    return float(voxel_um[0]) if voxel_um else 1.0

@@ -16,11 +16,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..atomic import atomic_write
+from ..data.catalog import record_voxel_size
 from ..data.ctc import write_label_volume, write_result_tracks
 from ..data.slices import read_record_markers, read_record_reference
+from ..data.window import z_spacing_um
 from ..linking import (instances_to_numpy, link_options_from_config, link_slices, link_with_reference,
                        paste_volume)
 from .det import DETAccumulator, op_csb
+from .z_extent import ZExtentErrors
 from .seg import SEGAccumulator
 
 logger = logging.getLogger(__name__)
@@ -117,6 +120,7 @@ class CTCEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self._open: dict[str, dict[int, tuple]] = defaultdict(dict)  # volume -> z -> predictions
         self._seg, self._oracle, self._det = SEGAccumulator(), SEGAccumulator(), DETAccumulator()
+        self._extents = ZExtentErrors()
         self._objects: list[tuple[str, dict]] = []  # (volume id, volume_objects)
         self._res_dirs: set[str] = set()
 
@@ -131,7 +135,8 @@ class CTCEvaluator(DatasetEvaluator):
 
     def _finish_volume(self, record: dict, slices: dict[int, tuple], window_offsets) -> None:
         shape = (record["depth"], record["height"], record["width"])
-        regions = paste_volume(((z, *slices[z]) for z in sorted(slices)), shape, window_offsets)
+        regions = paste_volume(((z, *slices[z]) for z in sorted(slices)), shape, window_offsets,
+                               z_spacing_um(record_voxel_size(record)))
         linked = link_slices(regions, **self.link_options)
         if self.write_res and self.output_dir:
             res_dir = os.path.join(self.output_dir, f"{record['sequence']}_RES")
@@ -144,23 +149,27 @@ class CTCEvaluator(DatasetEvaluator):
         if markers is not None:
             self._det.add(volume_id, markers, linked.labels)
         self._oracle.add(volume_id, gt, link_with_reference(regions.maps, gt), annotated)
+        if annotated is None:  # a whole 3D reference: objects' z ranges are known
+            self._extents.add(regions, gt)
         self._objects.append((volume_id, volume_objects(gt, linked.labels, linked.scores)))
 
     def evaluate(self) -> dict | None:
         if self._open:
             volume_id, slices = next(iter(self._open.items()))
             raise RuntimeError(f"{volume_id}: only {len(slices)} slices were predicted")
-        parts = [(self._seg, self._oracle, self._det, self._objects, self._res_dirs)]
+        parts = [(self._seg, self._oracle, self._det, self._extents, self._objects, self._res_dirs)]
         if self.distributed:
             comm.synchronize()
             parts = comm.gather(parts[0], dst=0)
             if not comm.is_main_process():
                 return None
-        seg, oracle, det, objects, res_dirs = SEGAccumulator(), SEGAccumulator(), DETAccumulator(), [], set()
-        for part_seg, part_oracle, part_det, part_objects, part_res_dirs in parts:
+        seg, oracle, det, extents = SEGAccumulator(), SEGAccumulator(), DETAccumulator(), ZExtentErrors()
+        objects, res_dirs = [], set()
+        for part_seg, part_oracle, part_det, part_extents, part_objects, part_res_dirs in parts:
             seg.merge(part_seg)
             oracle.merge(part_oracle)
             det.merge(part_det)
+            extents.merge(part_extents)
             objects += part_objects
             res_dirs |= part_res_dirs
         if not objects:
@@ -173,6 +182,8 @@ class CTCEvaluator(DatasetEvaluator):
         results = dict(seg.summary(), SEG_oracle_link=oracle.summary()["SEG"],
                        volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
                        volume_AP75=volume_ap["AP75"], num_volumes=len(objects))
+        if extents.errors:
+            results.update(extents.summary())
         if det.markers:
             results.update(det.summary())
             results["OP_CSB"] = op_csb(results["SEG"], results["DET"])

@@ -1,6 +1,7 @@
-"""ROI heads: late fusion (pool every proposal from every slice and fuse the N ROI features), and
-the neighbour-mask head (every ROI also predicts its object's mask in each neighbour slice, so
-that training needs what the neighbours show)."""
+"""ROI heads: the z-extent branch (every detection also predicts how far its object reaches in
+z), late fusion (pool every proposal from every slice and fuse the N ROI features), and the
+neighbour-mask head (every ROI also predicts its object's mask in each neighbour slice, so that
+training needs what the neighbours show)."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, cat
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.mask_head import (ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead,
                                                      mask_rcnn_inference, mask_rcnn_loss)
@@ -35,10 +37,94 @@ class SliceFusionPooler(nn.Module):
         return self.fusion(torch.stack(pooled, dim=1))
 
 
+class ZExtentHead(nn.Module):
+    """Two numbers per ROI from its (R, C, S, S) pooled features: how far its object reaches
+    below and above the ROI's slice, in units of ``scale_um``. A stride-2 convolution and two
+    fully connected layers: (R, C, S, S) -> (R, 2)."""
+
+    def __init__(self, channels: int, pooler_resolution: int, fc_dim: int):
+        super().__init__()
+        self.conv = Conv2d(channels, channels, kernel_size=3, stride=2, padding=1, activation=F.relu)
+        side = (pooler_resolution + 1) // 2
+        self.fc = nn.Linear(channels * side * side, fc_dim)
+        self.predictor = nn.Linear(fc_dim, 2)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 1.0)  # start at the typical reach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(F.relu(self.fc(self.conv(x).flatten(1))))
+
+
+def z_extent_loss(predicted: torch.Tensor, instances: list[Instances], scale_um: float) -> torch.Tensor:
+    """Smooth L1 between (R, 2) predicted reaches (units of scale_um) of the foreground proposals
+    and their ``gt_z_extent`` (um) / scale_um, averaged over the sides in ``gt_z_extent_valid``
+    (a side cut by the stack end, or without a 3D reference, is not trained)."""
+    instances = [i for i in instances if len(i)]
+    targets = cat([i.gt_z_extent for i in instances], dim=0) / scale_um if instances else predicted[:0]
+    valid = cat([i.gt_z_extent_valid for i in instances], dim=0) if instances else predicted[:0].bool()
+    if valid.sum() == 0:
+        return predicted.sum() * 0
+    return F.smooth_l1_loss(predicted[valid], targets[valid].to(predicted.dtype), beta=0.1)
+
+
 @ROI_HEADS_REGISTRY.register()
-class SliceFusionROIHeads(StandardROIHeads):
-    """StandardROIHeads whose mask head (and, with MODEL.FUSION.LATE.BOX, box head) reads ROI
-    features fused over the N slices by MODEL.FUSION.LATE.NAME. Needs a backbone that returns
+class SliceStackROIHeads(StandardROIHeads):
+    """StandardROIHeads with the z-extent branch (MODEL.Z_EXTENT.ENABLED): every detection also
+    predicts ``pred_z_extent`` (R, 2), the distances in um from its slice down to the first and
+    up to the last slice of its object, from the same pooled features as the mask head (fused
+    over the slices by whichever fusion the model uses). Training adds ``loss_z_extent``
+    against the proposals' ``gt_z_extent`` (SliceStackMapper). Without it, StandardROIHeads."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        extent = cfg.MODEL.Z_EXTENT
+        if extent.ENABLED:
+            channels = input_shape[ret["mask_in_features"][0]].channels
+            ret["z_extent_head"] = ZExtentHead(channels, cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, extent.FC_DIM)
+            ret["z_extent_scale_um"] = extent.SCALE_UM
+            ret["z_extent_loss_weight"] = extent.LOSS_WEIGHT
+        return ret
+
+    @configurable
+    def __init__(self, *, z_extent_head: nn.Module | None = None, z_extent_scale_um: float = 4.0,
+                 z_extent_loss_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.z_extent_head = z_extent_head
+        self.z_extent_scale_um = z_extent_scale_um
+        self.z_extent_loss_weight = z_extent_loss_weight
+
+    def _mask_level_features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The features the mask pooler reads, by level."""
+        return features
+
+    def _z_extent_logits(self, features: dict[str, torch.Tensor], boxes: list) -> torch.Tensor:
+        levels = self._mask_level_features(features)
+        return self.z_extent_head(self.mask_pooler([levels[f] for f in self.mask_in_features], boxes))
+
+    def forward(self, images, features, proposals, targets=None):
+        instances, losses = super().forward(images, features, proposals, targets)
+        if self.training and self.z_extent_head is not None:
+            foreground, _ = select_foreground_proposals(instances, self.num_classes)
+            logits = self._z_extent_logits(features, [x.proposal_boxes for x in foreground])
+            losses["loss_z_extent"] = (z_extent_loss(logits, foreground, self.z_extent_scale_um)
+                                       * self.z_extent_loss_weight)
+        return instances, losses
+
+    def forward_with_given_boxes(self, features, instances):
+        instances = super().forward_with_given_boxes(features, instances)
+        if self.z_extent_head is not None:
+            logits = self._z_extent_logits(features, [x.pred_boxes for x in instances])
+            reach = logits.clamp(min=0) * self.z_extent_scale_um
+            for item, r in zip(instances, reach.split([len(i) for i in instances])):
+                item.pred_z_extent = r
+        return instances
+
+
+@ROI_HEADS_REGISTRY.register()
+class SliceFusionROIHeads(SliceStackROIHeads):
+    """SliceStackROIHeads whose mask head and z-extent branch (and, with MODEL.FUSION.LATE.BOX,
+    box head) read ROI features fused over the N slices by MODEL.FUSION.LATE.NAME. Needs a backbone that returns
     ``<level>_slices`` features (``build_late_fusion_backbone``)."""
 
     @classmethod
@@ -76,8 +162,11 @@ class SliceFusionROIHeads(StandardROIHeads):
             features = self._slice_features(features, self.box_in_features)
         return super()._forward_box(features, proposals)
 
+    def _mask_level_features(self, features):
+        return self._slice_features(features, self.mask_in_features)
+
     def _forward_mask(self, features, instances):
-        return super()._forward_mask(self._slice_features(features, self.mask_in_features), instances)
+        return super()._forward_mask(self._mask_level_features(features), instances)
 
 
 def neighbor_mask_loss(logits: torch.Tensor, instances: list[Instances]) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""How well the z-extent head predicts where each detected object begins and ends along z."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..linking import SliceRegions
+
+
+class ZExtentErrors:
+    """Absolute errors (um) of predicted z extents against a 3D reference, pooled over volumes.
+
+    A region of a slice is compared with the reference object that covers more than half of it;
+    a side of that object that touches the stack end (possibly cut) is not scored. Errors are
+    also kept by the region's distance to its object's nearer end: ``caps`` (0 or 1 slice from
+    the end) and ``core`` (further in).
+    """
+
+    def __init__(self):
+        self.errors: list[np.ndarray] = []  # per volume: (n,) absolute errors in um
+        self.distances: list[np.ndarray] = []  # per volume: (n,) slices to the object's nearer end
+
+    def add(self, regions: SliceRegions, reference: np.ndarray) -> None:
+        """regions with ``z_extents``; reference: (Z, H, W) 3D labels of the same volume."""
+        if regions.z_extents is None or reference.size == 0:
+            return
+        depth = reference.shape[0]
+        found = ndimage.find_objects(reference)
+        first = np.array([-1] + [b[0].start if b else -1 for b in found])
+        last = np.array([-1] + [b[0].stop - 1 if b else -1 for b in found])
+        errors, distances = [], []
+        for z in range(depth):
+            count = int(regions.maps[z].max())
+            if count == 0:
+                continue
+            table = np.bincount(regions.maps[z].ravel().astype(np.int64) * len(first) + reference[z].ravel(),
+                                minlength=(count + 1) * len(first)).reshape(count + 1, len(first))[1:]
+            table[:, 0] = 0
+            best = table.argmax(axis=1)
+            area = np.bincount(regions.maps[z].ravel(), minlength=count + 1)[1:]
+            matched = table[np.arange(count), best] * 2 > area
+            for k in np.flatnonzero(matched):
+                label = best[k]
+                target = np.array([z - first[label], last[label] - z]) * regions.z_spacing_um
+                valid = np.array([first[label] > 0, last[label] < depth - 1])
+                error = np.abs(regions.z_extents[z][k] - target)[valid]
+                errors.append(error)
+                distances.append(np.full(len(error), min(z - first[label], last[label] - z)))
+        if errors:
+            self.errors.append(np.concatenate(errors))
+            self.distances.append(np.concatenate(distances))
+
+    def merge(self, other: "ZExtentErrors") -> None:
+        self.errors += other.errors
+        self.distances += other.distances
+
+    def summary(self) -> dict:
+        """{z_extent_error_um, z_extent_error_um_caps, z_extent_error_um_core}: mean absolute
+        errors (NaN where nothing was scored)."""
+        errors = np.concatenate(self.errors) if self.errors else np.zeros(0)
+        distances = np.concatenate(self.distances) if self.distances else np.zeros(0)
+
+        def mean(selected: np.ndarray) -> float:
+            return float(selected.mean()) if selected.size else float("nan")
+
+        return {"z_extent_error_um": mean(errors), "z_extent_error_um_caps": mean(errors[distances <= 1]),
+                "z_extent_error_um_core": mean(errors[distances > 1])}
