@@ -179,7 +179,7 @@ def finished_rows(output: str, dataset: BenchDataset) -> list[dict]:
         with open(path) as f:
             row = json.load(f)
         row.setdefault("centre_weight", centre_weight(os.path.dirname(path)))
-        rows.append(row)
+        rows.append({m: float("nan") for m in METRICS} | row)  # NaN: a column added after the run
     return sorted(rows, key=lambda r: (r["config"], r["seed"]))
 
 
