@@ -18,6 +18,7 @@ setup(
         "tqdm",
         "matplotlib",
         "tensorboard",
+        "opencv-python-headless",  # imported by detectron2.projects.point_rend
     ],
     extras_require={"test": ["pytest", "py-ctcmetrics", "ruff"]},
 )

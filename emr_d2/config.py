@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from detectron2.config import CfgNode as CN
+from detectron2.projects.point_rend import add_pointrend_config
 
 
 def add_emr_config(cfg: CN) -> None:
@@ -17,6 +18,7 @@ def add_emr_config(cfg: CN) -> None:
     one value for every slice of the per-volume normalised input). Only keys are added here.
     """
     _c = cfg
+    add_pointrend_config(_c)  # detectron2's PointRend keys (MODEL.POINT_HEAD.*, ROI_MASK_HEAD.*)
 
     # ---------------------------------------------------------------- input: the N-slice stack
     # Number of slices the model sees: the centre slice z and its neighbours z-N//2 .. z+N//2
@@ -226,6 +228,26 @@ def _choice(key: str, value, allowed) -> None:
         raise ValueError(f"{key}: {value!r} is not one of {list(allowed)}")
 
 
+def _check_point_rend(cfg: CN, late_heads: bool) -> None:
+    """The PointRend mask heads: which fusion family takes which, and what they need."""
+    from .modeling.point_rend import POINT_REND_HEADS
+
+    head = cfg.MODEL.ROI_MASK_HEAD
+    if head.NAME not in POINT_REND_HEADS:
+        return
+    key = f"MODEL.ROI_MASK_HEAD.NAME: {head.NAME!r}"
+    if head.POOLER_TYPE:
+        raise ValueError(f"{key} pools its own features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE to \"\"")
+    if late_heads != (head.NAME == "SliceFusionPointRendMaskHead"):
+        raise ValueError(f"{key}: late fusion (SliceFusionROIHeads) takes SliceFusionPointRendMaskHead, "
+                         "every other fusion family PointRendMaskHead or ImplicitPointRendMaskHead")
+    if head.NEIGHBOR_MASKS:
+        raise ValueError(f"{key}: MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS extends MaskRCNNConvUpsampleHead only")
+    if head.POINT_HEAD_ON and cfg.MODEL.POINT_HEAD.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ValueError(f"MODEL.POINT_HEAD.NUM_CLASSES: {cfg.MODEL.POINT_HEAD.NUM_CLASSES} must equal "
+                         f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})")
+
+
 def check_config(cfg: CN) -> None:
     """Check every enumerated emr_d2 key and the pairings between them; raise ValueError with one
     line naming the key, the value and what is allowed. Called by every tool before any work."""
@@ -271,6 +293,7 @@ def check_config(cfg: CN) -> None:
         raise ValueError(f"MODEL.ROI_HEADS.NAME: {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
                          f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs build_late_fusion_backbone "
                          "together with SliceFusionROIHeads")
+    _check_point_rend(cfg, late_heads)
     _choice("TEST.CTC.LINKING", cfg.TEST.CTC.LINKING, LINKERS)
     for name in cfg.TEST.CTC.CALIBRATION.LINKERS:
         _choice("TEST.CTC.CALIBRATION.LINKERS", name, LINKERS)

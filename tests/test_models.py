@@ -18,7 +18,7 @@ from emr_d2.modeling.roi_heads import SliceFusionPooler
 from helpers import VARIANTS, tiny_cfg, train_tiny
 
 N_FOR = {v: [3, 5] for v in VARIANTS}
-N_FOR["baseline_2d"] = [1]
+N_FOR["baseline_2d"] = N_FOR["pointrend_baseline_2d"] = [1]
 N_FOR["channel_fusion"] = [1, 3, 5]
 N_FOR["mlp_fusion"] = [1, 3, 5]
 CASES = [(v, n) for v in VARIANTS for n in N_FOR[v]]
@@ -49,7 +49,8 @@ def test_forward_backward_and_inference(registered_tiny, variant, num_slices):
     fusion_params = [(f"{type(m).__name__}.{n}", p) for m in model.modules()
                      if isinstance(m, (SliceFusion, IntensityFrontEnd))
                      for n, p in m.named_parameters() if p.requires_grad]
-    if variant not in ("baseline_2d", "channel_fusion", "late_fusion_mean", "late_fusion_center"):
+    if variant.removeprefix("pointrend_") not in ("baseline_2d", "channel_fusion", "late_fusion_mean",
+                                                  "late_fusion_center"):
         assert len(fusion_params) > 2, "the variant should have fusion parameters"
     for name, p in fusion_params:
         # with one slice, softmax weights are constant: their parameters get zero gradients

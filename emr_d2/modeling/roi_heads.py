@@ -80,17 +80,22 @@ class SliceStackROIHeads(StandardROIHeads):
         ret = super().from_config(cfg, input_shape)
         extent = cfg.MODEL.Z_EXTENT
         if extent.ENABLED:
-            channels = input_shape[ret["mask_in_features"][0]].channels
-            ret["z_extent_head"] = ZExtentHead(channels, cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, extent.FC_DIM)
+            levels = ret["mask_in_features"]
+            resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+            ret["z_extent_head"] = ZExtentHead(input_shape[levels[0]].channels, resolution, extent.FC_DIM)
             ret["z_extent_scale_um"] = extent.SCALE_UM
             ret["z_extent_loss_weight"] = extent.LOSS_WEIGHT
+            if ret["mask_pooler"] is None:  # a mask head that pools for itself (PointRend)
+                ret["z_extent_pooler"] = ROIPooler(resolution, tuple(1.0 / input_shape[k].stride for k in levels),
+                                                   cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO, "ROIAlignV2")
         return ret
 
     @configurable
-    def __init__(self, *, z_extent_head: nn.Module | None = None, z_extent_scale_um: float = 4.0,
-                 z_extent_loss_weight: float = 1.0, **kwargs):
+    def __init__(self, *, z_extent_head: nn.Module | None = None, z_extent_pooler: nn.Module | None = None,
+                 z_extent_scale_um: float = 4.0, z_extent_loss_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.z_extent_head = z_extent_head
+        self.z_extent_pooler = z_extent_pooler  # None: the mask pooler's features
         self.z_extent_scale_um = z_extent_scale_um
         self.z_extent_loss_weight = z_extent_loss_weight
 
@@ -100,7 +105,8 @@ class SliceStackROIHeads(StandardROIHeads):
 
     def _z_extent_logits(self, features: dict[str, torch.Tensor], boxes: list) -> torch.Tensor:
         levels = self._mask_level_features(features)
-        return self.z_extent_head(self.mask_pooler([levels[f] for f in self.mask_in_features], boxes))
+        pooler = self.mask_pooler if self.z_extent_pooler is None else self.z_extent_pooler
+        return self.z_extent_head(pooler([levels[f] for f in self.mask_in_features], boxes))
 
     def forward(self, images, features, proposals, targets=None):
         instances, losses = super().forward(images, features, proposals, targets)
@@ -132,11 +138,15 @@ class SliceFusionROIHeads(SliceStackROIHeads):
         ret = super().from_config(cfg, input_shape)
         late = cfg.MODEL.FUSION.LATE
         num_slices = cfg.INPUT.NUM_SLICES
-        if ret.get("mask_pooler") is None or not cfg.MODEL.MASK_ON:
-            raise ValueError("SliceFusionROIHeads needs MODEL.MASK_ON and a mask pooler")
+        if not cfg.MODEL.MASK_ON:
+            raise ValueError("SliceFusionROIHeads needs MODEL.MASK_ON")
         mask_channels = input_shape[ret["mask_in_features"][0]].channels
-        ret["mask_pooler"] = SliceFusionPooler(
-            ret["mask_pooler"], build_fusion(late.NAME, mask_channels, num_slices, cfg))
+        if ret["mask_pooler"] is not None:  # else the mask head fuses (SliceFusionPointRendMaskHead)
+            ret["mask_pooler"] = SliceFusionPooler(
+                ret["mask_pooler"], build_fusion(late.NAME, mask_channels, num_slices, cfg))
+        if ret.get("z_extent_pooler") is not None:
+            ret["z_extent_pooler"] = SliceFusionPooler(
+                ret["z_extent_pooler"], build_fusion(late.NAME, mask_channels, num_slices, cfg))
         ret["fuse_box"] = late.BOX
         if late.BOX:
             box_channels = input_shape[ret["box_in_features"][0]].channels
