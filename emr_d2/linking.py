@@ -120,35 +120,44 @@ def _extent_conflicts(regions: SliceRegions, z: int, zp: int, cols: np.ndarray, 
     return starts_after[:, None] | ends_before[None, :]
 
 
-def _link_regions(regions: SliceRegions, strategy: str, threshold: float,
-                  look_back: int, extent_gate_um: float = 0.0) -> list[list[tuple[int, int]]]:
-    """Tracks of (z, region) pairs, linking each slice's regions to objects seen up to
-    1 + look_back slices before by maximum-weight assignment of IoU, overlap / smaller area or
-    predicted IoU (:func:`_predicted_similarity`); pairs whose predicted extents conflict
-    (:func:`_extent_conflicts`, with extent_gate_um > 0) are never linked."""
-    slice_maps = regions.maps
-    tracks: list[list[tuple[int, int]]] = []
-    open_tracks: dict[int, int] = {}  # track index -> last z
-    last_region: dict[int, int] = {}  # track index -> region id at its last z
-    for z in range(slice_maps.shape[0]):
-        n_regions = int(slice_maps[z].max())
+class _Tracker:
+    """Builds tracks of (z, region) pairs slice by slice: each slice's regions are linked to
+    objects seen up to 1 + look_back slices before by maximum-weight assignment of IoU, overlap /
+    smaller area or predicted IoU (:func:`_predicted_similarity`); pairs whose predicted extents
+    conflict (:func:`_extent_conflicts`, with extent_gate_um > 0) are never linked.
+
+    ``regions`` is read only at the current slice and the look_back + 1 before it, so its
+    per-slice fields may be dicts that hold only those (streaming)."""
+
+    def __init__(self, regions: SliceRegions, strategy: str, threshold: float, look_back: int,
+                 extent_gate_um: float = 0.0):
+        self.regions, self.strategy, self.threshold = regions, strategy, threshold
+        self.look_back, self.extent_gate_um = look_back, extent_gate_um
+        self.tracks: list[list[tuple[int, int]]] = []
+        self.open: dict[int, int] = {}  # track index -> last z
+        self.last_region: dict[int, int] = {}  # track index -> region id at its last z
+
+    def step(self, z: int) -> None:
+        """Link the regions of slice z; tracks that can no longer continue leave ``open``."""
+        maps, look_back = self.regions.maps, self.look_back
+        n_regions = int(maps[z].max())
         candidates, similarity = [], []
         for zp in range(max(z - 1 - look_back, 0), z):
-            ends_here = [t for t, last in open_tracks.items() if last == zp]
+            ends_here = [t for t, last in self.open.items() if last == zp]
             if not ends_here or n_regions == 0:
                 continue
-            inter, area_now, area_prev = _overlaps(slice_maps[z], slice_maps[zp])
-            cols = np.array([last_region[t] - 1 for t in ends_here])
+            inter, area_now, area_prev = _overlaps(maps[z], maps[zp])
+            cols = np.array([self.last_region[t] - 1 for t in ends_here])
             inter = inter[:, cols]
-            if strategy == "overlap":
+            if self.strategy == "overlap":
                 denom = np.minimum(area_now[:, None], area_prev[None, cols])
             else:
                 denom = area_now[:, None] + area_prev[None, cols] - inter
             sim = inter / np.maximum(denom, 1)
-            if strategy == "predicted":
-                sim = _predicted_similarity(regions, z, zp, cols, sim)
-            if extent_gate_um > 0:
-                sim = np.where(_extent_conflicts(regions, z, zp, cols, extent_gate_um), -1.0, sim)
+            if self.strategy == "predicted":
+                sim = _predicted_similarity(self.regions, z, zp, cols, sim)
+            if self.extent_gate_um > 0:
+                sim = np.where(_extent_conflicts(self.regions, z, zp, cols, self.extent_gate_um), -1.0, sim)
             candidates += ends_here
             similarity.append(sim)
         assigned = {}
@@ -156,18 +165,17 @@ def _link_regions(regions: SliceRegions, strategy: str, threshold: float,
             sim = np.concatenate(similarity, axis=1)
             rows, cols = linear_sum_assignment(sim, maximize=True)
             for r, c in zip(rows, cols):
-                if sim[r, c] >= threshold:
+                if sim[r, c] >= self.threshold:
                     assigned[r + 1] = candidates[c]
         for region in range(1, n_regions + 1):
             t = assigned.get(region)
             if t is None:
-                t = len(tracks)
-                tracks.append([])
-            tracks[t].append((z, region))
-            open_tracks[t], last_region[t] = z, region
-        for t in [t for t, last in open_tracks.items() if z - last > look_back]:
-            del open_tracks[t]
-    return tracks
+                t = len(self.tracks)
+                self.tracks.append([])
+            self.tracks[t].append((z, region))
+            self.open[t], self.last_region[t] = z, region
+        for t in [t for t, last in self.open.items() if z - last > look_back]:
+            del self.open[t]
 
 
 def _neck(areas: np.ndarray, depth: float) -> int | None:
@@ -223,6 +231,17 @@ def trim_to_extent(track: list[tuple[int, int]], regions: SliceRegions, trim_um:
     return [p for p, z in zip(track, zs) if first - margin <= z <= last + margin]
 
 
+def finish_track(track: list[tuple[int, int]], regions: SliceRegions, region_areas, split_depth: float,
+                 extent_trim_um: float) -> list[list[tuple[int, int]]]:
+    """A linked track's final objects: split at its necks (split_depth > 0; region_areas per
+    slice, see :func:`split_at_necks`), then each part trimmed to its predicted extent
+    (extent_trim_um > 0 and predicted extents)."""
+    parts = split_at_necks(track, regions.maps, region_areas, split_depth) if split_depth > 0 else [track]
+    if extent_trim_um > 0 and regions.z_extents is not None:
+        parts = [trim_to_extent(part, regions, extent_trim_um) for part in parts]
+    return parts
+
+
 def link_slices(
     regions: SliceRegions,
     strategy: str = "iou",
@@ -270,16 +289,17 @@ def link_slices(
                 if component and region:
                     tracks[component - 1].append((z, int(region)))
     else:
-        tracks = _link_regions(regions, strategy, threshold, look_back,
-                               extent_gate_um if regions.z_extents is not None else 0.0)
-    if split_depth > 0:
-        region_areas = [np.bincount(m.ravel()) for m in slice_maps]
-        tracks = [part for track in tracks for part in split_at_necks(track, slice_maps, region_areas, split_depth)]
+        tracker = _Tracker(regions, strategy, threshold, look_back,
+                           extent_gate_um if regions.z_extents is not None else 0.0)
+        for z in range(depth):
+            tracker.step(z)
+        tracks = tracker.tracks
+    region_areas = [np.bincount(m.ravel()) for m in slice_maps] if split_depth > 0 else None
+    reshaped = [finish_track(t, regions, region_areas, split_depth, extent_trim_um) for t in tracks]
+    if any(parts != [track] for parts, track in zip(reshaped, tracks)):
         components = None  # objects are now sets of regions, not 3D components
-    if extent_trim_um > 0 and regions.z_extents is not None:
-        tracks = [trim_to_extent(track, regions, extent_trim_um) for track in tracks]
-        components = None
-    kept = [t for t in range(len(tracks)) if tracks[t] and len({z for z, _ in tracks[t]}) >= min_slices]
+    tracks = [part for parts in reshaped for part in parts]
+    kept = [t for t in range(len(tracks)) if len({z for z, _ in tracks[t]}) >= max(min_slices, 1)]
     if len(kept) > MAX_LABEL:
         raise ValueError(f"{len(kept)} objects do not fit a uint16 label volume")
     scores = np.array([np.mean([slice_scores[z][r - 1] for z, r in tracks[t]]) for t in kept])

@@ -77,7 +77,7 @@ def test_calibration_reads_only_the_validation_data(broken_test_dataset, tmp_pat
         result = calibrate_linking(cfg, model, str(tmp_path))
     saved = json.load(open(tmp_path / LINKING_FILE))
     assert saved["choice"] == result["choice"] and saved["validation"] == ["BROKEN_01_val"]
-    assert saved["volumes"] >= 1 and len(saved["table"]) == 2 * 2 * 3 + 3
+    assert saved["volumes"] >= 1 and len(saved["table"]) == 4 * (2 * 2 * 3 + 3)  # x four split depths
     assert all(0.0 <= row["SEG"] <= 1.0 for row in saved["table"])
     assert result["SEG"] == max(row["SEG"] for row in saved["table"] + [saved["default"]])
 
