@@ -1,0 +1,87 @@
+"""Streaming linking gives the whole-volume labels, slice by slice, holding only open slices."""
+import numpy as np
+import pytest
+
+from emr_d2.linking import link_volume
+from emr_d2.streaming import StreamingLinker
+
+from test_linking import stacked_nuclei
+from test_z_extent import stacked_discs, with_extents
+
+
+def noisy_predictions(seed: int = 0, depth: int = 24, size: int = 48):
+    """(z, masks, scores, neighbour masks, extents) of drifting, growing and shrinking discs that
+    touch along z, with missed slices (look-back and gap fills matter), specks (min_slices
+    matters), necks (the shape split matters), neighbour masks and extents."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size]
+    objects = [(rng.integers(0, depth - 4), rng.integers(4, 9), rng.uniform(10, 38, 2)) for _ in range(12)]
+    for z in range(depth):
+        masks, extents = [], []
+        for start, length, (cy, cx) in objects:
+            if start <= z < start + length and rng.uniform() > 0.1:
+                t = (z - start + 0.5) / length
+                radius = 2 + 7 * np.sin(np.pi * t) + rng.normal(0, 0.5)
+                masks.append((y - cy - 0.3 * z) ** 2 + (x - cx) ** 2 <= radius ** 2)
+                extents.append([(z - start) * 1.5 + rng.normal(0, 1), (start + length - 1 - z) * 1.5 + rng.normal(0, 1)])
+        if rng.uniform() < 0.3:  # a speck
+            masks.append((y - rng.integers(5, 40)) ** 2 + (x - rng.integers(5, 40)) ** 2 <= 2)
+            extents.append([0.0, 0.0])
+        masks = np.array(masks, bool).reshape(-1, size, size)
+        neighbors = np.stack([np.roll(masks, s, axis=1) for s in (-1, 1)], axis=1)  # (K, 2, H, W)
+        yield z, masks, rng.uniform(0.5, 1.0, len(masks)), neighbors, np.clip(np.array(extents).reshape(-1, 2), 0, None)
+
+
+def stream(predictions, shape, **options):
+    linker = StreamingLinker(shape, window_offsets=[-1, 0, 1], z_spacing_um=1.5, **options)
+    labels = np.zeros(shape, np.uint16)
+    held = 0
+    for z, *prediction in predictions:
+        for zs, plane in linker.add(z, *prediction):
+            labels[zs] = plane
+        held = max(held, len(linker.regions.maps))
+    for zs, plane in linker.finish():
+        labels[zs] = plane
+    return labels, np.array(linker.scores), held
+
+
+OPTIONS = [dict(strategy="iou", threshold=0.3, look_back=1),
+           dict(strategy="overlap", threshold=0.5, look_back=2, min_slices=2, split_depth=0.15),
+           dict(strategy="iou", threshold=0.2, look_back=2, fill_gaps=False, extent_gate_um=1.0, extent_trim_um=1.0),
+           dict(strategy="predicted", threshold=0.3, look_back=2, min_slices=3, split_depth=0.25, extent_trim_um=0.5),
+           dict(strategy="overlap", threshold=0.1, look_back=0, split_depth=0.35, extent_gate_um=2.0)]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=[f"{o['strategy']}-{i}" for i, o in enumerate(OPTIONS)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streaming_equals_whole_volume_linking(options, seed):
+    shape = (24, 48, 48)
+    whole = link_volume(noisy_predictions(seed), shape, window_offsets=[-1, 0, 1], z_spacing_um=1.5, **options)
+    labels, scores, held = stream(noisy_predictions(seed), shape, **options)
+    assert whole.labels.max() > 5
+    np.testing.assert_array_equal(labels, whole.labels)
+    np.testing.assert_allclose(scores, whole.scores)
+    assert held < shape[0]  # never the whole volume
+
+
+def test_streaming_holds_only_the_slices_of_open_objects():
+    one = stacked_nuclei()  # two nuclei of 6 slices, touching along z
+    gt = np.concatenate([np.where(one > 0, one + 2 * k, 0) for k in range(5)] + [one[:1] * 0]).astype(np.uint16)
+    gt = np.insert(gt, [12, 24, 36, 48], 0, axis=0)  # an empty slice between the pairs: 65 slices
+    labels, _, held = stream(((z, m, s, None, e) for z, m, s, _, e in with_extents(gt)), gt.shape,
+                             strategy="overlap", threshold=0.3, look_back=0, split_depth=0.25)
+    np.testing.assert_array_equal(labels, gt)
+    assert held <= 14  # a linked pair (12 slices) and the look-back, not the 65 slices
+
+
+def test_streaming_refuses_what_it_cannot_stream():
+    with pytest.raises(ValueError, match="connected"):
+        StreamingLinker((4, 8, 8), strategy="connected")
+    linker = StreamingLinker((4, 8, 8))
+    with pytest.raises(ValueError, match="in order"):
+        linker.add(1, np.zeros((0, 8, 8), bool), np.zeros(0))
+    gt = stacked_discs()
+    linker = StreamingLinker(gt.shape)
+    linker.add(0, gt[:1] == 1, np.ones(1))
+    with pytest.raises(ValueError, match="1 of 10 slices"):
+        linker.finish()
