@@ -12,13 +12,14 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from tqdm import tqdm
 
-from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, list_frames, read_raw_volume, write_label_volume,
-                       write_result_tracks)
+from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, list_frames, read_raw_volume, write_label_planes,
+                       write_label_volume, write_result_tracks)
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
                           warn_if_deeper_than, z_spacing_um)
 from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
     paste_volume
 from .modeling.checkpoint import SliceStackCheckpointer
+from .streaming import StreamingLinker
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,31 @@ class VolumePredictor:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""
         return link_slices(self.regions(volume, progress, voxel_um), **self.link_options)
 
+    def predict_file(self, source: str, target: str, voxel_um: tuple | None = None, progress: bool = False) -> int:
+        """Segment the raw stack in file source into a uint16 label TIFF target (atomically) and
+        return its number of objects, streaming: the raw stack is memory-mapped where the TIFF
+        allows it, slices are predicted, linked (:class:`StreamingLinker`) and written one by
+        one, and only the slices of objects still open are held. The labels are those of
+        ``self(volume)``. The "connected" linker needs the whole volume's region maps (4 bytes
+        per voxel) and is linked whole."""
+        volume = read_raw_volume(source)
+        if self.link_options["strategy"] == "connected":
+            linked = self(volume, progress, voxel_um)
+            write_label_volume(target, linked.labels)
+            return len(linked.scores)
+        options = dict(self.link_options)
+        linker = StreamingLinker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um), **options)
+
+        def planes():
+            for z, instances in self.slice_instances(volume, progress, voxel_um):
+                for _, plane in linker.add(z, *instances_to_numpy(instances, self.score_threshold)):
+                    yield plane
+            for _, plane in linker.finish():
+                yield plane
+
+        write_label_planes(target, planes(), volume.shape)
+        return len(linker.scores)
+
 
 def output_name(raw_file: str) -> str:
     """The one naming rule for predictions: a CTC raw frame ``tTTT.tif`` gives the CTC result
@@ -155,9 +181,7 @@ def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxe
     for source, _ in pairs:
         read_raw_volume(source)
     for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
-        volume = read_raw_volume(source)
-        linked = predictor(volume, progress=True, voxel_um=voxel_um)
-        write_label_volume(target, linked.labels)
-        logger.info(f"{source} -> {os.path.basename(target)}: {int(linked.labels.max())} objects")
+        count = predictor.predict_file(source, target, voxel_um, progress=True)
+        logger.info(f"{source} -> {os.path.basename(target)}: {count} objects")
     for res_dir in sorted({os.path.dirname(t) for _, t in pairs if RES_PATTERN.match(os.path.basename(t))}):
         write_result_tracks(res_dir)

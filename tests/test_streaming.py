@@ -85,3 +85,50 @@ def test_streaming_refuses_what_it_cannot_stream():
     linker.add(0, gt[:1] == 1, np.ones(1))
     with pytest.raises(ValueError, match="1 of 10 slices"):
         linker.finish()
+
+
+@pytest.mark.parametrize("extra", [[], ["TEST.CTC.LINKING", "overlap", "TEST.CTC.LINK_THRESHOLD", "0.5",
+                                        "TEST.CTC.LOOK_BACK", "2", "TEST.CTC.SPLIT_DEPTH", "0.25"],
+                                   ["MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True", "TEST.CTC.LINKING", "predicted"],
+                                   ["MODEL.Z_EXTENT.ENABLED", "True", "TEST.CTC.EXTENT_GATE_UM", "0.5",
+                                    "TEST.CTC.EXTENT_TRIM_UM", "0.5"],
+                                   ["TEST.CTC.LINKING", "connected"]])
+def test_predict_file_streams_the_whole_volume_labels(tiny_dataset, tmp_path, extra):
+    import tifffile
+    import torch
+    from detectron2.modeling import build_model
+
+    from emr_d2.predictor import VolumePredictor
+
+    from helpers import tiny_cfg
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("mlp_fusion", 3, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.05",
+                                     *extra])
+    predictor = VolumePredictor(cfg, build_model(cfg))
+    source = f"{tiny_dataset}/02/t000.tif"
+    count = predictor.predict_file(source, str(tmp_path / "labels.tif"), voxel_um=(0.4, 0.25, 0.25))
+    whole = predictor(tifffile.imread(source), voxel_um=(0.4, 0.25, 0.25))
+    written = tifffile.imread(tmp_path / "labels.tif")
+    assert written.dtype == np.uint16 and count == int(whole.labels.max()) > 0
+    np.testing.assert_array_equal(written, whole.labels)
+
+
+def test_label_planes_are_written_as_bigtiff_and_never_half(tmp_path):
+    import tifffile
+
+    from emr_d2.data.ctc import write_label_planes
+
+    planes = [np.full((8, 8), z, np.uint16) for z in range(5)]
+    write_label_planes(str(tmp_path / "big.tif"), iter(planes), (5, 8, 8), bigtiff=True)
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert tif.is_bigtiff
+        np.testing.assert_array_equal(tif.asarray(), np.stack(planes))
+
+    def killed():
+        yield planes[0]
+        raise KeyboardInterrupt  # as a kill during prediction
+
+    with pytest.raises(KeyboardInterrupt):
+        write_label_planes(str(tmp_path / "half.tif"), killed(), (5, 8, 8))
+    assert list(tmp_path.iterdir()) == [tmp_path / "big.tif"]

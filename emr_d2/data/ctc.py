@@ -213,6 +213,26 @@ def write_label_volume(path: str, labels: np.ndarray) -> None:
     atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))
 
 
+def write_label_planes(path: str, planes, shape: tuple[int, int, int], bigtiff: bool | None = None) -> None:
+    """Write a uint16 label volume from an iterable of its (H, W) planes in z order, atomically,
+    one plane in memory at a time; BigTIFF when it would exceed 4 GB (bigtiff None) or when
+    asked."""
+    big = int(np.prod(shape)) * 2 > 2 ** 32 - 2 ** 25 if bigtiff is None else bigtiff
+
+    def checked():
+        count = 0
+        for plane in planes:
+            if plane.shape != tuple(shape[1:]):
+                raise ValueError(f"{path}: plane {count} has shape {plane.shape}, expected {tuple(shape[1:])}")
+            count += 1
+            yield np.asarray(plane, dtype=np.uint16)
+        if count != shape[0]:
+            raise ValueError(f"{path}: {count} planes written, expected {shape[0]}")
+
+    atomic_write(path, lambda f: tifffile.imwrite(f, checked(), shape=tuple(shape), dtype=np.uint16,
+                                                  bigtiff=big, photometric="minisblack"))
+
+
 def write_marker_tracks(tra_dir: str, parents: dict[int, int] | None = None) -> None:
     """``man_track.txt`` of a TRA folder: every marker label a track from its first to its last
     frame with a marker file (``L B E P``), its parent from ``parents`` if that track is present,

@@ -89,13 +89,22 @@ class SliceWindow:
         return window_indices(z, depth, offsets, self.padding)
 
 
+PERCENTILE_SAMPLE_SLICES = 32  # at most this many slices, evenly spaced
+PERCENTILE_SAMPLE_PIXELS = 1 << 20  # and about this many pixels of each
+
+
 def percentile_range(volume: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
     """Intensities at the low / high percentiles of a (Z, Y, X) volume.
 
-    Computed on every second row and column: four times faster, and the same to well under a
-    grey level on microscopy volumes.
+    Estimated from a bounded sample, so that the memory does not grow with the volume: at most
+    32 evenly spaced slices, every second row and column (more where a slice has over 4M
+    pixels). For volumes of up to 32 slices of up to 2048 x 2048 that is every slice: the same
+    to well under a grey level as all voxels, four times faster.
     """
-    sample = np.asarray(volume[:, ::2, ::2], dtype=np.float32)
+    depth, height, width = volume.shape
+    zs = np.unique(np.linspace(0, depth - 1, min(depth, PERCENTILE_SAMPLE_SLICES)).round().astype(int))
+    step = max(2, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
+    sample = np.stack([np.asarray(volume[z, ::step, ::step], dtype=np.float32) for z in zs])
     low, high = np.percentile(sample, percentiles)
     return float(low), float(high)
 
