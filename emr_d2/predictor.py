@@ -171,11 +171,18 @@ def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
     return [(f, os.path.join(output_dir, output_name(f))) for f in files]
 
 
-def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxel_um: tuple | None = None) -> None:
+def result_folders(pairs: list[tuple[str, str]]) -> list[str]:
+    """The folders of CTC result frames (maskTTT.tif) among the outputs of (input, output) pairs."""
+    return sorted({os.path.dirname(t) for _, t in pairs if RES_PATTERN.match(os.path.basename(t))})
+
+
+def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxel_um: tuple | None = None,
+                  result_tracks: bool = True) -> None:
     """Segment every input volume ((Z, Y, X) voxel size voxel_um, micrometres) and write its
-    uint16 label volume (atomically). A folder of CTC result frames (maskTTT.tif) is then made a
-    valid CTC result (labels unique over the sequence, ``res_track.txt``). Every input is
-    checked (readable, a 3D stack of finite numbers) before the first volume is predicted."""
+    uint16 label volume (atomically, streaming: :meth:`VolumePredictor.predict_file`). With
+    result_tracks, a folder of CTC result frames (maskTTT.tif) is then made a valid CTC result
+    (labels unique over the sequence, ``res_track.txt``). Every input is checked (readable, a 3D
+    stack of finite numbers) before the first volume is predicted."""
     predictor.slice_offsets(voxel_um)  # a missing voxel size fails before any work
     pixel_scale(predictor.pixel_size_um, voxel_um)
     for source, _ in pairs:
@@ -183,5 +190,5 @@ def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxe
     for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
         count = predictor.predict_file(source, target, voxel_um, progress=True)
         logger.info(f"{source} -> {os.path.basename(target)}: {count} objects")
-    for res_dir in sorted({os.path.dirname(t) for _, t in pairs if RES_PATTERN.match(os.path.basename(t))}):
+    for res_dir in result_folders(pairs) if result_tracks else []:
         write_result_tracks(res_dir)

@@ -132,3 +132,70 @@ def test_label_planes_are_written_as_bigtiff_and_never_half(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_label_planes(str(tmp_path / "half.tif"), killed(), (5, 8, 8))
     assert list(tmp_path.iterdir()) == [tmp_path / "big.tif"]
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    import torch
+    from detectron2.modeling import build_model
+
+    from helpers import tiny_cfg
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": build_model(tiny_cfg("mlp_fusion", 3)).state_dict()}, path)
+    return str(path)
+
+
+def predict_tool(tiny_dataset, weights, output, *flags, wait=True):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import CONFIGS, ROOT, TINY_MODEL
+
+    args = [sys.executable, os.path.join(ROOT, "tools", "predict.py"), "--config-file",
+            os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input", os.path.join(tiny_dataset, "02"), "--output", str(output),
+            *flags, *TINY_MODEL, "INPUT.NUM_SLICES", "3", "MODEL.WEIGHTS", weights,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.3"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", EMR_DATASETS=os.path.dirname(tiny_dataset))
+    if not wait:
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+
+
+def test_two_processes_write_what_one_writes_and_resume_skips_finished_volumes(tiny_dataset, random_weights, tmp_path):
+    predict_tool(tiny_dataset, random_weights, tmp_path / "one")
+    run = predict_tool(tiny_dataset, random_weights, tmp_path / "two", "--num-gpus", "2")
+    assert "with 2 process(es)" in run.stdout
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == ["mask000.tif", "mask001.tif", "mask002.tif", "res_track.txt"]
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    (tmp_path / "two" / "mask001.tif").unlink()
+    before = (tmp_path / "two" / "mask000.tif").stat().st_mtime_ns
+    run = predict_tool(tiny_dataset, random_weights, tmp_path / "two", "--resume")
+    assert "Wrote 1 label volume(s)" in run.stdout and "2 already there, skipped" in run.stdout
+    assert (tmp_path / "two" / "mask000.tif").stat().st_mtime_ns == before
+    assert (tmp_path / "two" / "mask001.tif").read_bytes() == (tmp_path / "one" / "mask001.tif").read_bytes()
+
+
+def test_a_kill_during_prediction_leaves_only_whole_volumes(tiny_dataset, random_weights, tmp_path):
+    import time
+
+    import tifffile
+
+    process = predict_tool(tiny_dataset, random_weights, tmp_path / "out", "--resume", wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "out").glob("mask*.tif")):
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    masks = list((tmp_path / "out").glob("mask*.tif"))
+    assert masks  # it was killed after writing at least one volume
+    for path in masks:
+        assert tifffile.imread(path).shape == (8, 64, 64)
+    run = predict_tool(tiny_dataset, random_weights, tmp_path / "out", "--resume")
+    assert f"{len(masks)} already there, skipped" in run.stdout
+    assert sorted(p.name for p in (tmp_path / "out").glob("mask*.tif")) == ["mask000.tif", "mask001.tif", "mask002.tif"]

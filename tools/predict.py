@@ -14,6 +14,13 @@ appear in --output only when every volume succeeded, and a non-empty --output is
 (voxel_size.json beside or above the input, or a known CTC dataset). Models with
 INPUT.SLICE_SPACING_UM or INPUT.PIXEL_SIZE_UM need one. Trailing KEY VALUE pairs override the
 config; MODEL.WEIGHTS is required (--random-weights runs an untrained model).
+
+Many volumes on many devices: --num-gpus N (with --num-machines, --machine-rank, --dist-url as
+for training) runs detectron2's launch; the volumes are spread over the processes (on a machine
+without GPUs, N CPU processes), each written as soon as it is finished (atomically: a kill leaves
+finished volumes and no half-written one). --resume skips volumes whose output exists and writes
+the others the same way. Each volume is predicted streaming: memory grows with a slice, not with
+the stack.
 """
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
@@ -21,13 +28,16 @@ import os
 import sys
 
 import emr_d2  # noqa: F401  (registers the models)
+from detectron2.engine import launch
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from emr_d2.cli import add_debug_argument, add_voxel_size_argument, check_new_output_folder, run_cli, staged_output
 from emr_d2.data.catalog import dataset_voxel_size
 from emr_d2.engine import setup_config
 from emr_d2.modeling.checkpoint import check_weights
-from emr_d2.predictor import VolumePredictor, plan_outputs, predict_files
+from emr_d2.data.ctc import write_result_tracks
+from emr_d2.predictor import VolumePredictor, plan_outputs, predict_files, result_folders
 
 
 def main(argv=None) -> int:
@@ -41,20 +51,51 @@ def main(argv=None) -> int:
                         help="write into an existing non-empty --output, replacing files of the same name")
     parser.add_argument("--random-weights", action="store_true",
                         help="predict with an untrained model (no MODEL.WEIGHTS): for testing only")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip volumes whose output exists; write every other one when it is finished")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs, or CPU processes)")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto", help="as for tools/train_net.py (multi-machine runs)")
     add_debug_argument(parser)
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
     args = parser.parse_intermixed_args(argv)  # flags may follow the KEY VALUE pairs too
     setup_logger(name="emr_d2")
+    if args.num_gpus < 1 or args.num_machines < 1:
+        raise ValueError(f"--num-gpus ({args.num_gpus}) and --num-machines ({args.num_machines}) must be at least 1")
     cfg = setup_config(args.config_file, args.opts)
     check_weights(cfg.MODEL.WEIGHTS, args.random_weights)
     pairs = plan_outputs(args.input, args.output)
-    check_new_output_folder(args.output, args.overwrite)
     voxel = args.voxel_size or dataset_voxel_size(args.input)
-    with staged_output(args.output) as stage:
-        staged = [(source, os.path.join(stage, os.path.basename(target))) for source, target in pairs]
-        predict_files(VolumePredictor(cfg), staged, voxel)
-    print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
+    processes = args.num_gpus * args.num_machines
+    if not args.resume and processes == 1:
+        check_new_output_folder(args.output, args.overwrite)
+        with staged_output(args.output) as stage:
+            staged = [(source, os.path.join(stage, os.path.basename(target))) for source, target in pairs]
+            predict_files(VolumePredictor(cfg), staged, voxel)
+        print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
+        return 0
+    if not args.resume:
+        check_new_output_folder(args.output, args.overwrite)
+    todo = [(source, target) for source, target in pairs if not (args.resume and os.path.isfile(target))]
+    launch(predict_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args.config_file, args.opts, todo, voxel))
+    if args.machine_rank == 0:
+        print(f"Wrote {len(todo)} label volume(s) to {args.output} with {processes} process(es)"
+              + (f"; {len(pairs) - len(todo)} already there, skipped" if args.resume else ""))
     return 0
+
+
+def predict_worker(config_file: str, opts: list, todo: list, voxel) -> None:
+    """One process of a launched run: every world_size-th volume, then the CTC result tracks."""
+    setup_logger(name="emr_d2")
+    cfg = setup_config(config_file, opts)
+    rank, world = comm.get_rank(), comm.get_world_size()
+    predict_files(VolumePredictor(cfg), todo[rank::world], voxel, result_tracks=world == 1)
+    comm.synchronize()
+    if comm.is_main_process():
+        for res_dir in result_folders(todo):
+            write_result_tracks(res_dir)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Peak memory and time of predicting stacks of growing size, streaming (VolumePredictor.predict_file:
+what tools/predict.py does) and, for comparison, whole-volume (predict, link and write the
+whole label volume at once), each size in a fresh process.
+
+The model is the demo's (ResNet-18 FPN, 64 channels, N = 3) with untrained weights and its head
+load fixed at what a trained model sees (20 nuclei per slice, every one kept); the stacks are
+camera noise around nuclei-free background (uint16, uncompressed, so the raw stack is
+memory-mapped). Prints one row per (mode, size) and the last two lines
+
+    bytes_per_voxel=<streaming peak RSS beyond the smallest stack's, per voxel of the largest>
+    rss_ratio=<streaming peak RSS of the largest stack / of the smallest>
+
+    python benchmarks/predict_memory.py                            # 20x96x96 ... 100x1024x1024
+    python benchmarks/predict_memory.py --sizes 20x96x96 200x2048x2048 --whole-up-to 0
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = ["20x96x96", "40x384x384", "40x768x768", "100x1024x1024"]
+COMMON = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "20",
+          "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.0"]
+
+
+def child(mode: str, raw: str, out: str) -> None:
+    """Predict raw into out in this process (mode: streaming or whole)."""
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
+    import known_warnings  # noqa: F401  (silences known third-party warnings)
+    import torch
+    from detectron2.modeling import build_model
+
+    from emr_d2.data.ctc import read_raw_volume, write_label_volume
+    from emr_d2.engine import setup_config
+    from emr_d2.predictor import VolumePredictor
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    cfg = setup_config(os.path.join(ROOT, "configs", "demo", "mlp_fusion.yaml"), COMMON)
+    predictor = VolumePredictor(cfg, build_model(cfg))
+    if mode == "streaming":
+        predictor.predict_file(raw, out)
+    else:
+        write_label_volume(out, predictor(read_raw_volume(raw)).labels)
+
+
+def make_stack(path: str, shape: tuple[int, int, int]) -> None:
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    planes = ((700 + 90 * rng.standard_normal(shape[1:])).clip(0).astype(np.uint16) for _ in range(shape[0]))
+    tifffile.imwrite(path, planes, shape=shape, dtype=np.uint16, bigtiff=np.prod(shape) * 2 > 2 ** 32 - 2 ** 25)
+
+
+def measure(mode: str, raw: str, out: str) -> tuple[float, float]:
+    """(peak RSS in bytes, seconds) of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, __file__, "--child", mode, raw, out])
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"error: the {mode} run on {raw} failed (status {status})")
+    return usage.ru_maxrss * 1024.0, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=SIZES, help="ZxYxX stack sizes, smallest first")
+    parser.add_argument("--whole-up-to", type=int, default=40 * 768 * 768,
+                        help="also run whole-volume prediction up to this many voxels (0: never)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    shapes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
+    if any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise SystemExit(f"error: --sizes must be ZxYxX with positive numbers, got {args.sizes}")
+    streaming = []
+    print("| mode | stack | voxels | peak RSS (GB) | time (s) |\n|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        for shape in shapes:
+            raw = os.path.join(folder, "raw.tif")
+            make_stack(raw, shape)
+            voxels = shape[0] * shape[1] * shape[2]
+            modes = ["streaming"] + (["whole"] if voxels <= args.whole_up_to else [])
+            for mode in modes:
+                rss, seconds = measure(mode, raw, os.path.join(folder, "labels.tif"))
+                print(f"| {mode} | {'x'.join(map(str, shape))} | {voxels} | {rss / 1e9:.2f} | {seconds:.0f} |", flush=True)
+                if mode == "streaming":
+                    streaming.append((voxels, rss))
+    (_, floor), (voxels, largest) = streaming[0], streaming[-1]
+    print(f"bytes_per_voxel={(largest - floor) / voxels:.2f}")
+    print(f"rss_ratio={largest / floor:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
