@@ -3,15 +3,16 @@
 what tools/predict.py does) and, for comparison, whole-volume (predict, link and write the
 whole label volume at once), each size in a fresh process.
 
-The model is the demo's (ResNet-18 FPN, 64 channels, N = 3) with untrained weights and its head
-load fixed at what a trained model sees (20 nuclei per slice, every one kept); the stacks are
-camera noise around nuclei-free background (uint16, uncompressed, so the raw stack is
-memory-mapped). Prints one row per (mode, size) and the last two lines
+The stacks tile demo-preset frames (nuclei about 24 px across, 20 slices deep; uint16,
+uncompressed, so the raw stack is memory-mapped) in the plane and along z. The model is the
+demo's mlp_fusion: trained weights with --weights (e.g. those of `make demo`), else untrained
+ones with the head load fixed at 20 detections per slice. Prints one row per (mode, size)
+and the last two lines
 
     bytes_per_voxel=<streaming peak RSS beyond the smallest stack's, per voxel of the largest>
     rss_ratio=<streaming peak RSS of the largest stack / of the smallest>
 
-    python benchmarks/predict_memory.py                            # 20x96x96 ... 100x1024x1024
+    python benchmarks/predict_memory.py --weights output/demo/mlp_fusion/model_final.pth
     python benchmarks/predict_memory.py --sizes 20x96x96 200x2048x2048 --whole-up-to 0
 """
 import argparse
@@ -27,8 +28,8 @@ COMMON = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DE
           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.0"]
 
 
-def child(mode: str, raw: str, out: str) -> None:
-    """Predict raw into out in this process (mode: streaming or whole)."""
+def child(mode: str, raw: str, out: str, weights: str) -> None:
+    """Predict raw into out in this process (mode: streaming or whole; weights: "" for untrained)."""
     sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
     import known_warnings  # noqa: F401  (silences known third-party warnings)
     import torch
@@ -40,8 +41,9 @@ def child(mode: str, raw: str, out: str) -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    cfg = setup_config(os.path.join(ROOT, "configs", "demo", "mlp_fusion.yaml"), COMMON)
-    predictor = VolumePredictor(cfg, build_model(cfg))
+    opts = ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"] if weights else COMMON
+    cfg = setup_config(os.path.join(ROOT, "configs", "demo", "mlp_fusion.yaml"), opts)
+    predictor = VolumePredictor(cfg) if weights else VolumePredictor(cfg, build_model(cfg))
     if mode == "streaming":
         predictor.predict_file(raw, out)
     else:
@@ -49,18 +51,33 @@ def child(mode: str, raw: str, out: str) -> None:
 
 
 def make_stack(path: str, shape: tuple[int, int, int]) -> None:
+    """A uint16 stack of the given shape tiled from four demo-preset frames."""
     import numpy as np
     import tifffile
 
-    rng = np.random.default_rng(0)
-    planes = ((700 + 90 * rng.standard_normal(shape[1:])).clip(0).astype(np.uint16) for _ in range(shape[0]))
-    tifffile.imwrite(path, planes, shape=shape, dtype=np.uint16, bigtiff=np.prod(shape) * 2 > 2 ** 32 - 2 ** 25)
+    sys.path.insert(0, ROOT)
+    from emr_d2.data.synthetic import PRESETS, SequenceSimulator
+
+    simulator = SequenceSimulator(PRESETS["demo"], np.random.default_rng(0))
+    frames = []
+    for t in range(4):
+        if t:
+            simulator.step(t)
+        frames.append(simulator.render()[0])
+    depth, height, width = frames[0].shape
+
+    def planes():
+        for z in range(shape[0]):
+            plane = frames[(z // depth) % len(frames)][z % depth]
+            yield np.tile(plane, (-(-shape[1] // height), -(-shape[2] // width)))[:shape[1], :shape[2]]
+
+    tifffile.imwrite(path, planes(), shape=shape, dtype=np.uint16, bigtiff=np.prod(shape) * 2 > 2 ** 32 - 2 ** 25)
 
 
-def measure(mode: str, raw: str, out: str) -> tuple[float, float]:
+def measure(mode: str, raw: str, out: str, weights: str) -> tuple[float, float]:
     """(peak RSS in bytes, seconds) of one child process."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, __file__, "--child", mode, raw, out])
+    process = subprocess.Popen([sys.executable, __file__, "--child", mode, raw, out, weights])
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
         raise SystemExit(f"error: the {mode} run on {raw} failed (status {status})")
@@ -72,11 +89,14 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=SIZES, help="ZxYxX stack sizes, smallest first")
     parser.add_argument("--whole-up-to", type=int, default=40 * 768 * 768,
                         help="also run whole-volume prediction up to this many voxels (0: never)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", default="", help="trained demo mlp_fusion weights (default: untrained)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return 0
+    if args.weights and not os.path.isfile(args.weights):
+        raise SystemExit(f"error: {args.weights}: no such weights file")
     shapes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
     if any(len(s) != 3 or min(s) < 1 for s in shapes):
         raise SystemExit(f"error: --sizes must be ZxYxX with positive numbers, got {args.sizes}")
@@ -89,7 +109,7 @@ def main() -> int:
             voxels = shape[0] * shape[1] * shape[2]
             modes = ["streaming"] + (["whole"] if voxels <= args.whole_up_to else [])
             for mode in modes:
-                rss, seconds = measure(mode, raw, os.path.join(folder, "labels.tif"))
+                rss, seconds = measure(mode, raw, os.path.join(folder, "labels.tif"), args.weights)
                 print(f"| {mode} | {'x'.join(map(str, shape))} | {voxels} | {rss / 1e9:.2f} | {seconds:.0f} |", flush=True)
                 if mode == "streaming":
                     streaming.append((voxels, rss))
