@@ -14,6 +14,9 @@ and the last two lines
 
     python benchmarks/predict_memory.py --weights output/demo/mlp_fusion/model_final.pth
     python benchmarks/predict_memory.py --sizes 20x96x96 200x2048x2048 --whole-up-to 0
+
+The default sizes separate what grows with a slice (20 x 1024 x 1024 against 20 x 2048 x 2048)
+from what grows with the volume (20 against 100 slices of 1024 x 1024).
 """
 import argparse
 import os
@@ -23,7 +26,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZES = ["20x96x96", "40x384x384", "40x768x768", "100x1024x1024"]
+SIZES = ["20x96x96", "20x1024x1024", "20x2048x2048", "100x1024x1024"]
 COMMON = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "20",
           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.0"]
 
@@ -87,7 +90,7 @@ def measure(mode: str, raw: str, out: str, weights: str) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=SIZES, help="ZxYxX stack sizes, smallest first")
-    parser.add_argument("--whole-up-to", type=int, default=40 * 768 * 768,
+    parser.add_argument("--whole-up-to", type=int, default=100 * 1024 * 1024,
                         help="also run whole-volume prediction up to this many voxels (0: never)")
     parser.add_argument("--weights", default="", help="trained demo mlp_fusion weights (default: untrained)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -100,7 +103,7 @@ def main() -> int:
     shapes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
     if any(len(s) != 3 or min(s) < 1 for s in shapes):
         raise SystemExit(f"error: --sizes must be ZxYxX with positive numbers, got {args.sizes}")
-    streaming = []
+    streaming, streaming_shapes = [], []
     print("| mode | stack | voxels | peak RSS (GB) | time (s) |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for shape in shapes:
@@ -113,7 +116,12 @@ def main() -> int:
                 print(f"| {mode} | {'x'.join(map(str, shape))} | {voxels} | {rss / 1e9:.2f} | {seconds:.0f} |", flush=True)
                 if mode == "streaming":
                     streaming.append((voxels, rss))
+                    streaming_shapes.append((voxels, rss, shape))
     (_, floor), (voxels, largest) = streaming[0], streaming[-1]
+    same_plane = [(v, r) for v, r, shape in streaming_shapes if shape[1:] == shapes[-1][1:]]
+    if len(same_plane) > 1:  # what grows with the volume: more slices of the same plane size
+        (v0, r0), (v1, r1) = same_plane[0], same_plane[-1]
+        print(f"depth_bytes_per_voxel={(r1 - r0) / (v1 - v0):.2f}")
     print(f"bytes_per_voxel={(largest - floor) / voxels:.2f}")
     print(f"rss_ratio={largest / floor:.2f}")
     return 0

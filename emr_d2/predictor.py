@@ -24,13 +24,18 @@ from .streaming import StreamingLinker
 logger = logging.getLogger(__name__)
 
 
+# Whole-volume inference batches at most this many pixels of centre slices per forward pass:
+# activations grow with the pixels of a pass, so large slices go one window at a time.
+MAX_BATCH_PIXELS = 1 << 21
+
+
 class VolumePredictor:
     """Segments whole (Z, H, W) volumes with a slice-stack model.
 
     It schedules the work; the model does the inference. Every slice z is predicted from its
     window (INPUT.NUM_SLICES slices at INPUT.SLICE_OFFSETS / SLICE_SPACING_UM, padded at the
     edges, resized to INPUT.PIXEL_SIZE_UM if set), ``TEST.CTC.BATCH_WINDOWS`` windows per
-    forward pass. With TEST.CTC.CACHE_FEATURES and
+    forward pass (fewer for large slices: at most MAX_BATCH_PIXELS pixels per pass). With TEST.CTC.CACHE_FEATURES and
     a model that shares slice features, each slice's backbone features are computed once
     (``model.slice_features``) and kept in a rolling cache of the slices the current windows
     need; only fusion and heads run per window (``model.inference_from_slice_features``).
@@ -79,9 +84,12 @@ class VolumePredictor:
             return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
         windows = {z: self.window.indices(z, depth, offsets) for z in range(depth)}
-        batches = [list(range(s, min(s + self.batch_size, depth))) for s in range(0, depth, self.batch_size)]
+        height, width = scaled_size(*volume.shape[1:], scale)
+        batch = min(self.batch_size, max(1, MAX_BATCH_PIXELS // (height * width)))
+        batches = [list(range(s, min(s + batch, depth))) for s in range(0, depth, batch)]
         predict = self._predict_cached if self.use_cache else self._predict_windows
-        cache: dict = {"features": {}, "image_size": None}  # slice index -> {level: (C, h, w)}
+        # slice index -> {level: (C, h, w)}; slices through the backbone per pass
+        cache: dict = {"features": {}, "image_size": None, "chunk": batch}
         self.model.eval()
         with torch.no_grad():
             for zs in tqdm(batches, desc="slices", unit="batch", disable=not progress):
@@ -102,9 +110,11 @@ class VolumePredictor:
         for index in [i for i in features if i not in needed]:
             del features[index]
         missing = sorted(needed - set(features))
-        if missing:
-            computed, cache["image_size"] = self.model.slice_features(slices(missing))
-            features.update(zip(missing, computed))
+        chunk = cache["chunk"]
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            computed, cache["image_size"] = self.model.slice_features(slices(part))
+            features.update(zip(part, computed))
         return self.model.inference_from_slice_features(
             [[features[i] for i in window] for window in windows], cache["image_size"], inputs)
 
