@@ -12,8 +12,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from tqdm import tqdm
 
-from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, list_frames, read_raw_volume, write_label_planes,
-                       write_label_volume, write_result_tracks)
+from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, RawStack, list_frames, read_raw_volume,
+                       write_label_planes, write_label_volume, write_result_tracks)
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
                           warn_if_deeper_than, z_spacing_um)
 from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
@@ -132,14 +132,14 @@ class VolumePredictor:
 
     def predict_file(self, source: str, target: str, voxel_um: tuple | None = None, progress: bool = False) -> int:
         """Segment the raw stack in file source into a uint16 label TIFF target (atomically) and
-        return its number of objects, streaming: the raw stack is memory-mapped where the TIFF
-        allows it, slices are predicted, linked (:class:`StreamingLinker`) and written one by
+        return its number of objects, streaming: the raw stack is read slice by slice
+        (:class:`RawStack`), slices are predicted, linked (:class:`StreamingLinker`) and written one by
         one, and only the slices of objects still open are held. The labels are those of
         ``self(volume)``. The "connected" linker needs the whole volume's region maps (4 bytes
         per voxel) and is linked whole."""
-        volume = read_raw_volume(source)
+        volume = RawStack(source)
         if self.link_options["strategy"] == "connected":
-            linked = self(volume, progress, voxel_um)
+            linked = self(read_raw_volume(source), progress, voxel_um)
             write_label_volume(target, linked.labels)
             return len(linked.scores)
         options = dict(self.link_options)

@@ -199,3 +199,20 @@ def test_a_kill_during_prediction_leaves_only_whole_volumes(tiny_dataset, random
     run = predict_tool(tiny_dataset, random_weights, tmp_path / "out", "--resume")
     assert f"{len(masks)} already there, skipped" in run.stdout
     assert sorted(p.name for p in (tmp_path / "out").glob("mask*.tif")) == ["mask000.tif", "mask001.tif", "mask002.tif"]
+
+
+def test_a_raw_stack_reads_the_slices_a_memory_map_reads(tmp_path):
+    import tifffile
+
+    from emr_d2.data.ctc import RawStack
+
+    data = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
+    tifffile.imwrite(tmp_path / "plain.tif", data)
+    tifffile.imwrite(tmp_path / "packed.tif", data, compression="zlib")  # cannot be memory-mapped
+    tifffile.imwrite(tmp_path / "big_endian.tif", data.astype(">u2"), byteorder=">")
+    for name in ("plain.tif", "packed.tif", "big_endian.tif"):
+        stack = RawStack(str(tmp_path / name))
+        assert stack.shape == (5, 6, 7) and stack.ndim == 3
+        np.testing.assert_array_equal(stack[3], data[3])
+        np.testing.assert_array_equal(stack[np.array([4, 0])], data[[4, 0]])
+        np.testing.assert_array_equal(stack[2, ::2, 1:], data[2, ::2, 1:])

@@ -161,6 +161,37 @@ def read_raw_volume(path: str, memmap: bool = True) -> np.ndarray:
     return data
 
 
+class RawStack:
+    """A raw frame's (Z, Y, X) stack read one slice at a time from its file, so that resident
+    memory grows with a slice and not with the stack (a memory map keeps every slice it has
+    touched resident). Indexing: ``stack[z]``, ``stack[z, rows, cols]``, ``stack[[z1, z2]]``.
+    A TIFF that cannot be memory-mapped (compressed, not contiguous) is read whole once."""
+
+    def __init__(self, path: str):
+        data = read_raw_volume(path)
+        self.path, self.shape, self.dtype, self.ndim = path, tuple(data.shape), data.dtype, 3
+        contiguous = isinstance(data, np.memmap) and data.flags.c_contiguous
+        self._whole = None if contiguous else np.asarray(data)
+        self._offset = int(data.offset) if contiguous else 0
+        self._filename = data.filename if contiguous else None
+
+    def _plane(self, z: int) -> np.ndarray:
+        if self._whole is not None:
+            return self._whole[z]
+        if not -self.shape[0] <= z < self.shape[0]:
+            raise IndexError(f"slice {z} of a stack of {self.shape[0]}")
+        count = self.shape[1] * self.shape[2]
+        offset = self._offset + (z % self.shape[0]) * count * self.dtype.itemsize
+        return np.fromfile(self._filename, dtype=self.dtype, count=count, offset=offset).reshape(self.shape[1:])
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self._plane(int(key[0]))[key[1:]]
+        if np.ndim(key) == 0:
+            return self._plane(int(key))
+        return np.stack([self._plane(int(z)) for z in key]) if len(key) else np.zeros((0, *self.shape[1:]), self.dtype)
+
+
 def read_label_volume(path: str, memmap: bool = True) -> np.ndarray:
     """Read a label image (2D slice or 3D volume) with integer labels, 0 = background
     (read-only and memory-mapped when the file allows it)."""
