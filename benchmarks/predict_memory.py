@@ -7,8 +7,9 @@ The stacks tile demo-preset frames (nuclei about 24 px across, 20 slices deep; u
 uncompressed, so the raw stack is memory-mapped) in the plane and along z. The model is the
 demo's mlp_fusion: trained weights with --weights (e.g. those of `make demo`), else untrained
 ones with the head load fixed at 20 detections per slice. Prints one row per (mode, size)
-and the last two lines
+and the last lines
 
+    depth_bytes_per_voxel=<streaming peak RSS added per voxel by more slices of one size>
     bytes_per_voxel=<streaming peak RSS beyond the smallest stack's, per voxel of the largest>
     rss_ratio=<streaming peak RSS of the largest stack / of the smallest>
 
@@ -26,7 +27,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZES = ["20x96x96", "20x1024x1024", "20x2048x2048", "100x1024x1024"]
+SIZES = ["20x96x96", "20x1024x1024", "100x1024x1024", "20x2048x2048"]
 COMMON = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "20",
           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.0"]
 
@@ -117,11 +118,12 @@ def main() -> int:
                 if mode == "streaming":
                     streaming.append((voxels, rss))
                     streaming_shapes.append((voxels, rss, shape))
-    (_, floor), (voxels, largest) = streaming[0], streaming[-1]
-    same_plane = [(v, r) for v, r, shape in streaming_shapes if shape[1:] == shapes[-1][1:]]
-    if len(same_plane) > 1:  # what grows with the volume: more slices of the same plane size
-        (v0, r0), (v1, r1) = same_plane[0], same_plane[-1]
-        print(f"depth_bytes_per_voxel={(r1 - r0) / (v1 - v0):.2f}")
+    (_, floor), (voxels, largest) = streaming[0], max(streaming)
+    for plane in dict.fromkeys(shape[1:] for _, _, shape in streaming_shapes):
+        same_plane = sorted((v, r) for v, r, shape in streaming_shapes if shape[1:] == plane)
+        if len(same_plane) > 1:  # what grows with the volume: more slices of the same plane size
+            (v0, r0), (v1, r1) = same_plane[0], same_plane[-1]
+            print(f"depth_bytes_per_voxel={(r1 - r0) / (v1 - v0):.2f} ({plane[0]} x {plane[1]} slices)")
     print(f"bytes_per_voxel={(largest - floor) / voxels:.2f}")
     print(f"rss_ratio={largest / floor:.2f}")
     return 0
