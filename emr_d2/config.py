@@ -196,7 +196,7 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.CTC.CALIBRATION.SPLIT_DEPTHS = [0.0, 0.15, 0.25, 0.35]
     # Extent gates and trims tried (only for a model with MODEL.Z_EXTENT.ENABLED).
     _c.TEST.CTC.CALIBRATION.EXTENT_GATES_UM = [0.0, 1.0, 2.0]
-    _c.TEST.CTC.CALIBRATION.EXTENT_TRIMS_UM = [0.0, 1.0]
+    _c.TEST.CTC.CALIBRATION.EXTENT_TRIMS_UM = [0.0, 0.25, 0.75]
 
     # ---------------------------------------------------------------- training engine
     # Mixed precision (with detectron2's SOLVER.AMP.ENABLED): "auto" (bfloat16 on the CPU and on

@@ -173,8 +173,9 @@ def test_calibration_can_choose_the_extent_gate_and_trim():
     assert best["extent_trim_um"] == 1.0
     cfg = tiny_cfg("baseline_2d", 1, freeze=False)
     grid = linking_grid(cfg, with_extents=True)
-    assert {p["extent_gate_um"] for p in grid} == {0.0, 1.0, 2.0} and {p["extent_trim_um"] for p in grid} == {0.0, 1.0}
-    assert len(grid) == 4 * 2 * (2 * 9 * 3 * 3 * 3 + 3)  # depths x trims x (gated linkers + connected)
+    assert {p["extent_gate_um"] for p in grid} == {0.0, 1.0, 2.0}
+    assert {p["extent_trim_um"] for p in grid} == {0.0, 0.25, 0.75}
+    assert len(grid) == 4 * 3 * (2 * 9 * 3 * 3 * 3 + 3)  # depths x trims x (gated linkers + connected)
     assert all("extent_gate_um" not in p for p in linking_grid(cfg))
 
 
