@@ -166,8 +166,9 @@ def add_emr_config(cfg: CN) -> None:
     # With a z-extent head: two detections are not linked where one's predicted extent ends more
     # than this many micrometres before the other's begins (0: extents do not gate linking).
     _c.TEST.CTC.EXTENT_GATE_UM = 0.0
-    # With a z-extent head: an object's extent is the median of its detections' predictions, and
-    # its slices more than this many micrometres outside it are removed (haze caps; 0: none are).
+    # With a z-extent head: an object's end slice is removed while it lies more than this many
+    # micrometres beyond where the detections of the 3 slices next to it say the object ends
+    # (their median): haze caps. 0: nothing is removed.
     _c.TEST.CTC.EXTENT_TRIM_UM = 0.0
     # Per-slice instances below this score are dropped before linking.
     _c.TEST.CTC.SCORE_THRESHOLD = 0.5

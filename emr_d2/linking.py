@@ -9,8 +9,8 @@
    interior minimum: nuclei are convex, so an area that falls and rises again is the cap of one
    nucleus linked to the cap of the next (:func:`split_at_necks`).
 4. With a z-extent head, detections whose predicted extents say that one object ends before the
-   other begins are not linked (``extent_gate_um``), and slices outside an object's consensus
-   extent are removed (``extent_trim_um``, :func:`trim_to_extent`).
+   other begins are not linked (``extent_gate_um``), and end slices beyond where the object's
+   other detections say it ends are removed (``extent_trim_um``, :func:`trim_to_extent`).
 5. Objects shorter than ``min_slices`` are dropped and the rest relabelled 1..K.
 """
 from __future__ import annotations
@@ -221,14 +221,27 @@ def split_at_necks(track: list[tuple[int, int]], slice_maps: np.ndarray, region_
             + split_at_necks([p for p in track if p[0] >= cut], slice_maps, region_areas, depth))
 
 
-def trim_to_extent(track: list[tuple[int, int]], regions: SliceRegions, trim_um: float) -> list[tuple[int, int]]:
-    """The (z, region) pairs of a track that lie within trim_um of its object's extent: the
-    median over its detections of where each predicts the object to begin and to end."""
-    reach = np.array([regions.reach(z)[region - 1] for z, region in track])  # (n, 2) slices
-    zs = np.array([z for z, _ in track], dtype=np.float64)
-    first, last = np.median(zs - reach[:, 0]), np.median(zs + reach[:, 1])
+def trim_to_extent(track: list[tuple[int, int]], regions: SliceRegions, trim_um: float,
+                   witnesses: int = 3) -> list[tuple[int, int]]:
+    """The track without its end slices that lie more than trim_um beyond where its other
+    detections say the object ends: at each end, the median of where the detections of the
+    ``witnesses`` slices next to the end slice predict the object to end (or begin); the end
+    slice is removed while it lies beyond that by more than trim_um. Only ends are removed, so
+    a track that still holds two nuclei is not cut in the middle."""
     margin = trim_um / regions.z_spacing_um
-    return [p for p, z in zip(track, zs) if first - margin <= z <= last + margin]
+    slices = sorted({z for z, _ in track})
+    reach = {(z, r): regions.reach(z)[r - 1] for z, r in track}  # (down, up) in slices
+
+    def bound(inner: list[int], side: int) -> float:
+        ends = [z - reach[(z, r)][0] if side == 0 else z + reach[(z, r)][1] for z, r in track if z in inner]
+        return float(np.median(ends))
+
+    while len(slices) > witnesses and slices[-1] > bound(slices[-1 - witnesses:-1], 1) + margin:
+        slices.pop()
+    while len(slices) > witnesses and slices[0] < bound(slices[1:1 + witnesses], 0) - margin:
+        slices.pop(0)
+    kept = set(slices)
+    return [p for p in track if p[0] in kept]
 
 
 def finish_track(track: list[tuple[int, int]], regions: SliceRegions, region_areas, split_depth: float,
@@ -268,9 +281,9 @@ def link_slices(
         0 turns it off.
     extent_gate_um, extent_trim_um: with predicted extents (``regions.z_extents``), never link
         two detections whose extents are more than extent_gate_um apart
-        (:func:`_extent_conflicts`), and remove an object's slices more than extent_trim_um
-        outside its consensus extent (:func:`trim_to_extent`); 0 turns each off. Ignored
-        without predicted extents.
+        (:func:`_extent_conflicts`), and remove an object's end slices that lie more than
+        extent_trim_um beyond where its neighbouring detections say it ends
+        (:func:`trim_to_extent`); 0 turns each off. Ignored without predicted extents.
     """
     if strategy not in LINKERS:
         raise ValueError(f"TEST.CTC.LINKING must be one of {LINKERS}, got {strategy!r}")
