@@ -110,11 +110,11 @@ class VolumePredictor:
         for index in [i for i in features if i not in needed]:
             del features[index]
         missing = sorted(needed - set(features))
-        chunk = cache["chunk"]
-        for start in range(0, len(missing), chunk):
-            part = missing[start:start + chunk]
-            computed, cache["image_size"] = self.model.slice_features(slices(part))
-            features.update(zip(part, computed))
+        # even passes of at most cache["chunk"] slices (GroupNorm needs more than one value per
+        # group: a pass of one slice whose deepest level is 1 x 1 would fail)
+        for part in np.array_split(np.array(missing, dtype=int), -(-len(missing) // cache["chunk"])) if missing else []:
+            computed, cache["image_size"] = self.model.slice_features(slices(part.tolist()))
+            features.update(zip(part.tolist(), computed))
         return self.model.inference_from_slice_features(
             [[features[i] for i in window] for window in windows], cache["image_size"], inputs)
 

@@ -56,7 +56,7 @@ def test_training_learns_evaluates_and_logs_fusion_weights(trained):
 def test_training_calibrates_the_linking_before_the_final_evaluation(trained):
     out, log = trained
     calibration = json.load(open(os.path.join(out, "linking.json")))
-    assert calibration["validation"] == ["TINY_01_val"] and len(calibration["table"]) == 165
+    assert calibration["validation"] == ["TINY_01_val"] and len(calibration["table"]) == 660  # x 4 split depths
     choice = calibration["choice"]
     saved = open(os.path.join(out, "config.yaml")).read()
     assert f"LINKING: {choice['LINKING']}" in saved and f"MIN_SLICES: {choice['MIN_SLICES']}" in saved
