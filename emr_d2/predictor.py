@@ -35,8 +35,8 @@ class VolumePredictor:
     It schedules the work; the model does the inference. Every slice z is predicted from its
     window (INPUT.NUM_SLICES slices at INPUT.SLICE_OFFSETS / SLICE_SPACING_UM, padded at the
     edges, resized to INPUT.PIXEL_SIZE_UM if set), ``TEST.CTC.BATCH_WINDOWS`` windows per
-    forward pass (fewer for large slices: at most MAX_BATCH_PIXELS pixels per pass). With TEST.CTC.CACHE_FEATURES and
-    a model that shares slice features, each slice's backbone features are computed once
+    forward pass (fewer for large slices: at most MAX_BATCH_PIXELS pixels per pass). With
+    TEST.CTC.CACHE_FEATURES and a model that shares slice features, each slice's backbone features are computed once
     (``model.slice_features``) and kept in a rolling cache of the slices the current windows
     need; only fusion and heads run per window (``model.inference_from_slice_features``).
     Instances come back at the volume's native size; :meth:`__call__` links them into a 3D
@@ -137,13 +137,13 @@ class VolumePredictor:
         one, and only the slices of objects still open are held. The labels are those of
         ``self(volume)``. The "connected" linker needs the whole volume's region maps (4 bytes
         per voxel) and is linked whole."""
-        volume = RawStack(source)
         if self.link_options["strategy"] == "connected":
             linked = self(read_raw_volume(source), progress, voxel_um)
             write_label_volume(target, linked.labels)
             return len(linked.scores)
-        options = dict(self.link_options)
-        linker = StreamingLinker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um), **options)
+        volume = RawStack(source)
+        linker = StreamingLinker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um),
+                                 **self.link_options)
 
         def planes():
             for z, instances in self.slice_instances(volume, progress, voxel_um):
