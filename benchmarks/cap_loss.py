@@ -18,8 +18,9 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
+from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
+from emr_d2.data.ctc import CTCFormatError, read_label_volume  # noqa: E402
 from emr_d2.evaluation.ctc_folders import reference_subfolder  # noqa: E402
-from emr_d2.data.ctc import read_label_volume  # noqa: E402
 from emr_d2.evaluation.seg import SEGAccumulator, contingency  # noqa: E402
 
 
@@ -42,11 +43,12 @@ def trimmed(gt: np.ndarray, res: np.ndarray) -> tuple[np.ndarray, int]:
     return out, removed
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("res_dir")
     parser.add_argument("gt_dir")
-    args = parser.parse_args()
+    add_debug_argument(parser)
+    args = parser.parse_args(argv)
     seg_dir = reference_subfolder(args.gt_dir, "SEG")
     plain, trimmed_seg, removed, voxels = SEGAccumulator(), SEGAccumulator(), 0, 0
     for name in sorted(os.listdir(seg_dir)):
@@ -55,7 +57,7 @@ def main() -> int:
         frame = name[len("man_seg"):-len(".tif")]
         res_path = os.path.join(args.res_dir, f"mask{frame}.tif")
         if not os.path.isfile(res_path):
-            raise SystemExit(f"error: {res_path}: result frame missing")
+            raise CTCFormatError(f"{res_path}: result frame missing")
         gt, res = np.asarray(read_label_volume(os.path.join(seg_dir, name))), np.asarray(read_label_volume(res_path))
         cut, count = trimmed(gt, res)
         plain.add(frame, gt, res)
@@ -67,4 +69,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
