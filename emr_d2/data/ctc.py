@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tifffile
+from scipy import ndimage
 
 from ..atomic import atomic_write
 
@@ -242,6 +243,17 @@ def write_label_volume(path: str, labels: np.ndarray) -> None:
         raise CTCFormatError(f"{path}: {int(labels.max())} objects do not fit a uint16 label image")
     data = labels.astype(np.uint16, copy=False)
     atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))
+
+
+def z_ranges(labels: np.ndarray) -> np.ndarray:
+    """(L + 1, 2) first and last slice of every label 1..L of a (Z, H, W) label volume (-1, -1
+    for a label that is absent, and for 0)."""
+    found = ndimage.find_objects(np.asarray(labels))
+    ranges = np.full((len(found) + 1, 2), -1, dtype=np.int64)
+    for label, box in enumerate(found, start=1):
+        if box is not None:
+            ranges[label] = box[0].start, box[0].stop - 1
+    return ranges
 
 
 def write_label_planes(path: str, planes, shape: tuple[int, int, int], bigtiff: bool | None = None) -> None:

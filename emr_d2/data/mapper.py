@@ -15,7 +15,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from ..structures import NeighborMasks
 from .augment import IntensityAugmentation, build_slice_augmentations
 from .catalog import record_voxel_size
-from .ctc import read_label_volume
+from .ctc import read_label_volume, z_ranges
 from .window import SliceWindow, VolumeWindowReader, pixel_scale, scaled_size, z_spacing_um
 
 
@@ -46,14 +46,8 @@ def label_map_to_instances(label_map: np.ndarray) -> Instances:
 
 @functools.lru_cache(maxsize=16)
 def object_z_ranges(gt_file: str) -> np.ndarray:
-    """(L + 1, 2) first and last slice of every label 1..L of a 3D reference file (-1, -1 for a
-    label that is absent)."""
-    found = ndimage.find_objects(np.asarray(read_label_volume(gt_file)))
-    ranges = np.full((len(found) + 1, 2), -1, dtype=np.int64)
-    for label, box in enumerate(found, start=1):
-        if box is not None:
-            ranges[label] = box[0].start, box[0].stop - 1
-    return ranges
+    """:func:`z_ranges` of a 3D reference file."""
+    return z_ranges(read_label_volume(gt_file))
 
 
 def z_extent_targets(ids: np.ndarray, z: int, depth: int, ranges: np.ndarray | None,

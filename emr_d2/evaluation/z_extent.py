@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-
-from ..linking import SliceRegions
+from ..data.ctc import z_ranges
+from ..linking import SliceRegions, _overlaps
 
 
 class ZExtentErrors:
@@ -25,22 +24,17 @@ class ZExtentErrors:
         if regions.z_extents is None or reference.size == 0:
             return
         depth = reference.shape[0]
-        found = ndimage.find_objects(reference)
-        first = np.array([-1] + [b[0].start if b else -1 for b in found])
-        last = np.array([-1] + [b[0].stop - 1 if b else -1 for b in found])
+        first, last = z_ranges(reference).T
         errors, distances = [], []
         for z in range(depth):
-            count = int(regions.maps[z].max())
-            if count == 0:
+            if not regions.maps[z].any():
                 continue
-            table = np.bincount(regions.maps[z].ravel().astype(np.int64) * len(first) + reference[z].ravel(),
-                                minlength=(count + 1) * len(first)).reshape(count + 1, len(first))[1:]
-            table[:, 0] = 0
-            best = table.argmax(axis=1)
-            area = np.bincount(regions.maps[z].ravel(), minlength=count + 1)[1:]
-            matched = table[np.arange(count), best] * 2 > area
-            for k in np.flatnonzero(matched):
-                label = best[k]
+            inter, area, _ = _overlaps(regions.maps[z], reference[z])  # (K, L) without background
+            if inter.shape[1] == 0:
+                continue
+            best = inter.argmax(axis=1)
+            for k in np.flatnonzero(inter[np.arange(len(best)), best] * 2 > area):
+                label = best[k] + 1
                 target = np.array([z - first[label], last[label] - z]) * regions.z_spacing_um
                 valid = np.array([first[label] > 0, last[label] < depth - 1])
                 error = np.abs(regions.z_extents[z][k] - target)[valid]
