@@ -327,15 +327,22 @@ def link_slices(
     labels = np.stack([lookups[z][slice_maps[z]] for z in range(depth)]) if depth else \
         np.zeros(slice_maps.shape, np.uint16)
     if fill_gaps:
-        use_predicted = strategy == "predicted"
         for new_label, t in enumerate(kept, start=1):
-            for (z1, r1), (z2, r2) in zip(tracks[t], tracks[t][1:]):
-                if z2 - z1 > 1:
-                    bridge = (slice_maps[z1] == r1) & (slice_maps[z2] == r2)
-                    for zg in range(z1 + 1, z2):
-                        fill = _predicted_fill(regions, (z1, r1), (z2, r2), zg) if use_predicted else None
-                        labels[zg][(bridge if fill is None else fill) & (labels[zg] == 0)] = new_label
+            for zg, fill in gap_fills(tracks[t], regions, strategy == "predicted"):
+                labels[zg][fill & (labels[zg] == 0)] = new_label
     return LinkedVolume(labels, scores)
+
+
+def gap_fills(track: list[tuple[int, int]], regions: SliceRegions, predicted: bool):
+    """(z, (H, W) bool mask) for every slice a track bridges (look-back): the object's predicted
+    mask there with predicted linking, where a neighbour mask reaches it, else the intersection
+    of its masks on both sides of the gap."""
+    for (z1, r1), (z2, r2) in zip(track, track[1:]):
+        if z2 - z1 > 1:
+            bridge = (regions.maps[z1] == r1) & (regions.maps[z2] == r2)
+            for zg in range(z1 + 1, z2):
+                fill = _predicted_fill(regions, (z1, r1), (z2, r2), zg) if predicted else None
+                yield zg, bridge if fill is None else fill
 
 
 def _predicted_fill(regions: SliceRegions, before: tuple[int, int], after: tuple[int, int],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data.ctc import MAX_LABEL
-from .linking import LINKERS, SliceRegions, _predicted_fill, _Tracker, finish_track, paste_slice
+from .linking import LINKERS, SliceRegions, _Tracker, finish_track, gap_fills, paste_slice
 
 
 class StreamingLinker:
@@ -102,15 +102,9 @@ class StreamingLinker:
         self.scores.append(float(np.mean([self.regions.scores[z][r - 1] for z, r in part])))
         for z, region in part:
             self.lookups[z][region] = label
-        if not self.fill_gaps:
-            return
-        maps, predicted = self.regions.maps, self.strategy == "predicted"
-        for (z1, r1), (z2, r2) in zip(part, part[1:]):
-            if z2 - z1 > 1:
-                bridge = (maps[z1] == r1) & (maps[z2] == r2)
-                for zg in range(z1 + 1, z2):
-                    fill = _predicted_fill(self.regions, (z1, r1), (z2, r2), zg) if predicted else None
-                    self.fills.setdefault(zg, []).append((label, bridge if fill is None else fill))
+        if self.fill_gaps:
+            for zg, fill in gap_fills(part, self.regions, self.strategy == "predicted"):
+                self.fills.setdefault(zg, []).append((label, fill))
 
     def _settle(self, end: int) -> list:
         """Labels of slices [next_slice, end), which nothing can change any more; their
