@@ -54,6 +54,13 @@ def _overlay(ax, image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | No
     ax.set_yticks([])
 
 
+def _legend(gt: np.ndarray | None, pred: np.ndarray | None) -> str:
+    """What an overlay shows: raw, and the outlines that were given."""
+    parts = ["raw"] + ["reference outlines (white)"] * (gt is not None) \
+        + ["predicted outlines (colour = 3D object)"] * (pred is not None)
+    return ", ".join(parts)
+
+
 def plot_slice_grid(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None, path: str,
                     num_slices: int = 8, title: str = "") -> None:
     """A grid of evenly spaced z slices: raw data, reference outlines (white) and predicted
@@ -71,7 +78,7 @@ def plot_slice_grid(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
         ax.axis("on")
         _overlay(ax, image[z], None if gt is None else gt[z], None if pred is None else pred[z], colours)
         ax.set_title(f"z = {z}", fontsize=9)
-    fig.suptitle(title or "raw, reference (white) and predicted outlines (colour = 3D object)", fontsize=10)
+    fig.suptitle(title or _legend(gt, pred), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -118,7 +125,7 @@ def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
         ax.set_title(f"{name} section at {where}", fontsize=10, color=cut_colours[name])
     scale = (f"side views at the physical aspect of {' x '.join(f'{v:g}' for v in voxel_size)} um voxels (Z x Y x X)"
              if voxel_size is not None else "voxel size unknown: side views drawn with 1:1 voxels")
-    fig.suptitle("orthogonal sections: raw, reference outlines (white), predicted outlines (colour = 3D object);\n"
+    fig.suptitle(f"orthogonal sections: {_legend(gt, pred)};\n"
                  f"dashed lines: where the other sections cut (frame colours); {scale}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100, format="png", bbox_inches="tight")
