@@ -75,8 +75,7 @@ def main(argv=None) -> int:
             predict_files(VolumePredictor(cfg), staged, voxel)
         print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
         return 0
-    if not args.resume:
-        check_new_output_folder(args.output, args.overwrite)
+    check_new_output_folder(args.output, args.overwrite or args.resume)  # --resume: a non-empty folder is fine
     todo = [(source, target) for source, target in pairs if not (args.resume and os.path.isfile(target))]
     launch(predict_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args.config_file, args.opts, todo, voxel))
