@@ -70,7 +70,8 @@ class StreamingLinker:
                                  "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS")
             gate = self.extent_gate_um if regions.z_extents is not None else 0.0
             self.tracker = _Tracker(regions, self.strategy, self.threshold, self.look_back, gate)
-        self.region_areas[z] = np.bincount(regions.maps[z].ravel())
+        if self.split_depth > 0:  # the shape split reads them
+            self.region_areas[z] = np.bincount(regions.maps[z].ravel())
         self.lookups[z] = np.zeros(int(regions.maps[z].max()) + 1, dtype=np.uint16)
         self.tracker.step(z)
         self._number_closed_tracks(final=False)
@@ -89,8 +90,8 @@ class StreamingLinker:
         them: every track whose predecessors are all closed."""
         tracks, regions = self.tracker.tracks, self.regions
         while self.numbered < len(tracks) and (final or self.numbered not in self.tracker.open):
-            areas = self.region_areas if self.split_depth > 0 else None
-            for part in finish_track(tracks[self.numbered], regions, areas, self.split_depth, self.extent_trim_um):
+            for part in finish_track(tracks[self.numbered], regions, self.region_areas, self.split_depth,
+                                     self.extent_trim_um):
                 if len({z for z, _ in part}) >= max(self.min_slices, 1):
                     self._label(part)
             self.numbered += 1
