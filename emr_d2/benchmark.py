@@ -109,12 +109,8 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
         logger.info(f"{run_dir} is being run by another process; skipped")
         return None
     try:
-        row = _train_and_evaluate(config, seed, dataset, run_dir, opts, env,
-                                  None if previous is None else previous["train_time_s"])
-        if previous is not None:
-            row["refreshed"] = True
-            atomic_write(row_file, lambda f: json.dump(row, f), "w")
-        return row
+        return _train_and_evaluate(config, seed, dataset, run_dir, opts, env,
+                                   None if previous is None else previous["train_time_s"])
     finally:
         os.remove(os.path.join(run_dir, "running.lock"))
 
@@ -122,7 +118,8 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
 def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: str, opts: list[str],
                         env: dict | None, train_time: float | None = None) -> dict:
     """Train (resumable), then evaluate with the configured and the calibrated linking; write
-    row.json. train_time: that of a finished training evaluated again (refresh)."""
+    row.json. train_time: that of a finished training evaluated again (refresh; the row says
+    ``refreshed``)."""
     row_file = os.path.join(run_dir, "row.json")
     common = [sys.executable, TRAIN_NET, "--config-file", config]
     datasets = ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
@@ -133,7 +130,8 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
         start = time.perf_counter()
         subprocess.run(common + ["--resume", *datasets, "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
                        check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if train_time is None:
+        measured = train_time is None
+        if measured:
             train_time = time.perf_counter() - start
         for linking, use_calibrated in (("default", "False"), ("calibrated", "True")):
             eval_dir = os.path.join(run_dir, "eval", linking)
@@ -157,6 +155,7 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
         "segm_AP": results["default"].get("segm", {}).get("AP", float("nan")),
         "volume_AP": ctc["volume_AP"], "count_error": ctc["count_error"], "train_time_s": train_time,
         "inference_s_per_volume": ctc["seconds_per_volume"], "linking": linking_label(choice),
+        **({} if measured else {"refreshed": True}),
     }
     atomic_write(row_file, lambda f: json.dump(row, f), "w")
     return row
