@@ -13,13 +13,12 @@ import os
 import sys
 
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
-from emr_d2.data.ctc import CTCFormatError, read_label_volume  # noqa: E402
+from emr_d2.data.ctc import CTCFormatError, read_label_volume, z_ranges  # noqa: E402
 from emr_d2.evaluation.ctc_folders import reference_subfolder  # noqa: E402
 from emr_d2.evaluation.seg import SEGAccumulator, contingency  # noqa: E402
 
@@ -27,16 +26,15 @@ from emr_d2.evaluation.seg import SEGAccumulator, contingency  # noqa: E402
 def trimmed(gt: np.ndarray, res: np.ndarray) -> tuple[np.ndarray, int]:
     """res with every matched object cut to its reference object's z range; voxels removed."""
     table = contingency(gt, res)
-    match = table.ctc_match()
-    ranges = ndimage.find_objects(gt)
+    ranges = z_ranges(gt)
     out = res.copy()
     removed = 0
-    for g, s in enumerate(match):
+    for g, s in enumerate(table.ctc_match()):
         if s < 0:
             continue
-        box = ranges[int(table.gt_ids[g]) - 1]
+        first, last = ranges[int(table.gt_ids[g])]
         outside = np.ones(gt.shape[0], bool)
-        outside[box[0]] = False
+        outside[first:last + 1] = False
         cut = (out == table.res_ids[s]) & outside[:, None, None]
         removed += int(cut.sum())
         out[cut] = 0
