@@ -27,10 +27,13 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "DET", "DET_calibrated", "OP_CSB",
            "OP_CSB_calibrated", "SEG_oracle_link", "SEG_2D",
-           "SEG_poles", "SEG_core", "splits", "merges", "splits_calibrated", "merges_calibrated",
+           "SEG_poles", "SEG_core", "foreground_IoU", "jaccard_matched", "splits", "merges", "splits_calibrated", "merges_calibrated",
            "z_extent_error_um", "segm_AP", "volume_AP", "count_error",
            "centre_weight", "train_time_s", "inference_s_per_volume", "linking"]
 METRICS = COLUMNS[3:-1]
+# Columns of the calibrated linking's test result that are scored from its label files, so that
+# runs finished before a column was added get it without running the network again.
+MASK_SCORES = ("foreground_IoU", "jaccard_matched")
 TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train_net.py")
 
 
@@ -150,6 +153,7 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
         **{f"{k}{suffix}": m.get(k, float("nan")) for k in ("DET", "OP_CSB")
            for suffix, m in (("", ctc), ("_calibrated", calibrated))},
         **{k: ctc[k] for k in ("SEG_oracle_link", "SEG_2D", "SEG_poles", "SEG_core", "splits", "merges")},
+        **{k: calibrated[k] for k in MASK_SCORES},
         "splits_calibrated": calibrated["splits"], "merges_calibrated": calibrated["merges"],
         "z_extent_error_um": calibrated.get("z_extent_error_um", float("nan")),
         "segm_AP": results["default"].get("segm", {}).get("AP", float("nan")),
@@ -171,12 +175,30 @@ def centre_weight(run_dir: str) -> float:
     return float(np.mean(list(last.values()))) if last else float("nan")
 
 
+def mask_scores(run_dir: str, dataset: BenchDataset) -> dict:
+    """:data:`MASK_SCORES` of a finished run, from the label files its calibrated linking wrote
+    for the test sequence (``eval/calibrated/inference/<test>/<seq>_RES``), scored against the
+    test sequence's reference."""
+    from detectron2.data import MetadataCatalog
+
+    from .evaluation.ctc_folders import seg_of_folders
+
+    meta = MetadataCatalog.get(dataset.test)
+    res_dir = os.path.join(run_dir, "eval", "calibrated", "inference", dataset.test, f"{meta.sequence}_RES")
+    summary = seg_of_folders(res_dir, os.path.join(meta.dataset_root, f"{meta.sequence}_GT")).summary()
+    return {k: summary[k] for k in MASK_SCORES}
+
+
 def finished_rows(output: str, dataset: BenchDataset) -> list[dict]:
-    """Rows of every finished run of a dataset under ``output``, by config name and seed."""
+    """Rows of every finished run of a dataset under ``output``, by config name and seed (a row
+    written before the :data:`MASK_SCORES` columns existed gets them, saved in its row.json)."""
     rows = []
     for path in glob.glob(os.path.join(output, dataset.name, "*", "seed*", "row.json")):
         with open(path) as f:
             row = json.load(f)
+        if not all(k in row for k in MASK_SCORES):
+            row.update(mask_scores(os.path.dirname(path), dataset))
+            atomic_write(path, lambda f: json.dump(row, f), "w")
         row.setdefault("centre_weight", centre_weight(os.path.dirname(path)))
         rows.append({m: float("nan") for m in METRICS} | row)  # NaN: a column added after the run
     return sorted(rows, key=lambda r: (r["config"], r["seed"]))

@@ -104,6 +104,9 @@ def add_emr_config(cfg: CN) -> None:
     # FPN levels where the slices are fused (early fusion, and late fusion's proposal features);
     # other levels pass the centre slice's features. Empty: every level.
     _c.MODEL.FUSION.LEVELS = []
+    # Early fusion: FPN levels that the backbone also outputs unfused, as "<level>_center" (the
+    # centre slice's own features), e.g. for PointRend's points: MODEL.POINT_HEAD.IN_FEATURES.
+    _c.MODEL.FUSION.CENTER_OUTPUTS = []
     # One fusion module per FPN level (True) or one module shared by all levels (False).
     _c.MODEL.FUSION.PER_LEVEL = False
     # Initial static per-slice logits: "zero" (uniform), "only_center" (centre slice only)
@@ -294,6 +297,10 @@ def check_config(cfg: CN) -> None:
         raise ValueError(f"MODEL.ROI_HEADS.NAME: {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
                          f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs build_late_fusion_backbone "
                          "together with SliceFusionROIHeads")
+    if fusion.CENTER_OUTPUTS and cfg.MODEL.BACKBONE.NAME != "build_early_fusion_backbone":
+        raise ValueError(f"MODEL.FUSION.CENTER_OUTPUTS: {list(fusion.CENTER_OUTPUTS)} needs "
+                         "build_early_fusion_backbone (other families have no unfused centre features "
+                         "there, or pass every slice's)")
     _check_point_rend(cfg, late_heads)
     _choice("TEST.CTC.LINKING", cfg.TEST.CTC.LINKING, LINKERS)
     for name in cfg.TEST.CTC.CALIBRATION.LINKERS:

@@ -1,9 +1,14 @@
-"""The benchmark's bookkeeping: run locks shared by processes, the centre-slice weight column."""
+"""The benchmark's bookkeeping: run locks shared by processes, the centre-slice weight column,
+columns scored from the saved result masks of runs finished before they existed."""
 import json
+import os
 import subprocess
 import sys
 
-from emr_d2.benchmark import centre_weight, claim
+import numpy as np
+import tifffile
+
+from emr_d2.benchmark import BenchDataset, centre_weight, claim, finished_rows
 
 
 def test_a_run_is_claimed_once_and_a_dead_holder_is_replaced(tmp_path):
@@ -21,3 +26,20 @@ def test_centre_weight_is_the_last_logged_weight_of_offset_zero(tmp_path):
     assert abs(centre_weight(str(tmp_path)) - 0.8) < 1e-9
     (tmp_path / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 1.0}))
     assert centre_weight(str(tmp_path)) != centre_weight(str(tmp_path))  # NaN: no slice weights
+
+
+def test_a_row_written_before_the_mask_columns_gets_them_from_its_saved_results(registered_tiny, tmp_path):
+    run_dir = tmp_path / "TINY" / "mlp_fusion" / "seed0"
+    res_dir = run_dir / "eval" / "calibrated" / "inference" / "TINY_02" / "02_RES"
+    gt_dir = os.path.join(registered_tiny, "02_GT", "SEG")
+    os.makedirs(res_dir)
+    for name in sorted(os.listdir(gt_dir)):
+        gt = tifffile.imread(os.path.join(gt_dir, name))
+        res = gt.copy()
+        res[:, :, : gt.shape[2] // 2] = 0  # every object loses its left half
+        tifffile.imwrite(res_dir / name.replace("man_seg", "mask"), res.astype(np.uint16))
+    (run_dir / "row.json").write_text(json.dumps({"dataset": "TINY", "config": "mlp_fusion", "seed": 0}))
+    (run_dir / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 1.0}))
+    (row,) = finished_rows(str(tmp_path), BenchDataset("TINY"))
+    assert 0.3 < row["foreground_IoU"] < 0.7 and 0.5 < row["jaccard_matched"] < 1
+    assert json.loads((run_dir / "row.json").read_text())["jaccard_matched"] == row["jaccard_matched"]

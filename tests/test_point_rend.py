@@ -73,6 +73,37 @@ def test_point_rend_predictions_have_the_native_shape(tiny_dataset):
     assert predictor(volume, voxel_um=(0.4, 0.25, 0.25)).labels.shape == volume.shape
 
 
+CENTER_POINTS = ["MODEL.FUSION.CENTER_OUTPUTS", "['p2']", "MODEL.POINT_HEAD.IN_FEATURES", "['p2_center']"]
+
+
+def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_dataset):
+    """Early fusion with MODEL.FUSION.CENTER_OUTPUTS: the point head reads the centre slice's
+    unfused p2, the coarse head the fused one; cached volume inference still equals per window."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("mlp_fusion", 3, point_rend(False) + CENTER_POINTS)
+    model = build_model(cfg)
+    volume = tifffile.imread(f"{tiny_dataset}/02/t000.tif")
+    image = torch.from_numpy(volume[2:5].astype(np.float32) / volume.max() * 255)
+    features = model.backbone(image[None])
+    assert torch.equal(features["p2_center"], model.backbone.forward_slices(image[None])["p2"][:, 1])
+    assert not torch.equal(features["p2_center"], features["p2"])
+    mapper = SliceStackMapper(cfg, is_train=True)
+    records = sorted(DatasetCatalog.get("TINY_01"), key=lambda r: -len(r["annotations"]))[:2]
+    with EventStorage():
+        losses = model([mapper(r) for r in records])
+    head = model.roi_heads.mask_head
+    assert list(head.roi_pooler_in_features) == ["p2"] and list(head.mask_point_in_features) == ["p2_center"]
+    losses["loss_mask_point"].backward()
+    assert model.backbone.slice_backbone.bottom_up.stem.conv1.weight.grad.abs().sum() > 0
+    model.eval()
+    cached, naive = VolumePredictor(cfg, model), VolumePredictor(tiny_cfg(
+        "mlp_fusion", 3, point_rend(False) + CENTER_POINTS + ["TEST.CTC.CACHE_FEATURES", "False"]), model)
+    assert cached.use_cache and not naive.use_cache
+    assert np.array_equal(cached(volume).labels, naive(volume).labels)
+    with pytest.raises(ValueError, match="CENTER_OUTPUTS"):
+        tiny_cfg("channel_fusion", 3, point_rend(False) + CENTER_POINTS)
+
+
 @pytest.mark.parametrize("variant,head,extra,message", [
     ("late_fusion_mlp", "PointRendMaskHead", [], "late fusion"),
     ("mlp_fusion", "SliceFusionPointRendMaskHead", [], "late fusion"),

@@ -99,6 +99,18 @@ def test_seg_is_pooled_not_mean_of_frames():
     acc.add("three objects, all found", a, a)
     acc.add("one object, missed", b, np.zeros_like(b))
     assert acc.summary()["SEG"] == pytest.approx(3 / 4)
+    assert acc.summary()["jaccard_matched"] == 1.0  # the missed object counts in SEG only
+
+
+def test_jaccard_of_matched_objects_only():
+    gt = np.zeros((1, 10, 10), np.uint8)
+    gt[0, :4, :4], gt[0, 6:, 6:] = 1, 2
+    res = np.zeros_like(gt)
+    res[0, :4, :3] = 5  # 12 of 16 voxels: matched, Jaccard 0.75
+    acc = SEGAccumulator()
+    acc.add("f", gt, res)
+    assert acc.summary()["SEG"] == pytest.approx(0.75 / 2)
+    assert acc.summary()["jaccard_matched"] == pytest.approx(0.75)
 
 
 def test_counts_precision_recall():

@@ -274,8 +274,9 @@ class SEGAccumulator:
 
     def summary(self) -> dict:
         """SEG, SEG_2D (also over the slices near each reference object's poles, SEG_poles, and
-        the rest, SEG_core), object counts, splits and merges, precision, recall, count error
-        and foreground IoU. Frames with an empty reference add no reference object; if every
+        the rest, SEG_core), object counts, splits and merges, precision, recall, count error,
+        foreground IoU and the mean Jaccard index of the matched reference objects alone
+        (jaccard_matched: how well the found objects are outlined). Frames with an empty reference add no reference object; if every
         frame's reference is empty, SEG is undefined and this is an error."""
         frames = list(self.frames.values())
         if frames and len(self.empty_reference_frames()) == len(frames):
@@ -283,6 +284,7 @@ class SEGAccumulator:
         n_gt = sum(len(f.scores) for f in frames)
         n_res = sum(f.num_results for f in frames)
         matched_gt = sum(int(np.count_nonzero(f.scores > 0)) for f in frames)
+        matched_scores = np.concatenate([f.scores[f.scores > 0] for f in frames]) if frames else np.zeros(0)
         matched_res = sum(f.matched_results for f in frames)
         union = sum(f.fg_union for f in frames)
         return {
@@ -302,6 +304,7 @@ class SEGAccumulator:
             "count_error": float(np.mean([abs(f.num_results - len(f.scores)) for f in frames]))
             if frames else float("nan"),
             "foreground_IoU": sum(f.fg_intersection for f in frames) / union if union else float("nan"),
+            "jaccard_matched": float(matched_scores.mean()) if matched_gt else float("nan"),
         }
 
     def per_frame(self) -> list[tuple[str, float, int]]:

@@ -4,6 +4,8 @@
 - ``build_early_fusion_backbone``: one backbone with shared weights runs on every slice; a fusion
   module (any of FUSION_REGISTRY, cross-slice attention included) merges the N feature maps at
   the FPN levels MODEL.FUSION.LEVELS (all by default); other levels pass the centre slice's.
+  The levels MODEL.FUSION.CENTER_OUTPUTS also go out unfused, as ``<level>_center`` (the centre
+  slice's own features, e.g. for PointRend's point head: ``MODEL.POINT_HEAD.IN_FEATURES``).
 - ``build_late_fusion_backbone``: shared backbone; returns the centre slice's (or fused)
   features for the RPN and every slice's features (``<level>_slices``, its declared
   ``slice_outputs``) for the ROI heads (SliceFusionROIHeads).
@@ -24,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from .fusion import build_fusion
 
 SLICES_SUFFIX = "_slices"
+CENTER_SUFFIX = "_center"
 # Where late fusion's RPN features come from: the centre slice, or the MODEL.FUSION.NAME fusion.
 PROPOSAL_SOURCES = ("center", "fused")
 # Backbones that hand every slice's features to the ROI heads (SliceFusionROIHeads).
@@ -112,15 +115,24 @@ class _LevelFusion(nn.Module):
 
 
 class EarlyFusionBackbone(SharedSliceBackbone):
-    """Fuses the N slices' features at the chosen FPN levels."""
+    """Fuses the N slices' features at the chosen FPN levels; ``center_outputs`` levels are also
+    output as the centre slice's own features, ``<level>_center`` (B, C, h, w)."""
 
     def __init__(self, slice_backbone: Backbone, num_slices: int, fusion: _LevelFusion,
-                 checkpoint_slices: bool = False):
+                 checkpoint_slices: bool = False, center_outputs: tuple[str, ...] = ()):
         super().__init__(slice_backbone, num_slices, checkpoint_slices)
         self.fusion = fusion
+        self.center_outputs = tuple(center_outputs)
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        shapes = self.slice_backbone.output_shape()
+        return shapes | {level + CENTER_SUFFIX: shapes[level] for level in self.center_outputs}
 
     def combine(self, slice_features):
-        return {level: self.fusion(level, f) for level, f in slice_features.items()}
+        out = {level: self.fusion(level, f) for level, f in slice_features.items()}
+        for level in self.center_outputs:
+            out[level + CENTER_SUFFIX] = slice_features[level][:, self.num_slices // 2]
+        return out
 
 
 class LateFusionBackbone(SharedSliceBackbone):
@@ -165,12 +177,17 @@ def _fusion_levels(cfg, levels: list[str]) -> list[str]:
 
 @BACKBONE_REGISTRY.register()
 def build_early_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """Shared per-slice backbone + MODEL.FUSION.NAME at MODEL.FUSION.LEVELS (MODEL.FUSION.PER_LEVEL)."""
+    """Shared per-slice backbone + MODEL.FUSION.NAME at MODEL.FUSION.LEVELS (MODEL.FUSION.PER_LEVEL),
+    and the centre slice's own features of MODEL.FUSION.CENTER_OUTPUTS."""
     slice_backbone = _slice_backbone(cfg)
     levels, channels = _levels_and_channels(slice_backbone)
     fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, _fusion_levels(cfg, levels), channels, input_shape.channels,
                           cfg, cfg.MODEL.FUSION.PER_LEVEL)
-    return EarlyFusionBackbone(slice_backbone, input_shape.channels, fusion, cfg.MODEL.FUSION.CHECKPOINT_SLICES)
+    unknown = [level for level in cfg.MODEL.FUSION.CENTER_OUTPUTS if level not in levels]
+    if unknown:
+        raise ValueError(f"MODEL.FUSION.CENTER_OUTPUTS: {unknown} are not among the backbone's levels {levels}")
+    return EarlyFusionBackbone(slice_backbone, input_shape.channels, fusion, cfg.MODEL.FUSION.CHECKPOINT_SLICES,
+                               tuple(cfg.MODEL.FUSION.CENTER_OUTPUTS))
 
 
 @BACKBONE_REGISTRY.register()

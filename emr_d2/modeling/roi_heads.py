@@ -12,7 +12,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.mask_head import (ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead,
-                                                     mask_rcnn_inference, mask_rcnn_loss)
+                                                     build_mask_head, mask_rcnn_inference, mask_rcnn_loss)
 from detectron2.structures import Instances
 from torch import nn
 
@@ -80,7 +80,7 @@ class SliceStackROIHeads(StandardROIHeads):
         ret = super().from_config(cfg, input_shape)
         extent = cfg.MODEL.Z_EXTENT
         if extent.ENABLED:
-            levels = ret["mask_in_features"]
+            levels = ret["z_extent_in_features"] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
             resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
             ret["z_extent_head"] = ZExtentHead(input_shape[levels[0]].channels, resolution, extent.FC_DIM)
             ret["z_extent_scale_um"] = extent.SCALE_UM
@@ -90,11 +90,27 @@ class SliceStackROIHeads(StandardROIHeads):
                                                    cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO, "ROIAlignV2")
         return ret
 
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        """detectron2's; a mask head that pools for itself (PointRend) also gets the features its
+        point head reads beyond ROI_HEADS.IN_FEATURES (``p2_center``: MODEL.FUSION.CENTER_OUTPUTS)."""
+        if not cfg.MODEL.MASK_ON or cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE:
+            return super()._init_mask_head(cfg, input_shape)
+        in_features = list(dict.fromkeys([*cfg.MODEL.ROI_HEADS.IN_FEATURES, *cfg.MODEL.POINT_HEAD.IN_FEATURES]))
+        missing = [f for f in in_features if f not in input_shape]
+        if missing:
+            raise ValueError(f"MODEL.POINT_HEAD.IN_FEATURES: {missing} are not among the backbone's outputs "
+                             f"{list(input_shape)}")
+        return {"mask_in_features": in_features, "mask_pooler": None,
+                "mask_head": build_mask_head(cfg, {f: input_shape[f] for f in in_features})}
+
     @configurable
     def __init__(self, *, z_extent_head: nn.Module | None = None, z_extent_pooler: nn.Module | None = None,
-                 z_extent_scale_um: float = 4.0, z_extent_loss_weight: float = 1.0, **kwargs):
+                 z_extent_in_features: list[str] | None = None, z_extent_scale_um: float = 4.0,
+                 z_extent_loss_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.z_extent_head = z_extent_head
+        self.z_extent_in_features = z_extent_in_features
         self.z_extent_pooler = z_extent_pooler  # None: the mask pooler's features
         self.z_extent_scale_um = z_extent_scale_um
         self.z_extent_loss_weight = z_extent_loss_weight
@@ -106,7 +122,7 @@ class SliceStackROIHeads(StandardROIHeads):
     def _z_extent_logits(self, features: dict[str, torch.Tensor], boxes: list) -> torch.Tensor:
         levels = self._mask_level_features(features)
         pooler = self.mask_pooler if self.z_extent_pooler is None else self.z_extent_pooler
-        return self.z_extent_head(pooler([levels[f] for f in self.mask_in_features], boxes))
+        return self.z_extent_head(pooler([levels[f] for f in self.z_extent_in_features], boxes))
 
     def forward(self, images, features, proposals, targets=None):
         instances, losses = super().forward(images, features, proposals, targets)
