@@ -21,7 +21,7 @@ $(VENV)/.setup-done: setup.py scripts/install_detectron2.sh
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	DETECTRON2_SOURCE=$(DETECTRON2_SOURCE) bash scripts/install_detectron2.sh $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,napari]"
 	touch $@
 
 test: setup

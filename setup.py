@@ -20,5 +20,11 @@ setup(
         "tensorboard",
         "opencv-python-headless",  # imported by detectron2.projects.point_rend
     ],
-    extras_require={"test": ["pytest", "py-ctcmetrics", "ruff"]},
+    package_data={"emr_d2.napari_plugin": ["napari.yaml"]},
+    entry_points={"napari.manifest": ["emr_d2 = emr_d2.napari_plugin:napari.yaml"]},
+    extras_require={
+        "test": ["pytest", "py-ctcmetrics", "ruff"],
+        # the napari plugin, and what its tests need (Qt offscreen, a virtual X server for OpenGL)
+        "napari": ["napari>=0.5", "pyqt5", "pytest-qt", "pytest-xvfb"],
+    },
 )

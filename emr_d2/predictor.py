@@ -13,7 +13,7 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 
 from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, RawStack, list_frames, read_raw_volume,
-                       write_label_planes, write_label_volume, write_result_tracks)
+                       write_label_planes, write_result_tracks)
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
                           warn_if_deeper_than, z_spacing_um)
 from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
@@ -130,30 +130,44 @@ class VolumePredictor:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""
         return link_slices(self.regions(volume, progress, voxel_um), **self.link_options)
 
-    def predict_file(self, source: str, target: str, voxel_um: tuple | None = None, progress: bool = False) -> int:
-        """Segment the raw stack in file source into a uint16 label TIFF target (atomically) and
-        return its number of objects, streaming: the raw stack is read slice by slice
-        (:class:`RawStack`), slices are predicted, linked (:class:`StreamingLinker`) and written one by
-        one, and only the slices of objects still open are held. The labels are those of
-        ``self(volume)``. The "connected" linker needs the whole volume's region maps (4 bytes
-        per voxel) and is linked whole."""
+    def stream(self, volume, voxel_um: tuple | None = None,
+               progress: bool = False) -> Iterator[tuple[int, list[tuple[int, np.ndarray]]]]:
+        """Segment a (Z, H, W) raw volume (an array or a :class:`RawStack`) slice by slice: after
+        each slice z is predicted, yields (z, the label planes ``(index, (H, W) uint16)`` that no
+        later slice can change, in z order), and (Z, the rest) at the end. The planes are those of
+        ``self(volume)``; only the slices of objects still open are held
+        (:class:`StreamingLinker`). The "connected" linker links the whole volume at the end."""
         if self.link_options["strategy"] == "connected":
-            linked = self(read_raw_volume(source), progress, voxel_um)
-            write_label_volume(target, linked.labels)
-            return len(linked.scores)
-        volume = RawStack(source)
+            predictions = []
+            for z, instances in self.slice_instances(volume, progress, voxel_um):
+                predictions.append((z, *instances_to_numpy(instances, self.score_threshold)))
+                yield z, []
+            regions = paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um))
+            yield volume.shape[0], list(enumerate(link_slices(regions, **self.link_options).labels))
+            return
         linker = StreamingLinker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um),
                                  **self.link_options)
+        for z, instances in self.slice_instances(volume, progress, voxel_um):
+            yield z, list(linker.add(z, *instances_to_numpy(instances, self.score_threshold)))
+        yield volume.shape[0], list(linker.finish())
+
+    def predict_file(self, source: str, target: str, voxel_um: tuple | None = None, progress: bool = False) -> int:
+        """Segment the raw stack in file source into a uint16 label TIFF target (atomically) and
+        return its number of objects, streaming (:meth:`stream`): the raw stack is read slice by
+        slice (:class:`RawStack`) and the labels are written plane by plane as they are final.
+        The "connected" linker needs the whole volume's region maps (4 bytes per voxel)."""
+        volume = RawStack(source) if self.link_options["strategy"] != "connected" else read_raw_volume(source)
+        objects = 0
 
         def planes():
-            for z, instances in self.slice_instances(volume, progress, voxel_um):
-                for _, plane in linker.add(z, *instances_to_numpy(instances, self.score_threshold)):
+            nonlocal objects
+            for _, done in self.stream(volume, voxel_um, progress):
+                for _, plane in done:
+                    objects = max(objects, int(plane.max(initial=0)))
                     yield plane
-            for _, plane in linker.finish():
-                yield plane
 
         write_label_planes(target, planes(), volume.shape)
-        return len(linker.scores)
+        return objects
 
 
 def output_name(raw_file: str) -> str:

@@ -30,3 +30,19 @@ def registered_tiny(tiny_dataset) -> str:
 
     register_ctc_dataset(tiny_dataset, "TINY")
     return tiny_dataset
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_dataset, tmp_path_factory):
+    """A tiny mlp_fusion model trained for 30 iterations (tools/train_net.py): its folder holds
+    config.yaml, model_final.pth and linking.json (calibrated on TINY_01_val); evaluation runs
+    at the end. Returns (folder, the tool's output)."""
+    from helpers import CONFIGS, TINY_MODEL, TRAIN, tool
+
+    out = str(tmp_path_factory.mktemp("train"))
+    run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), *TINY_MODEL, *TRAIN,
+               "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", out,
+               "DATASETS.VAL", "('TINY_01_val',)", "DATASETS.SPLIT.GAP", "1", "TEST.VAL_LOSS_PERIOD", "10",
+               "TEST.VAL_LOSS_BATCHES", "2", "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", "1",
+               dataset_root=tiny_dataset)
+    return out, run.stdout + run.stderr

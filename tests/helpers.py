@@ -1,5 +1,7 @@
-"""Tiny model configs for fast tests."""
+"""Tiny model configs for fast tests, and the command-line tools run as a user runs them."""
 import os
+import subprocess
+import sys
 
 from emr_d2.config import config_variants
 from emr_d2.engine import setup_config
@@ -54,3 +56,15 @@ def tiny_cfg(variant: str, num_slices: int | None = None, extra=(), freeze=True)
     if num_slices is not None:
         opts += ["INPUT.NUM_SLICES", str(num_slices)]
     return setup_config(os.path.join(CONFIGS, f"{variant}.yaml"), opts, freeze=freeze)
+
+
+TRAIN = ["DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)", "SOLVER.IMS_PER_BATCH", "2",
+         "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "()", "INPUT.NUM_SLICES", "3",
+         "TEST.CTC.COCO_AP", "True", "DATASETS.VAL", "()", "TEST.CTC.CALIBRATE_LINKING", "False"]
+
+
+def tool(name: str, *args: str, dataset_root: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run tools/<name> in a subprocess with $EMR_DATASETS the folder above dataset_root."""
+    env = dict(os.environ, EMR_DATASETS=os.path.dirname(dataset_root), PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=check, **kwargs)

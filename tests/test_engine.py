@@ -13,31 +13,7 @@ import tifffile
 import torch
 from ctc_metrics.scripts.evaluate import evaluate_sequence
 
-from helpers import CONFIGS, ROOT, TINY_MODEL
-
-TRAIN = ["DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)", "SOLVER.IMS_PER_BATCH", "2",
-         "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "()", "INPUT.NUM_SLICES", "3",
-         "TEST.CTC.COCO_AP", "True", "DATASETS.VAL", "()", "TEST.CTC.CALIBRATE_LINKING", "False"]
-
-
-def tool(name: str, *args: str, dataset_root: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    env = dict(os.environ, EMR_DATASETS=os.path.dirname(dataset_root), PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, check=check, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    """A tiny mlp_fusion model trained for 30 iterations; the linking is calibrated on TINY_01_val
-    and evaluation runs at the end."""
-    out = str(tmp_path_factory.mktemp("train"))
-    run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), *TINY_MODEL, *TRAIN,
-               "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", out,
-               "DATASETS.VAL", "('TINY_01_val',)", "DATASETS.SPLIT.GAP", "1", "TEST.VAL_LOSS_PERIOD", "10",
-               "TEST.VAL_LOSS_BATCHES", "2", "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", "1",
-               dataset_root=tiny_dataset)
-    return out, run.stdout + run.stderr
-
+from helpers import CONFIGS, ROOT, TINY_MODEL, TRAIN, tool
 
 def test_training_learns_evaluates_and_logs_fusion_weights(trained):
     out, log = trained

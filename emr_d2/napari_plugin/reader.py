@@ -1,0 +1,128 @@
+"""napari reader: a CTC sequence folder or a single 3D TIFF.
+
+A sequence folder (``01/`` with tTTT.tif frames) opens as one (T, Z, Y, X) image layer, its
+reference ``01_GT/SEG`` and a result ``01_RES`` beside it (if present) as label layers of the same
+shape; frames without a reference are empty. A 3D TIFF opens as a (Z, Y, X) image. The scale is
+the voxel size in micrometres: the TIFF's own resolution tags (ImageJ or resolution unit), else
+the dataset's (voxel_size.json beside or above, or a known CTC dataset). Stacks larger than
+:data:`EAGER_BYTES` are read lazily, frame by frame (dask).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tifffile
+
+from ..data.catalog import dataset_voxel_size
+from ..data.ctc import (CTCFormatError, list_frames, list_gt, list_results, read_gt_frame, read_label_volume,
+                        read_raw_volume)
+
+EAGER_BYTES = 1 << 30  # sequences up to this size are read into memory (editable labels)
+_UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
+def get_reader(path):
+    """The npe2 reader hook: a reader for a CTC sequence folder or a 3D TIFF, else None (the
+    path is left to other readers)."""
+    if not isinstance(path, str):
+        return None
+    if os.path.isdir(path) and list_frames(path):
+        return read_ctc_sequence
+    if path.lower().endswith((".tif", ".tiff")) and os.path.isfile(path):
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        except (tifffile.TiffFileError, OSError, IndexError):
+            return None
+        if sum(s > 1 for s in shape) == 3:
+            return read_stack
+    return None
+
+
+def tiff_voxel_size(path: str) -> tuple[float, float, float] | None:
+    """(Z, Y, X) voxel size in micrometres stored in a TIFF (ImageJ's ``spacing`` and ``unit``
+    with the X/Y resolution tags), None if it stores none."""
+    with tifffile.TiffFile(path) as tif:
+        page, imagej = tif.pages[0], tif.imagej_metadata or {}
+        unit = str(imagej.get("unit", "")).strip()
+        if unit not in _UM_PER_UNIT or "spacing" not in imagej:
+            return None
+        tags = page.tags
+        if "XResolution" not in tags or "YResolution" not in tags:
+            return None
+        (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
+        if not (xn and yn and xd and yd):
+            return None
+        factor = _UM_PER_UNIT[unit]
+        return float(imagej["spacing"]) * factor, yd / yn * factor, xd / xn * factor
+
+
+def _scale(voxel: tuple | None, leading: int = 0) -> dict:
+    return {"scale": (1.0,) * leading + tuple(voxel)} if voxel else {}
+
+
+def _frame_stack(read, count: int, shape: tuple, dtype) -> np.ndarray:
+    """(count, *shape) array of read(i) for every frame i: in memory when small, else a lazy
+    dask array read one frame at a time."""
+    if count * int(np.prod(shape)) * np.dtype(dtype).itemsize <= EAGER_BYTES:
+        return np.stack([np.asarray(read(i), dtype=dtype) for i in range(count)])
+    import dask
+    import dask.array as da
+
+    return da.stack([da.from_delayed(dask.delayed(read)(i), shape, dtype) for i in range(count)])
+
+
+def read_stack(path: str) -> list[tuple]:
+    """A 3D TIFF as one image layer, scaled by its (or its dataset's) voxel size."""
+    volume = read_raw_volume(path, memmap=False)
+    voxel = tiff_voxel_size(path) or dataset_voxel_size(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return [(volume, {"name": name, **_scale(voxel), "metadata": {"ctc_files": [os.path.basename(path)]}}, "image")]
+
+
+def read_ctc_sequence(path: str) -> list[tuple]:
+    """A CTC sequence folder as a (T, Z, Y, X) image layer, plus its reference segmentation and
+    result as label layers when present (see the module docstring)."""
+    path = os.path.normpath(path)
+    frames = sorted(list_frames(path).items())
+    if not frames:
+        raise CTCFormatError(f"{path}: no CTC frames (tTTT.tif) found")
+    first = read_raw_volume(frames[0][1])
+    shape = first.shape
+    root, seq = os.path.dirname(path), os.path.basename(path)
+
+    def raw(i):
+        volume = read_raw_volume(frames[i][1], memmap=False)
+        if volume.shape != shape:
+            raise CTCFormatError(f"{frames[i][1]}: shape {volume.shape} differs from {frames[0][1]}'s {shape}")
+        return volume
+
+    voxel = dataset_voxel_size(path)
+    meta = {"ctc_files": [os.path.basename(p) for _, p in frames], "ctc_sequence": path}
+    name = f"{os.path.basename(root)}/{seq}"
+    layers = [(_frame_stack(raw, len(frames), shape, first.dtype), {"name": name, **_scale(voxel, 1), "metadata": meta},
+               "image")]
+    references = list_gt(os.path.join(root, f"{seq}_GT", "SEG"))
+    if references:
+        def reference(i):
+            gt = references.get(frames[i][0])
+            return np.zeros(shape, np.uint16) if gt is None else read_gt_frame(gt, shape, "the raw frame's",
+                                                                                 frames[i][1])[0]
+
+        layers.append((_frame_stack(reference, len(frames), shape, np.uint16),
+                       {"name": f"{name} reference", **_scale(voxel, 1), "metadata": dict(meta)}, "labels"))
+    results = list_results(os.path.join(root, f"{seq}_RES"))
+    if results:
+        def result(i):
+            file = results.get(frames[i][0])
+            if file is None:
+                return np.zeros(shape, np.uint16)
+            labels = read_label_volume(file, memmap=False)
+            if labels.shape != shape:
+                raise CTCFormatError(f"{file}: shape {labels.shape} differs from the raw frame's {shape}")
+            return labels
+
+        layers.append((_frame_stack(result, len(frames), shape, np.uint16),
+                       {"name": f"{name} result", **_scale(voxel, 1), "metadata": dict(meta)}, "labels"))
+    return layers
