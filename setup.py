@@ -25,6 +25,6 @@ setup(
     extras_require={
         "test": ["pytest", "py-ctcmetrics", "ruff"],
         # the napari plugin, and what its tests need (Qt offscreen, a virtual X server for OpenGL)
-        "napari": ["napari>=0.5", "pyqt5", "pytest-qt", "pytest-xvfb"],
+        "napari": ["napari>=0.5", "pyqt6", "pytest-qt", "pytest-xvfb"],
     },
 )

@@ -74,11 +74,12 @@ def segment(job: SegmentJob) -> Iterator[int]:
         for frame in job.frames or [None]:
             volume = np.asarray(job.data if frame is None else job.data[frame])
             target = labels if frame is None else labels[frame]
-            for _, planes in predictor.stream(volume, job.voxel_um):
-                for z, plane in planes:
-                    target[z] = plane
-                done += 1
-                yield min(done, job.steps)
+            for z, planes in predictor.stream(volume, job.voxel_um):
+                for index, plane in planes:
+                    target[index] = plane
+                if z < len(volume):  # a slice predicted (z == len: the last planes linked)
+                    done += 1
+                    yield done
         return labels, ""
     except Exception as e:  # the worker's boundary: every error becomes one notification line
         return None, one_line(e)
@@ -197,10 +198,10 @@ class SegmentWidget(Container):
             self.status.value = "failed"
             show_error(error)
             return
-        frames = job.frames if job.frames is not None else None
         metadata = {k: v for k, v in layer.metadata.items() if k in ("ctc_files", "ctc_sequence")}
-        metadata["segmented_frames"] = frames
+        metadata["segmented_frames"] = job.frames
         self._viewer.add_labels(labels, name=f"{layer.name} labels", scale=layer.scale, translate=layer.translate,
                                 metadata=metadata)
-        objects = [len(np.unique(labels[t])) - 1 for t in frames] if frames is not None else [int(labels.max())]
-        self.status.value = f"{sum(objects)} objects" + (f" in {len(frames)} frame(s)" if frames is not None else "")
+        volumes = [labels] if job.frames is None else [labels[t] for t in job.frames]
+        objects = sum(len(np.unique(v)) - 1 for v in volumes)
+        self.status.value = f"{objects} objects in {len(volumes)} volume(s)"
