@@ -27,13 +27,13 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "DET", "DET_calibrated", "OP_CSB",
            "OP_CSB_calibrated", "SEG_oracle_link", "SEG_2D",
-           "SEG_poles", "SEG_core", "foreground_IoU", "jaccard_matched", "splits", "merges", "splits_calibrated", "merges_calibrated",
+           "SEG_poles", "SEG_core", "foreground_IoU", "jaccard_matched", "jaccard_matched_2D", "splits", "merges", "splits_calibrated", "merges_calibrated",
            "z_extent_error_um", "segm_AP", "volume_AP", "count_error",
            "centre_weight", "train_time_s", "inference_s_per_volume", "linking"]
 METRICS = COLUMNS[3:-1]
 # Columns of the calibrated linking's test result that are scored from its label files, so that
 # runs finished before a column was added get it without running the network again.
-MASK_SCORES = ("foreground_IoU", "jaccard_matched")
+MASK_SCORES = ("foreground_IoU", "jaccard_matched", "jaccard_matched_2D")
 TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train_net.py")
 
 

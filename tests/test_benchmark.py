@@ -41,5 +41,5 @@ def test_a_row_written_before_the_mask_columns_gets_them_from_its_saved_results(
     (run_dir / "row.json").write_text(json.dumps({"dataset": "TINY", "config": "mlp_fusion", "seed": 0}))
     (run_dir / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 1.0}))
     (row,) = finished_rows(str(tmp_path), BenchDataset("TINY"))
-    assert 0.3 < row["foreground_IoU"] < 0.7 and 0.5 < row["jaccard_matched"] < 1
+    assert 0.3 < row["foreground_IoU"] < 0.7 and 0.5 < row["jaccard_matched"] < 1 and 0 < row["jaccard_matched_2D"] < 1
     assert json.loads((run_dir / "row.json").read_text())["jaccard_matched"] == row["jaccard_matched"]

@@ -111,6 +111,7 @@ def test_jaccard_of_matched_objects_only():
     acc.add("f", gt, res)
     assert acc.summary()["SEG"] == pytest.approx(0.75 / 2)
     assert acc.summary()["jaccard_matched"] == pytest.approx(0.75)
+    assert acc.summary()["jaccard_matched_2D"] == pytest.approx(0.75)  # one slice: the same cross-section
 
 
 def test_counts_precision_recall():

@@ -276,7 +276,8 @@ class SEGAccumulator:
         """SEG, SEG_2D (also over the slices near each reference object's poles, SEG_poles, and
         the rest, SEG_core), object counts, splits and merges, precision, recall, count error,
         foreground IoU and the mean Jaccard index of the matched reference objects alone
-        (jaccard_matched: how well the found objects are outlined). Frames with an empty reference add no reference object; if every
+        (jaccard_matched: how well the found objects are outlined; jaccard_matched_2D of the
+        matched cross-sections). Frames with an empty reference add no reference object; if every
         frame's reference is empty, SEG is undefined and this is an error."""
         frames = list(self.frames.values())
         if frames and len(self.empty_reference_frames()) == len(frames):
@@ -285,6 +286,7 @@ class SEGAccumulator:
         n_res = sum(f.num_results for f in frames)
         matched_gt = sum(int(np.count_nonzero(f.scores > 0)) for f in frames)
         matched_scores = np.concatenate([f.scores[f.scores > 0] for f in frames]) if frames else np.zeros(0)
+        matched_2d = np.concatenate([f.scores[f.scores > 0] for f in self.frames_2d.values()] or [np.zeros(0)])
         matched_res = sum(f.matched_results for f in frames)
         union = sum(f.fg_union for f in frames)
         return {
@@ -305,6 +307,7 @@ class SEGAccumulator:
             if frames else float("nan"),
             "foreground_IoU": sum(f.fg_intersection for f in frames) / union if union else float("nan"),
             "jaccard_matched": float(matched_scores.mean()) if matched_gt else float("nan"),
+            "jaccard_matched_2D": float(matched_2d.mean()) if len(matched_2d) else float("nan"),
         }
 
     def per_frame(self) -> list[tuple[str, float, int]]:
