@@ -14,7 +14,8 @@ and the last lines
     rss_ratio=<streaming peak RSS of the largest stack / of the smallest>
 
     python benchmarks/predict_memory.py --weights output/demo/mlp_fusion/model_final.pth
-    python benchmarks/predict_memory.py --sizes 20x96x96 200x2048x2048 --whole-up-to 0
+    python benchmarks/predict_memory.py --weights output/demo/mlp_fusion/model_final.pth \
+        --sizes 20x96x96 20x2048x2048 200x2048x2048 --whole-up-to 0
 
 The default sizes separate what grows with a slice (20 x 1024 x 1024 against 20 x 2048 x 2048)
 from what grows with the volume (20 against 100 slices of 1024 x 1024).
