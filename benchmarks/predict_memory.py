@@ -91,7 +91,7 @@ def measure(mode: str, raw: str, out: str, weights: str) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=SIZES, help="ZxYxX stack sizes, smallest first")
+    parser.add_argument("--sizes", nargs="+", default=SIZES, help="ZxYxX stack sizes (the smallest gives the floor)")
     parser.add_argument("--whole-up-to", type=int, default=100 * 1024 * 1024,
                         help="also run whole-volume prediction up to this many voxels (0: never)")
     parser.add_argument("--weights", default="", help="trained demo mlp_fusion weights (default: untrained)")
@@ -119,7 +119,7 @@ def main() -> int:
                 if mode == "streaming":
                     streaming.append((voxels, rss))
                     streaming_shapes.append((voxels, rss, shape))
-    (_, floor), (voxels, largest) = streaming[0], max(streaming)
+    (_, floor), (voxels, largest) = min(streaming), max(streaming)
     for plane in dict.fromkeys(shape[1:] for _, _, shape in streaming_shapes):
         same_plane = sorted((v, r) for v, r, shape in streaming_shapes if shape[1:] == plane)
         if len(same_plane) > 1:  # what grows with the volume: more slices of the same plane size
