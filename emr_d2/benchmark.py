@@ -321,7 +321,8 @@ def plot_results(rows: list[dict], file):
 
     summary = summarise(rows)
     names = list(summary)
-    fig = Figure(figsize=(3.6 * len(PLOTTED), 3.8))
+    panel_width = max(3.6, 0.4 * len(names))  # inches: room for every config's rotated name
+    fig = Figure(figsize=(panel_width * len(PLOTTED), 3.8))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PLOTTED))
     for ax, metric in zip(axes, PLOTTED):

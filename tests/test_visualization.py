@@ -71,3 +71,14 @@ def test_benchmark_plot_draws_points_with_error_bars_and_names_the_metric():
     assert ax.get_ylabel() == "SEG" and not ax.patches  # points, not bars
     low, high = ax.get_ylim()
     assert low < 0.70 and high > 0.74
+
+
+def test_benchmark_plot_names_of_many_configs_do_not_overlap():
+    rows = [{"config": f"config_with_a_long_name_{k}", "seed": 0, **{m: 0.8 for m in METRICS}} for k in range(15)]
+    fig = plot_results(rows, io.BytesIO())
+    ax = fig.axes[0]
+    label = ax.get_xticklabels()[0]
+    ticks = ax.transData.transform([(t, 0.8) for t in ax.get_xticks()])[:, 0]
+    # rotated names are parallel: their distance across is the tick spacing times sin(rotation)
+    across = np.diff(ticks).min() * np.sin(np.radians(label.get_rotation()))
+    assert across > 1.2 * label.get_fontsize() * fig.dpi / 72
