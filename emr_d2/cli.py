@@ -65,10 +65,11 @@ def add_voxel_size_argument(parser: argparse.ArgumentParser, help: str) -> None:
                         help=f"{help} (three positive numbers, micrometres)")
 
 
-def check_new_output_folder(folder: str, overwrite: bool) -> None:
-    """An output folder that exists and holds files is refused unless ``overwrite``."""
+def check_new_output_folder(folder: str, overwrite: bool, how: str = "pass --overwrite") -> None:
+    """An output folder that exists and holds files is refused unless ``overwrite`` (the error
+    says ``how`` to ask for it)."""
     if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
-        raise FileExistsError(f"{folder}: the output folder exists and is not empty; pass --overwrite to "
+        raise FileExistsError(f"{folder}: the output folder exists and is not empty; {how} to "
                               "replace the files this run writes")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(f"{folder}: exists and is not a folder")

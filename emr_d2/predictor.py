@@ -12,8 +12,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from tqdm import tqdm
 
-from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, RawStack, list_frames, read_raw_volume,
-                       write_label_planes, write_result_tracks)
+from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, RawStack, check_raw_input, list_frames,
+                       read_raw_volume, write_label_planes, write_result_tracks)
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
                           warn_if_deeper_than, z_spacing_um)
 from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
@@ -56,11 +56,24 @@ class VolumePredictor:
         self.use_cache = bool(cfg.TEST.CTC.CACHE_FEATURES) and getattr(model, "shares_slice_features", False)
         self.link_options = link_options_from_config(cfg)
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
+        self._warned_unknown_voxel = False
 
     # ------------------------------------------------------------------ per-slice prediction
     def slice_offsets(self, voxel_um: tuple | None = None) -> np.ndarray:
         """(N,) window offsets in slices for a volume of (Z, Y, X) voxel size voxel_um (um)."""
         return self.window.offsets_for(voxel_um)
+
+    def input_scale(self, voxel_um: tuple | None) -> float:
+        """Factor that resizes slices of (Z, Y, X) voxel size voxel_um (um) to the model's pixel
+        size INPUT.PIXEL_SIZE_UM (0: native pixels). An unknown voxel size leaves the slices as they
+        are, with one warning per predictor: they are taken to be at the model's pixel size."""
+        if self.pixel_size_um and voxel_um is None:
+            if not self._warned_unknown_voxel:
+                logger.warning(f"The voxel size of the input is unknown: its pixels are taken to be the model's "
+                               f"{self.pixel_size_um:g} um (give --voxel-size Z Y X if they are not)")
+                self._warned_unknown_voxel = True
+            return 1.0
+        return pixel_scale(self.pixel_size_um, voxel_um)
 
     def slice_instances(self, volume: np.ndarray, progress: bool = False,
                         voxel_um: tuple | None = None) -> Iterator[tuple[int, Instances]]:
@@ -70,7 +83,7 @@ class VolumePredictor:
         if volume.ndim != 3:
             raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}")
         offsets = self.slice_offsets(voxel_um)
-        scale = pixel_scale(self.pixel_size_um, voxel_um)
+        scale = self.input_scale(voxel_um)
         intensity_range = percentile_range(volume, self.percentiles)
         depth = volume.shape[0]
         warn_if_deeper_than(depth, offsets, "volume")
@@ -208,9 +221,9 @@ def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxe
     (labels unique over the sequence, ``res_track.txt``). Every input is checked (readable, a 3D
     stack of finite numbers) before the first volume is predicted."""
     predictor.slice_offsets(voxel_um)  # a missing voxel size fails before any work
-    pixel_scale(predictor.pixel_size_um, voxel_um)
+    predictor.input_scale(voxel_um)
     for source, _ in pairs:
-        read_raw_volume(source)
+        check_raw_input(source)
     for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
         count = predictor.predict_file(source, target, voxel_um, progress=True)
         logger.info(f"{source} -> {os.path.basename(target)}: {count} objects")

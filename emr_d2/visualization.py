@@ -150,8 +150,8 @@ def fusion_title(module_name: str, class_name: str) -> str:
     return f"{family}: {class_name}\n{where}"
 
 
-EDGE_NOTE = ("interior: windows whose slices all lie inside the volume; edge: windows near the first or last "
-             "slice, whose outer slices are padding (INPUT.SLICE_PADDING)")
+EDGE_NOTE = ("interior: windows whose slices all lie inside the volume; edge: windows at the first or last "
+             "slices, which reach beyond the volume (the missing slices are filled in: edge slices)")
 
 
 def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path,
@@ -233,16 +233,22 @@ def _padded_limits(values: list[float], log: bool = False) -> tuple[float, float
     return low - margin, high + margin
 
 
+# metrics.json keys of the evaluation -> what a plot calls them
+EVALUATION_LABELS = {"ctc/SEG": "SEG (CTC, 3D)", "ctc/DET": "DET (CTC)", "ctc/SEG_2D": "SEG per slice",
+                     "validation_loss": "validation loss"}
+
+
 def plot_training_curves(metrics_file: str, path) -> Figure:
     """Losses over iterations, and SEG / validation loss / fusion weights where logged, on axes
     that hold every plotted value; a metric logged once is one labelled point. Returns the figure."""
     rows = read_metrics(metrics_file)
     losses = sorted({k for r in rows for k in r if k.startswith("loss_") or k == "total_loss"})
-    extras = [k for k in ("ctc/SEG", "ctc/DET", "ctc/SEG_2D", "validation_loss") if any(k in r for r in rows)]
+    extras = [k for k in EVALUATION_LABELS if any(k in r for r in rows)]
     fusion = sorted({k for r in rows for k in r if k.startswith("fusion/")})
     modules = {k.rsplit("/", 1)[0] for k in fusion}
     labels = {k: (f"{' '.join(fusion_place(k[len('fusion/'):].rsplit('/', 1)[0]))}, " if len(modules) > 1 else "")
               + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
+    labels.update(EVALUATION_LABELS)
     panels = [(losses, "training losses", "loss (log scale)", True)]
     if extras:
         panels.append((extras, "evaluation", "score or loss", False))

@@ -335,3 +335,13 @@ def test_visualize_checks_every_input_before_drawing(tmp_path, weights):
     run = run_tool("visualize.py", "curves", "--metrics", tmp_path / "metrics.json", "--out",
                    tmp_path / "new" / "folder" / "c.png")
     assert run.returncode == 0 and (tmp_path / "new" / "folder" / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_label_image_is_refused_as_input(tmp_path, weights):
+    labels = np.zeros((4, 64, 64), np.uint16)
+    labels[:, 8:30, 8:30], labels[1:3, 36:60, 30:50] = 1, 2
+    write(str(tmp_path / "seq" / "man_seg000.tif"), labels)
+    stack(tmp_path / "seq" / "raw.tif")
+    run = predict(weights / "mlp.pth", tmp_path / "seq", tmp_path / "out")
+    assert_one_line_error(run, "man_seg000.tif", "looks like a label image")
+    assert not (tmp_path / "out").exists()

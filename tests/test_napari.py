@@ -52,6 +52,13 @@ def voxel_of(dataset: str) -> tuple:
         return tuple(json.load(f)["zyx_um"])
 
 
+def plugin_widget(viewer, name: str):
+    """A widget of the plugin opened as Plugins > emr_d2 nuclei > name opens it (napari's plugin
+    manager instantiates it and injects the viewer)."""
+    _, widget = viewer.window.add_plugin_dock_widget("emr_d2", name)
+    return widget
+
+
 def run_widget(widget: SegmentWidget, qtbot) -> None:
     widget.run()
     if widget.worker is not None:
@@ -75,6 +82,18 @@ def test_the_reader_opens_a_ctc_sequence_with_its_reference_and_result(make_napa
     assert np.array_equal(reference.data[2], tifffile.imread(root / "02_GT" / "SEG" / "man_seg002.tif"))
     assert np.array_equal(result.data, reference.data) and tuple(result.scale) == tuple(image.scale)
     assert image.metadata["ctc_files"] == ["t000.tif", "t001.tif", "t002.tif"]
+
+
+def test_the_widgets_open_from_the_plugins_menu(make_napari_viewer):
+    from npe2 import PluginManager
+
+    manifest = PluginManager.instance().get_manifest("emr_d2")
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment nuclei", "Save as CTC result"}
+    viewer = make_napari_viewer()
+    assert isinstance(plugin_widget(viewer, "Segment nuclei"), SegmentWidget)
+    assert isinstance(plugin_widget(viewer, "Save as CTC result"), SaveWidget)
+    actions = [a.text() for a in viewer.window.plugins_menu.actions()]
+    assert any("emr_d2" in text for text in actions), actions
 
 
 def test_the_reader_takes_the_voxel_size_a_tiff_carries_and_leaves_2d_tiffs(tmp_path):
@@ -105,7 +124,7 @@ def test_segment_equals_predict_py_and_saves_a_ctc_result(make_napari_viewer, qt
 
     viewer = make_napari_viewer()
     viewer.add_image(tifffile.imread(stacks / "stack.tif"), name="stack", scale=voxel)
-    widget = SegmentWidget(viewer)
+    widget = plugin_widget(viewer, "Segment nuclei")
     widget.model_dir.value = model_dir
     assert [box.value for box in widget.voxel] == pytest.approx(voxel)  # prefilled from the layer's scale
     run_widget(widget, qtbot)
@@ -113,8 +132,8 @@ def test_segment_equals_predict_py_and_saves_a_ctc_result(make_napari_viewer, qt
     assert np.array_equal(labels.data, expected) and tuple(labels.scale) == pytest.approx(voxel)
     assert widget.progress.value == widget.progress.max == expected.shape[0]
 
-    save = SaveWidget(viewer)
-    save.layer.value = labels
+    save = plugin_widget(viewer, "Save as CTC result")
+    assert save.layer.value is labels
     save.folder.value = str(tmp_path / "RES")
     assert save.save() == ["mask000.tif"]
     assert sorted(os.listdir(tmp_path / "RES")) == ["mask000.tif", "res_track.txt"]
@@ -125,20 +144,21 @@ def test_a_4d_layer_segments_every_frame_or_the_current_one_and_cancels(make_nap
                                                                         tiny_dataset, tmp_path, notifications):
     model_dir, _ = trained
     viewer = make_napari_viewer()
-    (image,) = [layer for layer in viewer.open(os.path.join(tiny_dataset, "02"), plugin="emr_d2")
-                if isinstance(layer, Image)]
-    widget = SegmentWidget(viewer)
+    image, reference = viewer.open(os.path.join(tiny_dataset, "02"), plugin="emr_d2")
+    save = plugin_widget(viewer, "Save as CTC result")
+    assert save.layer.value is reference  # the only labels layer
+    widget = plugin_widget(viewer, "Segment nuclei")
     widget.model_dir.value = model_dir
     widget.image.value = image
     run_widget(widget, qtbot)
     labels = viewer.layers[f"{image.name} labels"]
+    assert save.layer.value is labels  # the new result, not the reference
+    assert viewer.dims.axis_labels == ("t", "z", "y", "x") and tuple(map(str, labels.units))[1:] == ("micrometer",) * 3
     predictor = load_predictor(model_dir)
     for t in range(3):
         assert np.array_equal(labels.data[t], predictor(np.asarray(image.data[t]), voxel_um=voxel_of(tiny_dataset)).labels)
     assert labels.data.max() > 0 and widget.progress.value == 3 * image.data.shape[1]
 
-    save = SaveWidget(viewer)
-    save.layer.value = labels
     save.folder.value = str(tmp_path / "02_RES")
     save.save()
     seg = tool("ctc_seg.py", str(tmp_path / "02_RES"), os.path.join(tiny_dataset, "02_GT"), dataset_root=tiny_dataset)
@@ -164,7 +184,7 @@ def test_a_4d_layer_segments_every_frame_or_the_current_one_and_cancels(make_nap
 def test_each_error_is_one_notification(make_napari_viewer, qtbot, trained, tiny_dataset, tmp_path, notifications):
     model_dir, _ = trained
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    widget = plugin_widget(viewer, "Segment nuclei")
     volume = tifffile.imread(os.path.join(tiny_dataset, "02", "t000.tif"))
 
     viewer.add_image(volume, name="stack")
@@ -180,6 +200,12 @@ def test_each_error_is_one_notification(make_napari_viewer, qtbot, trained, tiny
     widget.run()
     assert len(notifications) == 1 and "one slice: a 2D layer" in notifications[0] and widget.worker is None
 
+    viewer.layers.clear()
+    viewer.add_image(tifffile.imread(os.path.join(tiny_dataset, "02_GT", "SEG", "man_seg000.tif")), name="gt")
+    notifications.clear()
+    widget.run()
+    assert len(notifications) == 1 and "gt: looks like a label image" in notifications[0] and widget.worker is None
+
     spaced = tmp_path / "spaced_model"
     shutil.copytree(model_dir, spaced)
     config = yaml.safe_load((spaced / "config.yaml").read_text())
@@ -193,14 +219,14 @@ def test_each_error_is_one_notification(make_napari_viewer, qtbot, trained, tiny
     assert len(notifications) == 1 and "voxel size" in notifications[0], notifications
     assert "stack labels" not in viewer.layers
 
-    save = SaveWidget(viewer)
+    save = plugin_widget(viewer, "Save as CTC result")
     save.layer.value = viewer.add_labels(np.zeros_like(volume, np.uint16), name="empty")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "other.txt").write_text("x")
     save.folder.value = str(tmp_path / "full")
     notifications.clear()
     assert save.save() is None
-    assert len(notifications) == 1 and "not empty" in notifications[0]
+    assert len(notifications) == 1 and "not empty" in notifications[0] and "tick 'overwrite'" in notifications[0]
     assert os.listdir(tmp_path / "full") == ["other.txt"]
 
 
@@ -215,9 +241,8 @@ def test_screenshot_of_a_demo_stack_in_3d(make_napari_viewer, qtbot, tmp_path):
     layers[0].contrast_limits = np.percentile(np.asarray(layers[0].data), [1, 99.8]).tolist()
     layers[0].rendering, layers[0].blending = "mip", "additive"
     layers[1].opacity = 0.6
-    widgets = SegmentWidget(viewer), SaveWidget(viewer)  # held: a docked magicgui widget lives with its object
-    viewer.window.add_dock_widget(widgets[0], name="Segment nuclei")
-    viewer.window.add_dock_widget(widgets[1], name="Save as CTC result")
+    plugin_widget(viewer, "Segment nuclei")
+    plugin_widget(viewer, "Save as CTC result")
     qtbot.wait(200)  # let the docks lay out before the view is fitted to the canvas
     viewer.dims.ndisplay = 3
     viewer.reset_view()

@@ -27,7 +27,7 @@ def run(stage: str, args: list[str], logs: str) -> None:
     os.makedirs(logs, exist_ok=True)
     log_file = os.path.join(logs, re.sub(r"[^a-z0-9]+", "_", stage.lower()).strip("_") + ".log")
     start = time.perf_counter()
-    print(f"{stage:<24}", end=" ", flush=True)
+    print(f"{stage:<30}", end=" ", flush=True)
     with open(log_file, "w") as log:
         done = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:

@@ -16,6 +16,17 @@ from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset  # noqa: E402
 
 
+def dataset_names_line(folder: str) -> str:
+    """Which dataset names the folder registers as (when it lies in $EMR_DATASETS)."""
+    name = os.path.basename(os.path.normpath(folder))
+    seqs = sorted(s for s in os.listdir(folder) if s.isdigit() and os.path.isdir(os.path.join(folder, f"{s}_GT")))
+    names = ", ".join(f"{name}_{s} ({name}_{s}_train, {name}_{s}_val)" for s in seqs)
+    where = os.environ.get("EMR_DATASETS", "datasets")
+    inside = os.path.abspath(os.path.dirname(os.path.normpath(folder))) == os.path.abspath(where)
+    return (f"Dataset names (DATASETS.TRAIN / VAL / TEST): {names}"
+            + ("" if inside else f"; registered when the folder lies in $EMR_DATASETS ({where})"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (a CTC dataset folder)")
@@ -29,6 +40,7 @@ def main(argv=None) -> int:
     preset = write_synthetic_dataset(args.out, args.preset, seed=args.seed, frames=args.frames, scale=args.scale)
     print(f"Wrote {args.preset} dataset to {args.out}: volumes of {preset.shape} voxels "
           f"({' x '.join(f'{v:g}' for v in preset.voxel_um)} um)")
+    print(dataset_names_line(args.out))
     return 0
 
 

@@ -16,7 +16,7 @@ import re
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..cli import one_line
-from .ctc import CTCFormatError, find_sequences, gt_folder
+from .ctc import CTCFormatError, find_sequences, gt_folder, list_frames, list_gt
 from .window import check_voxel_size
 from .slices import load_sequence_records, split_frames
 
@@ -135,6 +135,21 @@ def register_all_ctc_datasets(root: str | None = None) -> list[str]:
         except Exception as e:  # one broken folder must not stop the import of emr_d2
             logger.warning(f"Skipping {folder}: {e}")
     return registered
+
+
+def check_splits(names) -> None:
+    """Raise a one-line ValueError, before any work, if a ``_train`` / ``_val`` dataset's sequence
+    has too few referenced frames for DATASETS.SPLIT (see :func:`split_frames`)."""
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        if not name.endswith(("_train", "_val")) or meta.get("evaluator_type") != "ctc":
+            continue
+        seq_dir = os.path.join(meta.dataset_root, meta.sequence)
+        frames = set(list_frames(seq_dir)) & set(list_gt(gt_folder(meta.dataset_root, meta.sequence)))
+        try:
+            split_frames(sorted(frames), _split["val_fraction"], _split["gap"])
+        except ValueError as e:
+            raise ValueError(f"{name} ({seq_dir}): {e}") from None
 
 
 def check_datasets_registered(names) -> None:

@@ -162,6 +162,28 @@ def read_raw_volume(path: str, memmap: bool = True) -> np.ndarray:
     return data
 
 
+def looks_like_labels(volume, slices: int = 5) -> bool:
+    """Whether a (Z, Y, X) stack (array or :class:`RawStack`) is a label image rather than raw
+    microscopy: integers, a background of exact zeros (at least a fifth of the pixels) and
+    piecewise-constant objects (90 % of the object pixels equal their right neighbour), on up to
+    ``slices`` evenly spaced slices. Raw fluorescence has noise inside the nuclei."""
+    if volume.dtype.kind not in "ui":
+        return False
+    planes = np.stack([np.asarray(volume[int(z)]) for z in np.linspace(0, volume.shape[0] - 1, slices).round()])
+    inside = planes[..., :-1] != 0
+    if inside.mean() > 0.8 or not inside.any():
+        return False
+    return float((planes[..., :-1] == planes[..., 1:])[inside].mean()) >= 0.9
+
+
+def check_raw_input(path: str) -> None:
+    """Raise a one-line CTCFormatError if the stack at path cannot be segmented: not a 3D stack
+    of finite numbers (:func:`read_raw_volume`), or a label image (:func:`looks_like_labels`)."""
+    if looks_like_labels(read_raw_volume(path)):
+        raise CTCFormatError(f"{path}: looks like a label image (integer objects on a zero background), not raw "
+                             "microscopy; give the raw stack (tTTT.tif), not a reference or result")
+
+
 class RawStack:
     """A raw frame's (Z, Y, X) stack read one slice at a time from its file, so that resident
     memory grows with a slice and not with the stack (a memory map keeps every slice it has

@@ -209,6 +209,8 @@ def split_frames(frames: list[int], val_fraction: float, gap: int) -> tuple[list
     n_train = len(frames) - n_val - gap
     if n_train < 1:
         raise ValueError(
-            f"{len(frames)} frames cannot hold a train block, a gap of {gap} and {n_val} val frames"
+            f"{len(frames)} frames cannot hold a train block of 1 frame or more, a gap of {gap} frames "
+            f"(DATASETS.SPLIT.GAP) and {n_val} val frames (DATASETS.SPLIT.VAL_FRACTION {val_fraction:g}): "
+            f"that needs {n_val + gap + 1} frames; lower DATASETS.SPLIT.GAP or train on the whole sequence"
         )
     return frames[:n_train], frames[len(frames) - n_val:]

@@ -58,8 +58,13 @@ def tiff_voxel_size(path: str) -> tuple[float, float, float] | None:
         return float(imagej["spacing"]) * factor, yd / yn * factor, xd / xn * factor
 
 
-def _scale(voxel: tuple | None, leading: int = 0) -> dict:
-    return {"scale": (1.0,) * leading + tuple(voxel)} if voxel else {}
+def _geometry(voxel: tuple | None, leading: int = 0) -> dict:
+    """Layer keywords: axis labels (t, z, y, x) and, where the voxel size is known, the scale in
+    micrometres with its unit (the time axis stays in frames)."""
+    labels = {"axis_labels": ("t", "z", "y", "x")[1 - leading:]}
+    if not voxel:
+        return labels
+    return {**labels, "scale": (1.0,) * leading + tuple(voxel), "units": ("pixel",) * leading + ("µm",) * 3}
 
 
 def _frame_stack(read, count: int, shape: tuple, dtype) -> np.ndarray:
@@ -78,7 +83,7 @@ def read_stack(path: str) -> list[tuple]:
     volume = read_raw_volume(path, memmap=False)
     voxel = tiff_voxel_size(path) or dataset_voxel_size(path)
     name = os.path.splitext(os.path.basename(path))[0]
-    return [(volume, {"name": name, **_scale(voxel), "metadata": {"ctc_files": [os.path.basename(path)]}}, "image")]
+    return [(volume, {"name": name, **_geometry(voxel), "metadata": {"ctc_files": [os.path.basename(path)]}}, "image")]
 
 
 def read_ctc_sequence(path: str) -> list[tuple]:
@@ -101,7 +106,7 @@ def read_ctc_sequence(path: str) -> list[tuple]:
     voxel = dataset_voxel_size(path)
     meta = {"ctc_files": [os.path.basename(p) for _, p in frames], "ctc_sequence": path}
     name = f"{os.path.basename(root)}/{seq}"
-    layers = [(_frame_stack(raw, len(frames), shape, first.dtype), {"name": name, **_scale(voxel, 1), "metadata": meta},
+    layers = [(_frame_stack(raw, len(frames), shape, first.dtype), {"name": name, **_geometry(voxel, 1), "metadata": meta},
                "image")]
     references = list_gt(os.path.join(root, f"{seq}_GT", "SEG"))
     if references:
@@ -111,7 +116,7 @@ def read_ctc_sequence(path: str) -> list[tuple]:
                                                                                  frames[i][1])[0]
 
         layers.append((_frame_stack(reference, len(frames), shape, np.uint16),
-                       {"name": f"{name} reference", **_scale(voxel, 1), "metadata": dict(meta)}, "labels"))
+                       {"name": f"{name} reference", **_geometry(voxel, 1), "metadata": {**meta, "ctc_reference": True}}, "labels"))
     results = list_results(os.path.join(root, f"{seq}_RES"))
     if results:
         def result(i):
@@ -124,5 +129,5 @@ def read_ctc_sequence(path: str) -> list[tuple]:
             return labels
 
         layers.append((_frame_stack(result, len(frames), shape, np.uint16),
-                       {"name": f"{name} result", **_scale(voxel, 1), "metadata": dict(meta)}, "labels"))
+                       {"name": f"{name} result", **_geometry(voxel, 1), "metadata": dict(meta)}, "labels"))
     return layers

@@ -10,6 +10,7 @@ the CTC's tools score the folder).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
@@ -19,6 +20,9 @@ from napari.utils.notifications import show_error, show_info
 from ..cli import check_new_output_folder, one_line, staged_output
 from ..data.ctc import RAW_PATTERN, write_label_volume, write_result_tracks
 from ..predictor import output_name
+
+if TYPE_CHECKING:
+    import napari
 
 
 def result_names(layer) -> dict[int, str]:
@@ -39,9 +43,9 @@ def save_ctc_result(layer, folder: str, overwrite: bool = False) -> list[str]:
     """Write a (Z, Y, X) or (T, Z, Y, X) Labels layer as a CTC result folder; returns the file names."""
     if layer.ndim not in (3, 4):
         raise ValueError(f"{layer.name}: a {layer.ndim}D labels layer; a CTC result is 3D (Z, Y, X) per frame")
-    if not folder or folder == ".":
+    if not folder:
         raise ValueError("no output folder chosen")
-    check_new_output_folder(folder, overwrite)
+    check_new_output_folder(folder, overwrite, how="tick 'overwrite'")
     names = result_names(layer)
     with staged_output(folder) as stage:
         for index, name in names.items():
@@ -54,28 +58,39 @@ def save_ctc_result(layer, folder: str, overwrite: bool = False) -> list[str]:
 
 
 class SaveWidget(Container):
-    """Dock widget: labels layer, output folder, overwrite; Save."""
+    """Dock widget: labels layer (the newest that is not a reference read from a _GT folder; a
+    layer added later, such as "Segment nuclei"'s result, becomes the choice), output folder,
+    overwrite; Save."""
 
-    def __init__(self, viewer):
-        self._viewer = viewer
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        viewer = self._viewer = napari_viewer
         self.layer = ComboBox(label="labels", choices=self._labels_layers)
-        self.folder = FileEdit(label="output folder", mode="d", value="")
+        self.folder = FileEdit(label="output folder", mode="d", nullable=True, value=None)
         self.overwrite = CheckBox(text="overwrite files of the same name", value=False)
         self.save_button = PushButton(text="Save")
         super().__init__(widgets=[self.layer, self.folder, self.overwrite, self.save_button])
         self.save_button.changed.connect(self.save)
-        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.inserted.connect(self._choose_new_layer)
         viewer.layers.events.removed.connect(self.reset_choices)
+        results = [layer for layer in self._labels_layers() if not layer.metadata.get("ctc_reference")]
+        if results:
+            self.layer.value = results[-1]
 
     def _labels_layers(self, _widget=None) -> list:
         return [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
 
+    def _choose_new_layer(self, event) -> None:
+        """A labels layer added later (a segmentation) becomes the choice; a reference never does."""
+        self.reset_choices()
+        if isinstance(event.value, Labels) and not event.value.metadata.get("ctc_reference"):
+            self.layer.value = event.value
+
     def save(self, _value=None) -> list[str] | None:
-        layer, folder = self.layer.value, str(self.folder.value)
+        layer, folder = self.layer.value, str(self.folder.value or "")
         try:
             if layer is None:
                 raise ValueError("no labels layer to save")
-            names = save_ctc_result(layer, folder if folder not in ("", ".") else "", bool(self.overwrite.value))
+            names = save_ctc_result(layer, folder, bool(self.overwrite.value))
         except Exception as e:
             show_error(one_line(e))
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
@@ -19,6 +20,10 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..cli import one_line
+from ..data.ctc import CTCFormatError, looks_like_labels
+
+if TYPE_CHECKING:
+    import napari
 
 MODEL_FILES = ("config.yaml", "model_final.pth")
 
@@ -90,9 +95,9 @@ class SegmentWidget(Container):
     scale; 0 = unknown), score threshold (prefilled from the model), all frames of a 4D layer or
     only the current one; Segment / Cancel and a progress bar."""
 
-    def __init__(self, viewer):
-        self._viewer = viewer
-        self.model_dir = FileEdit(label="model folder", mode="d", value="")
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        viewer = self._viewer = napari_viewer
+        self.model_dir = FileEdit(label="model folder", mode="d", nullable=True, value=None)
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.voxel = [FloatSpinBox(label=f"voxel {axis} (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
                       for axis in "ZYX"]
@@ -130,7 +135,7 @@ class SegmentWidget(Container):
     def _prefill_threshold(self, _value=None) -> None:
         """The model's TEST.CTC.SCORE_THRESHOLD once the folder holds a model (quietly: the path
         may be half typed; Segment reports what is wrong)."""
-        path = str(self.model_dir.value)
+        path = str(self.model_dir.value or "")
         try:
             check_model_folder(path)
             from ..engine import setup_config
@@ -141,7 +146,7 @@ class SegmentWidget(Container):
 
     def job(self) -> SegmentJob:
         """The run the widget's fields describe; raises with one line if they do not describe one."""
-        path = str(self.model_dir.value) if str(self.model_dir.value) not in ("", ".") else ""
+        path = str(self.model_dir.value or "")
         check_model_folder(path)
         layer = self.image.value
         if layer is None:
@@ -149,6 +154,9 @@ class SegmentWidget(Container):
         if layer.ndim not in (3, 4) or layer.rgb:
             raise ValueError(f"{layer.name}: a {layer.ndim}D {'RGB ' if layer.rgb else ''}layer; "
                              "segment a 3D (Z, Y, X) or 4D (T, Z, Y, X) image layer")
+        if looks_like_labels(layer.data if layer.ndim == 3 else layer.data[0]):
+            raise CTCFormatError(f"{layer.name}: looks like a label image (integer objects on a zero background), "
+                                 "not raw microscopy; choose the raw image layer")
         voxel = tuple(float(box.value) for box in self.voxel)
         frames = None
         if layer.ndim == 4:
@@ -201,7 +209,7 @@ class SegmentWidget(Container):
         metadata = {k: v for k, v in layer.metadata.items() if k in ("ctc_files", "ctc_sequence")}
         metadata["segmented_frames"] = job.frames
         self._viewer.add_labels(labels, name=f"{layer.name} labels", scale=layer.scale, translate=layer.translate,
-                                metadata=metadata)
+                                axis_labels=layer.axis_labels, units=layer.units, metadata=metadata)
         volumes = [labels] if job.frames is None else [labels[t] for t in job.frames]
         objects = sum(len(np.unique(v)) - 1 for v in volumes)
         self.status.value = f"{objects} objects in {len(volumes)} volume(s)"
