@@ -19,6 +19,14 @@ TINY_PRESET = SyntheticPreset(field_um=(3.2, 16.0, 16.0), scale=0.5, frames={"01
                               num_nuclei=4, min_separation=1.05, division_rate=0.0)
 
 
+def pytest_collection_modifyitems(items):
+    """Mark the tests that need a model that learned (`-m learned` runs them alone, as CI's pass
+    under a second CPU kernel path does)."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.learned)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> str:
     """A CTC-layout dataset (sequences 01 with 6 frames and 02 with 3) of 8 x 64 x 64 volumes."""
