@@ -150,8 +150,8 @@ def fusion_title(module_name: str, class_name: str) -> str:
     return f"{family}: {class_name}\n{where}"
 
 
-EDGE_NOTE = ("interior: windows whose slices all lie inside the volume; edge: windows at the first or last "
-             "slices, which reach beyond the volume (the missing slices are filled in: edge slices)")
+EDGE_NOTE = ("interior: windows whose slices all lie inside the volume; edge: windows centred on the "
+             "volume's edge slices, whose neighbours beyond the volume are filled in")
 
 
 def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path,
