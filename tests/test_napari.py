@@ -229,6 +229,15 @@ def test_each_error_is_one_notification(make_napari_viewer, qtbot, trained, tiny
     assert len(notifications) == 1 and "not empty" in notifications[0] and "tick 'overwrite'" in notifications[0]
     assert os.listdir(tmp_path / "full") == ["other.txt"]
 
+    viewer.layers.clear()
+    _, reference = viewer.open(os.path.join(tiny_dataset, "02"), plugin="emr_d2")
+    save.layer.value = reference
+    save.folder.value = str(tmp_path / "from_reference")
+    notifications.clear()
+    assert save.save() is None
+    assert len(notifications) == 1 and "the reference segmentation" in notifications[0]
+    assert not (tmp_path / "from_reference").exists()
+
 
 def test_screenshot_of_a_demo_stack_in_3d(make_napari_viewer, qtbot, tmp_path):
     """The README's picture: a demo sequence opened with the reader (raw stack and reference

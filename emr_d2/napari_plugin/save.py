@@ -43,6 +43,9 @@ def save_ctc_result(layer, folder: str, overwrite: bool = False) -> list[str]:
     """Write a (Z, Y, X) or (T, Z, Y, X) Labels layer as a CTC result folder; returns the file names."""
     if layer.ndim not in (3, 4):
         raise ValueError(f"{layer.name}: a {layer.ndim}D labels layer; a CTC result is 3D (Z, Y, X) per frame")
+    if layer.metadata.get("ctc_reference"):
+        raise ValueError(f"{layer.name}: the reference segmentation read from a _GT folder, not a result; "
+                         "save a segmentation (Segment nuclei's labels layer)")
     if not folder:
         raise ValueError("no output folder chosen")
     check_new_output_folder(folder, overwrite, how="tick 'overwrite'")
