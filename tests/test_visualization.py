@@ -45,6 +45,7 @@ def test_training_curves_hold_every_value_and_draw_one_evaluation_as_a_point(tmp
     assert low < 0.87 < high
     assert [len(line.get_xdata()) for line in evaluation.lines] == [1]
     assert "0.870" in evaluation.texts[0].get_text()
+    assert [t.get_text() for t in evaluation.get_legend().get_texts()] == ["SEG (CTC, 3D) = 0.870"]
 
 
 def test_fusion_weights_are_titled_in_plain_words():
@@ -56,7 +57,8 @@ def test_fusion_weights_are_titled_in_plain_words():
     fig = vis.plot_fusion_weights(weights, io.BytesIO())
     ax = fig.axes[0]
     assert ax.get_ylim() == (0.0, 1.0) and "centre" in [t.get_text() for t in ax.get_xticklabels()][1]
-    assert "padding" in fig._suptitle.get_text() and "interior" in fig._suptitle.get_text()
+    note = fig._suptitle.get_text()
+    assert "edge slices" in note and "interior" in note and "INPUT." not in note  # words, not config keys
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["interior windows", "edge windows"]
 
 
