@@ -176,12 +176,18 @@ def looks_like_labels(volume, slices: int = 5) -> bool:
     return float((planes[..., :-1] == planes[..., 1:])[inside].mean()) >= 0.9
 
 
+def check_not_labels(volume, source: str, instead: str) -> None:
+    """Raise a one-line CTCFormatError naming source if the stack looks like a label image
+    (:func:`looks_like_labels`); ``instead`` says what to give instead."""
+    if looks_like_labels(volume):
+        raise CTCFormatError(f"{source}: looks like a label image (integer objects on a zero background), not raw "
+                             f"microscopy; {instead}")
+
+
 def check_raw_input(path: str) -> None:
     """Raise a one-line CTCFormatError if the stack at path cannot be segmented: not a 3D stack
-    of finite numbers (:func:`read_raw_volume`), or a label image (:func:`looks_like_labels`)."""
-    if looks_like_labels(read_raw_volume(path)):
-        raise CTCFormatError(f"{path}: looks like a label image (integer objects on a zero background), not raw "
-                             "microscopy; give the raw stack (tTTT.tif), not a reference or result")
+    of finite numbers (:func:`read_raw_volume`), or a label image (:func:`check_not_labels`)."""
+    check_not_labels(read_raw_volume(path), path, "give the raw stack (tTTT.tif), not a reference or result")
 
 
 class RawStack:

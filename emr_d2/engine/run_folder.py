@@ -29,14 +29,11 @@ def check_training_folder(output_dir: str, resume: bool, overwrite: bool) -> Non
                               "it, --overwrite to replace it, or choose another OUTPUT_DIR")
 
 
-def clear_training_folder(output_dir: str) -> list[str]:
-    """Delete an earlier run's files from output_dir (other files stay); returns their names."""
-    removed = []
+def clear_training_folder(output_dir: str) -> None:
+    """Delete an earlier run's files from output_dir (other files stay)."""
     for pattern in RUN_OUTPUTS:
-        for path in sorted(glob.glob(os.path.join(output_dir, pattern))):
+        for path in glob.glob(os.path.join(output_dir, pattern)):
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-            removed.append(os.path.basename(path))
-    return removed
 
 
 def record_training_pixel_size(cfg, logger: logging.Logger) -> None:

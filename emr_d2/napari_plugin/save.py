@@ -39,11 +39,16 @@ def result_names(layer) -> dict[int, str]:
     return names
 
 
+def is_result(layer) -> bool:
+    """Whether a labels layer may be saved as a result: not the reference the reader took from _GT."""
+    return not layer.metadata.get("ctc_reference")
+
+
 def save_ctc_result(layer, folder: str, overwrite: bool = False) -> list[str]:
     """Write a (Z, Y, X) or (T, Z, Y, X) Labels layer as a CTC result folder; returns the file names."""
     if layer.ndim not in (3, 4):
         raise ValueError(f"{layer.name}: a {layer.ndim}D labels layer; a CTC result is 3D (Z, Y, X) per frame")
-    if layer.metadata.get("ctc_reference"):
+    if not is_result(layer):
         raise ValueError(f"{layer.name}: the reference segmentation read from a _GT folder, not a result; "
                          "save a segmentation (Segment nuclei's labels layer)")
     if not folder:
@@ -75,7 +80,7 @@ class SaveWidget(Container):
         self.save_button.changed.connect(self.save)
         viewer.layers.events.inserted.connect(self._choose_new_layer)
         viewer.layers.events.removed.connect(self.reset_choices)
-        results = [layer for layer in self._labels_layers() if not layer.metadata.get("ctc_reference")]
+        results = [layer for layer in self._labels_layers() if is_result(layer)]
         if results:
             self.layer.value = results[-1]
 
@@ -85,7 +90,7 @@ class SaveWidget(Container):
     def _choose_new_layer(self, event) -> None:
         """A labels layer added later (a segmentation) becomes the choice; a reference never does."""
         self.reset_choices()
-        if isinstance(event.value, Labels) and not event.value.metadata.get("ctc_reference"):
+        if isinstance(event.value, Labels) and is_result(event.value):
             self.layer.value = event.value
 
     def save(self, _value=None) -> list[str] | None:

@@ -20,7 +20,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..cli import one_line
-from ..data.ctc import CTCFormatError, looks_like_labels
+from ..data.ctc import check_not_labels
 
 if TYPE_CHECKING:
     import napari
@@ -154,9 +154,7 @@ class SegmentWidget(Container):
         if layer.ndim not in (3, 4) or layer.rgb:
             raise ValueError(f"{layer.name}: a {layer.ndim}D {'RGB ' if layer.rgb else ''}layer; "
                              "segment a 3D (Z, Y, X) or 4D (T, Z, Y, X) image layer")
-        if looks_like_labels(layer.data if layer.ndim == 3 else layer.data[0]):
-            raise CTCFormatError(f"{layer.name}: looks like a label image (integer objects on a zero background), "
-                                 "not raw microscopy; choose the raw image layer")
+        check_not_labels(layer.data if layer.ndim == 3 else layer.data[0], layer.name, "choose the raw image layer")
         voxel = tuple(float(box.value) for box in self.voxel)
         frames = None
         if layer.ndim == 4:
