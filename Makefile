@@ -12,7 +12,11 @@ PYTEST_ARGS ?=
 # `make demo DEMO_ARGS=--baseline` also trains the 2D baseline for comparison.
 DEMO_ARGS ?=
 
-.PHONY: setup test demo clean-demo
+# `make peers`: StarDist-3D and Cellpose (and the classical peer) in environments of their own,
+# so that TensorFlow and the peers' pins never touch the product's (benchmarks/peers/README.md).
+EMR_D2_PEERS ?= .peers
+
+.PHONY: setup test demo clean-demo peers
 
 setup: $(VENV)/.setup-done
 
@@ -33,3 +37,10 @@ demo: setup
 
 clean-demo:
 	rm -rf output/demo datasets/SIM-demo
+
+peers: $(EMR_D2_PEERS)/stardist/.done $(EMR_D2_PEERS)/cellpose/.done
+
+$(EMR_D2_PEERS)/%/.done: benchmarks/peers/requirements-%.txt
+	test -x $(EMR_D2_PEERS)/$*/bin/python || $(PYTHON_SYSTEM) -m venv $(EMR_D2_PEERS)/$*
+	$(EMR_D2_PEERS)/$*/bin/python -m pip install -q -r $<
+	touch $@

@@ -1,14 +1,17 @@
 """The benchmark's bookkeeping: run locks shared by processes, the centre-slice weight column,
-columns scored from the saved result masks of runs finished before they existed."""
+columns scored from the saved result masks of runs finished before they existed, the threads
+each run gets."""
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
-from emr_d2.benchmark import BenchDataset, centre_weight, claim, finished_rows
+from emr_d2 import benchmark
+from emr_d2.benchmark import BenchDataset, centre_weight, claim, default_threads, finished_rows, run_benchmark
 
 
 def test_a_run_is_claimed_once_and_a_dead_holder_is_replaced(tmp_path):
@@ -43,3 +46,18 @@ def test_a_row_written_before_the_mask_columns_gets_them_from_its_saved_results(
     (row,) = finished_rows(str(tmp_path), BenchDataset("TINY"))
     assert 0.3 < row["foreground_IoU"] < 0.7 and 0.5 < row["jaccard_matched"] < 1 and 0 < row["jaccard_matched_2D"] < 1
     assert json.loads((run_dir / "row.json").read_text())["jaccard_matched"] == row["jaccard_matched"]
+
+
+def test_each_training_process_is_held_to_the_threads_given(tmp_path, monkeypatch):
+    environments = []
+
+    def record(command, env=None, **kwargs):
+        environments.append(env)
+        raise InterruptedError("recorded")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", record)
+    with pytest.raises(InterruptedError):
+        run_benchmark(["configs/bench/baseline_2d.yaml"], BenchDataset("TINY"), 1, str(tmp_path), str(tmp_path),
+                      threads=1)
+    assert {environments[0][k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")} == {"1"}
+    assert default_threads() == len(os.sched_getaffinity(0))

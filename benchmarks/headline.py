@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""The headline table: per dataset, the best emr_d2 config against each peer, from the
+benchmark's results.csv files (calibrated SEG, mean +- std over seeds, seeds in brackets).
+
+    python benchmarks/headline.py --results benchmarks/results --datasets SIM-bench SIM-aniso \\
+        Fluo-N3DH-CHO-sample [--metric SEG_calibrated]
+
+The best emr_d2 config is the one with the highest mean of the metric among the rows whose config
+does not start with ``peer/``; a cell of a peer shows its mean and its difference to that config.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
+
+from emr_d2.benchmark import published_rows  # noqa: E402
+
+PEERS = ["peer/stardist3d", "peer/cellpose", "peer/classical", "peer/stardist3d_own", "peer/cellpose_own"]
+
+
+def means(rows: list[dict], metric: str) -> dict[str, tuple[float, float, int]]:
+    """{config: (mean, std, seeds)} of a metric."""
+    configs: dict[str, list[float]] = {}
+    for row in rows:
+        configs.setdefault(row["config"], []).append(row[metric])
+    return {c: (float(np.mean(v)), float(np.std(v)), len(v)) for c, v in configs.items()}
+
+
+def headline(results: str, datasets: list[str], metric: str) -> str:
+    """The markdown table."""
+    lines = ["| dataset | best emr_d2 config | " + " | ".join(p.removeprefix("peer/") for p in PEERS) + " |",
+             "|---|---|" + "---|" * len(PEERS)]
+    for dataset in datasets:
+        summary = means(published_rows(os.path.join(results, dataset)), metric)
+        ours = {c: s for c, s in summary.items() if not c.startswith("peer/")}
+        if not ours:
+            raise ValueError(f"{results}/{dataset}/results.csv has no emr_d2 row")
+        best = max(ours, key=lambda c: ours[c][0])
+        mean, std, seeds = ours[best]
+        cells = []
+        for peer in PEERS:
+            if peer not in summary:
+                cells.append("–")
+                continue
+            p_mean, p_std, p_seeds = summary[peer]
+            cells.append(f"{p_mean:.3f} ± {p_std:.3f} ({p_seeds}; {p_mean - mean:+.3f})")
+        lines.append(f"| {dataset} | {best}: {mean:.3f} ± {std:.3f} ({seeds}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="benchmarks/results")
+    parser.add_argument("--datasets", nargs="+", default=["SIM-bench", "SIM-aniso", "Fluo-N3DH-CHO-sample"])
+    parser.add_argument("--metric", default="SEG_calibrated")
+    args = parser.parse_args(argv)
+    print(headline(args.results, args.datasets, args.metric))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
