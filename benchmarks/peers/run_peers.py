@@ -10,11 +10,12 @@ chosen on the same frames as emr_d2's configs and scored by the same code, into 
 Each peer trains on <dataset>_01_train, chooses its settings on <dataset>_01_val and predicts
 <dataset>_02 at native resolution, in its own environment (a subprocess of .peers/<env>/bin/python
 running benchmarks/peers/peer_<name>.py), then this process scores both result folders (its
-library's default settings: SEG, DET, OP_CSB, SEG_core, ...; the val-chosen ones: the _calibrated
-columns, jaccard_matched*, foreground_IoU, named in ``linking``) and adds the row to
+library's default settings: SEG, DET, OP_CSB, splits, merges; the val-chosen ones: the _calibrated
+columns and every other score, SEG_core, SEG_poles, jaccard_matched*, ..., named in ``linking``) and adds the row to
 <results>/<dataset>/results.csv as config ``peer/<name>`` (``--schedule equal``: trained for the
 median ``train_time_s`` of the emr_d2 rows already in that table, or --time-budget-s) or
-``peer/<name>_own`` (``--schedule own``: the peer's recommended schedule, capped at 30 minutes).
+``peer/<name>_own`` (``--schedule own``: the peer's recommended schedule, capped at 30 minutes of
+CPU time: 1800 s / --threads of training).
 The classical peer has nothing to train and runs once, at equal time. Finished runs are not run
 again. KEY VALUE options set DATASETS.SPLIT as for the emr_d2 runs they are compared with.
 """
@@ -47,7 +48,7 @@ from emr_d2.evaluation.ctc_folders import det_of_folders, seg_of_folders  # noqa
 from emr_d2.evaluation.det import op_csb  # noqa: E402
 
 PEER_ENVS = {"stardist3d": "stardist", "cellpose": "cellpose", "classical": "cellpose"}
-OWN_CAP_S = 1800.0  # the peers' own schedules stop at 30 minutes of training
+OWN_CAP_CPU_S = 1800.0  # the peers' own schedules stop at 30 minutes of CPU time (wall time x threads)
 PEERS_ROOT = os.environ.get("EMR_D2_PEERS", os.path.join(REPO, ".peers"))  # where `make peers` installs
 
 
@@ -106,10 +107,10 @@ def peer_row(dataset: BenchDataset, config: str, seed: int, run_dir: str, gt_dir
     row = {c: float("nan") for c in COLUMNS}
     row.update(
         dataset=dataset.name, config=config, seed=seed,
-        **{k: default[k] for k in ("SEG", "DET", "OP_CSB", "SEG_2D", "SEG_poles", "SEG_core", "splits", "merges",
-                                   "count_error")},
+        **{k: default[k] for k in ("SEG", "DET", "OP_CSB", "splits", "merges")},
         **{f"{k}_calibrated": calibrated[k] for k in ("SEG", "DET", "OP_CSB", "splits", "merges")},
-        **{k: calibrated[k] for k in ("foreground_IoU", "jaccard_matched", "jaccard_matched_2D")},
+        **{k: calibrated[k] for k in ("SEG_2D", "SEG_poles", "SEG_core", "count_error", "foreground_IoU",
+                                      "jaccard_matched", "jaccard_matched_2D")},
         train_time_s=record["train_time_s"], inference_s_per_volume=record["inference_s_per_volume"],
         linking=record["calibrated"],
     )
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="training time at --schedule equal (default: the median train_time_s of the "
-                             "emr_d2 rows of the dataset's table); the cap at --schedule own (default 1800)")
+                             "emr_d2 rows of the dataset's table); the cap at --schedule own (default 1800 / --threads)")
     parser.add_argument("--patch-px", type=int, default=None,
                         help="Y and X size of the learned peers' training patches (default: each peer's own: "
                              "StarDist-3D 128, Cellpose 224)")
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
         if args.time_budget_s is not None:
             budget = args.time_budget_s
         elif args.schedule == "own":
-            budget = OWN_CAP_S
+            budget = OWN_CAP_CPU_S / args.threads
         else:  # the classical peer trains nothing: it needs no budget
             budget = equal_time_budget(table) if set(args.peers) - {"classical"} else 0.0
         print(f"{dataset.name}: {len(items['train'])} train, {len(items['val'])} val, {len(items['test'])} test "
