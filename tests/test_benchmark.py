@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from emr_d2 import benchmark
+from helpers import ROOT
 from emr_d2.benchmark import BenchDataset, centre_weight, claim, default_threads, finished_rows, run_benchmark
 
 
@@ -61,3 +62,10 @@ def test_each_training_process_is_held_to_the_threads_given(tmp_path, monkeypatc
                       threads=1)
     assert {environments[0][k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")} == {"1"}
     assert default_threads() == len(os.sched_getaffinity(0))
+
+
+def test_zero_threads_is_refused_in_one_line():
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--configs",
+                          os.path.join(ROOT, "configs", "bench", "baseline_2d.yaml"), "--threads", "0"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith("--threads must be at least 1, got 0")

@@ -24,6 +24,14 @@ def run_peers(dataset_root: str, out: str, *args: str) -> subprocess.CompletedPr
                            *args, *SPLIT], env=env, cwd=ROOT, capture_output=True, text=True)
 
 
+def fake_cellpose_env(dataset_root: str, tmp_path) -> dict:
+    """An environment whose "cellpose" peer is this Python (for the checks before any peer runs)."""
+    fake = tmp_path / "peers" / "cellpose" / "bin"
+    fake.mkdir(parents=True)
+    os.symlink(sys.executable, fake / "python")
+    return dict(os.environ, EMR_DATASETS=os.path.dirname(dataset_root), EMR_D2_PEERS=str(tmp_path / "peers"))
+
+
 def require_env(name: str) -> None:
     if not os.path.isfile(os.path.join(PEERS_ROOT, name, "bin", "python")):
         if REQUIRED:
@@ -73,11 +81,16 @@ def test_missing_peer_environment_is_one_line(tiny_dataset, tmp_path):
 
 def test_equal_time_needs_emr_d2_rows(tiny_dataset, tmp_path):
     """Without --time-budget-s, equal time is that of the emr_d2 runs in the table: none, one line."""
-    fake = tmp_path / "peers" / "cellpose" / "bin"
-    fake.mkdir(parents=True)
-    os.symlink(sys.executable, fake / "python")
-    env = dict(os.environ, EMR_DATASETS=os.path.dirname(tiny_dataset), EMR_D2_PEERS=str(tmp_path / "peers"))
+    env = fake_cellpose_env(tiny_dataset, tmp_path)
     run = subprocess.run([sys.executable, RUN_PEERS, "--datasets", "TINY", "--peers", "cellpose", "--output",
                           str(tmp_path / "out"), *SPLIT], env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "has no emr_d2 run to match the training time of" in run.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_dataset_is_one_line(tiny_dataset, tmp_path):
+    env = fake_cellpose_env(tiny_dataset, tmp_path)
+    run = subprocess.run([sys.executable, RUN_PEERS, "--datasets", "NOSUCH", "--peers", "classical", "--output",
+                          str(tmp_path / "out")], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "dataset 'NOSUCH_01' is not registered" in run.stderr.strip().splitlines()[-1]

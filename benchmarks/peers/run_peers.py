@@ -42,6 +42,7 @@ from emr_d2.benchmark import (COLUMNS, BenchDataset, claim, default_threads, fin
                               merge_rows, published_rows, thread_env, write_results)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
+from emr_d2.data.catalog import check_datasets_registered  # noqa: E402
 from emr_d2.data.ctc import gt_folder, list_frames, list_gt  # noqa: E402
 from emr_d2.data.slices import split_frames  # noqa: E402
 from emr_d2.evaluation.ctc_folders import det_of_folders, seg_of_folders  # noqa: E402
@@ -173,6 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="DATASETS.SPLIT.* KEY VALUE pairs")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     setup_logger(name="emr_d2")
     for peer in args.peers:
         peer_python(peer)
@@ -182,6 +185,7 @@ def main(argv=None) -> int:
     results = args.results or args.output
     for name in args.datasets:
         dataset = prepare_dataset(name)
+        check_datasets_registered([f"{dataset.name}_01", dataset.test])
         items = frame_items(dataset, cfg.DATASETS.SPLIT.VAL_FRACTION, cfg.DATASETS.SPLIT.GAP)
         table = os.path.join(results, dataset.name)
         if args.time_budget_s is not None:
