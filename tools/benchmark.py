@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     setup_logger(name="emr_d2")
     missing = [c for c in args.configs if not os.path.isfile(c)]
     if missing:
