@@ -14,22 +14,12 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
-from emr_d2.benchmark import published_rows  # noqa: E402
+from emr_d2.benchmark import published_rows, summarise  # noqa: E402
 
 PEERS = ["peer/stardist3d", "peer/cellpose", "peer/classical", "peer/stardist3d_own", "peer/cellpose_own"]
-
-
-def means(rows: list[dict], metric: str) -> dict[str, tuple[float, float, int]]:
-    """{config: (mean, std, seeds)} of a metric."""
-    configs: dict[str, list[float]] = {}
-    for row in rows:
-        configs.setdefault(row["config"], []).append(row[metric])
-    return {c: (float(np.mean(v)), float(np.std(v)), len(v)) for c, v in configs.items()}
 
 
 def headline(results: str, datasets: list[str], metric: str) -> str:
@@ -37,7 +27,8 @@ def headline(results: str, datasets: list[str], metric: str) -> str:
     lines = ["| dataset | best emr_d2 config | " + " | ".join(p.removeprefix("peer/") for p in PEERS) + " |",
              "|---|---|" + "---|" * len(PEERS)]
     for dataset in datasets:
-        summary = means(published_rows(os.path.join(results, dataset)), metric)
+        summary = {c: (*s[metric], s["seeds"])
+                   for c, s in summarise(published_rows(os.path.join(results, dataset))).items()}
         ours = {c: s for c, s in summary.items() if not c.startswith("peer/")}
         if not ours:
             raise ValueError(f"{results}/{dataset}/results.csv has no emr_d2 row")

@@ -8,6 +8,7 @@ once with the configured linking and once with the calibrated one. A finished ru
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import glob
 import json
@@ -60,6 +61,18 @@ class BenchDataset:
 def default_threads() -> int:
     """The cores this process may use (its CPU affinity): the threads one run gets by default."""
     return len(os.sched_getaffinity(0))
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads`` of a benchmark command: threads per run, at least 1 (default: :func:`default_threads`)."""
+    def positive_int(text: str) -> int:
+        if int(text) < 1:
+            raise argparse.ArgumentTypeError(f"--threads must be at least 1, got {text}")
+        return int(text)
+
+    parser.add_argument("--threads", type=positive_int, default=default_threads(),
+                        help="CPU threads per run (default: the cores this process may use); two jobs "
+                             "sharing a machine should split its cores")
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -242,6 +255,15 @@ def merge_rows(published: list[dict], finished: list[dict]) -> list[dict]:
     return [rows[key] for key in sorted(rows)]
 
 
+def update_tables(output: str, dataset: BenchDataset, results: str) -> list[dict]:
+    """Rewrite ``results`` (a dataset's results.{csv,md,png}) from every finished run of the
+    dataset under ``output`` and the rows published there before of runs not repeated; returns
+    the rows."""
+    rows = merge_rows(published_rows(results), finished_rows(output, dataset))
+    write_results(rows, results)
+    return rows
+
+
 def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
                   results_dir: str, opts: list[str] = (), gpus: int = 0, refresh: bool = False,
                   threads: int | None = None) -> list[dict]:
@@ -254,7 +276,6 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
     work: a run another process holds is skipped). Returns those rows."""
     jobs = [(c, s) for s in range(seeds) for c in configs]
     results = os.path.join(results_dir, dataset.name)
-    published = published_rows(results)
     threads = threads or default_threads()
     if gpus > 1:
         def on_gpu(index_job):
@@ -268,10 +289,8 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
         for k, (config, seed) in enumerate(jobs, 1):
             logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
             run_one(config, seed, dataset, output, list(opts), dict(os.environ, **thread_env(threads)), refresh)
-            write_results(merge_rows(published, finished_rows(output, dataset)), results)
-    rows = merge_rows(published, finished_rows(output, dataset))
-    write_results(rows, results)
-    return rows
+            update_tables(output, dataset, results)
+    return update_tables(output, dataset, results)
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:

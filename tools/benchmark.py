@@ -21,7 +21,7 @@ import sys
 import torch
 from detectron2.utils.logger import setup_logger
 
-from emr_d2.benchmark import BenchDataset, default_threads, run_benchmark
+from emr_d2.benchmark import BenchDataset, add_threads_argument, run_benchmark
 from emr_d2.cli import add_debug_argument, run_cli
 from emr_d2.data.catalog import datasets_root, register_ctc_dataset
 from emr_d2.data.cho_sample import NAME as CHO_NAME
@@ -59,16 +59,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
     parser.add_argument("--results", default=None, help="folder of the results tables (default: --output)")
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="CPU threads per run (default: the cores this process may use); two "
-                             "benchmarks sharing a machine should split its cores")
+    add_threads_argument(parser)
     parser.add_argument("--refresh", action="store_true",
                         help="calibrate and evaluate finished runs again with today's code (weights kept)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
     setup_logger(name="emr_d2")
     missing = [c for c in args.configs if not os.path.isfile(c)]
     if missing:

@@ -2,7 +2,7 @@
 validation frames by SEG, writing CTC result folders, and its record of times and settings.
 
 Runs inside a peer's own environment (``make peers``): it needs numpy, scipy, tifffile and the
-repository root on PYTHONPATH, from which it imports emr_d2's torch-free SEG
+repository root on PYTHONPATH, from which it imports emr_d2's torch-free CTC I/O and SEG
 (``EMR_D2_NO_REGISTER=1``), so that the peers' settings are chosen by the code that scores them.
 
 A task (written by ``run_peers.py``) is a JSON object::
@@ -27,22 +27,16 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
-import tifffile
 
 os.environ["EMR_D2_NO_REGISTER"] = "1"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from emr_d2.data.ctc import read_label_volume, read_raw_volume, write_label_volume  # noqa: E402
 from emr_d2.evaluation.seg import SEGAccumulator  # noqa: E402
 
 
 def load_task(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
-
-
-def read_volume(path: str) -> np.ndarray:
-    """A (Z, Y, X) volume of a CTC frame (a 2D frame becomes one slice)."""
-    volume = np.squeeze(tifffile.imread(path))
-    return volume[None] if volume.ndim == 2 else volume
 
 
 def normalize(volume: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
@@ -54,8 +48,8 @@ def normalize(volume: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nd
 
 def read_pairs(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(normalised raw volumes, label volumes) of task items with "raw" and "gt"."""
-    return ([normalize(read_volume(i["raw"])) for i in items],
-            [read_volume(i["gt"]).astype(np.int32) for i in items])
+    return ([normalize(read_raw_volume(i["raw"], memmap=False)) for i in items],
+            [np.asarray(read_label_volume(i["gt"], memmap=False), dtype=np.int32) for i in items])
 
 
 def seg(predictions: Iterable[np.ndarray], references: Iterable[np.ndarray]) -> float:
@@ -86,10 +80,7 @@ def write_result_folder(folder: str, frames_and_labels: Iterable[tuple[int, np.n
     """``folder/maskTTT.tif`` (uint16) for every (frame, labels)."""
     os.makedirs(folder, exist_ok=True)
     for frame, labels in frames_and_labels:
-        if labels.max() > np.iinfo(np.uint16).max:
-            raise ValueError(f"frame {frame}: {labels.max()} objects do not fit uint16")
-        tifffile.imwrite(os.path.join(folder, f"mask{frame:03d}.tif"), labels.astype(np.uint16),
-                         compression="zlib")
+        write_label_volume(os.path.join(folder, f"mask{frame:03d}.tif"), labels)
 
 
 def predict_test(task: dict, settings: dict[str, dict],
@@ -101,7 +92,7 @@ def predict_test(task: dict, settings: dict[str, dict],
     for name, chosen in settings.items():
         def labelled():
             for item in task["test"]:
-                volume = normalize(read_volume(item["raw"]))
+                volume = normalize(read_raw_volume(item["raw"], memmap=False))
                 start = time.perf_counter()
                 labels = segment(volume, chosen)
                 if name == "calibrated":

@@ -38,8 +38,8 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from emr_d2.benchmark import (COLUMNS, BenchDataset, claim, default_threads, finished_rows,  # noqa: E402
-                              merge_rows, published_rows, thread_env, write_results)
+from emr_d2.benchmark import (COLUMNS, MASK_SCORES, BenchDataset, add_threads_argument, claim,  # noqa: E402
+                              published_rows, thread_env, update_tables)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
 from emr_d2.data.catalog import check_datasets_registered  # noqa: E402
@@ -110,8 +110,7 @@ def peer_row(dataset: BenchDataset, config: str, seed: int, run_dir: str, gt_dir
         dataset=dataset.name, config=config, seed=seed,
         **{k: default[k] for k in ("SEG", "DET", "OP_CSB", "splits", "merges")},
         **{f"{k}_calibrated": calibrated[k] for k in ("SEG", "DET", "OP_CSB", "splits", "merges")},
-        **{k: calibrated[k] for k in ("SEG_2D", "SEG_poles", "SEG_core", "count_error", "foreground_IoU",
-                                      "jaccard_matched", "jaccard_matched_2D")},
+        **{k: calibrated[k] for k in ("SEG_2D", "SEG_poles", "SEG_core", "count_error", *MASK_SCORES)},
         train_time_s=record["train_time_s"], inference_s_per_volume=record["inference_s_per_volume"],
         linking=record["calibrated"],
     )
@@ -154,7 +153,6 @@ def run_peer(peer: str, schedule: str, seed: int, dataset: BenchDataset, items: 
         os.remove(os.path.join(run_dir, "running.lock"))
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", nargs="+", choices=sorted(PEER_ENVS), default=sorted(PEER_ENVS))
@@ -167,15 +165,12 @@ def main(argv=None) -> int:
     parser.add_argument("--patch-px", type=int, default=None,
                         help="Y and X size of the learned peers' training patches (default: each peer's own: "
                              "StarDist-3D 128, Cellpose 224)")
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="threads per run (default: the cores this process may use)")
+    add_threads_argument(parser)
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
     parser.add_argument("--results", default=None, help="folder of the results tables (default: --output)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="DATASETS.SPLIT.* KEY VALUE pairs")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
     setup_logger(name="emr_d2")
     for peer in args.peers:
         peer_python(peer)
@@ -206,7 +201,7 @@ def main(argv=None) -> int:
                 if row:
                     print(f"{row['config']} seed {seed}: SEG {row['SEG']:.3f}, calibrated {row['SEG_calibrated']:.3f} "
                           f"({row['linking']}), {time.perf_counter() - start:.0f} s", flush=True)
-                write_results(merge_rows(published_rows(table), finished_rows(args.output, dataset)), table)
+                update_tables(args.output, dataset, table)
         print(f"results in {table}/results.csv, results.md, results.png")
     return 0
 
