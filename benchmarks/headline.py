@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
 from emr_d2.benchmark import published_rows, summarise  # noqa: E402
+from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 
 PEERS = ["peer/stardist3d", "peer/cellpose", "peer/classical", "peer/stardist3d_own", "peer/cellpose_own"]
 
@@ -27,6 +28,9 @@ def headline(results: str, datasets: list[str], metric: str) -> str:
     lines = ["| dataset | best emr_d2 config | " + " | ".join(p.removeprefix("peer/") for p in PEERS) + " |",
              "|---|---|" + "---|" * len(PEERS)]
     for dataset in datasets:
+        table = os.path.join(results, dataset, "results.csv")
+        if not os.path.isfile(table):
+            raise FileNotFoundError(f"{table}: no such file (run tools/benchmark.py on {dataset} first)")
         summary = {c: (*s[metric], s["seeds"])
                    for c, s in summarise(published_rows(os.path.join(results, dataset))).items()}
         ours = {c: s for c, s in summary.items() if not c.startswith("peer/")}
@@ -50,10 +54,11 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="benchmarks/results")
     parser.add_argument("--datasets", nargs="+", default=["SIM-bench", "SIM-aniso", "Fluo-N3DH-CHO-sample"])
     parser.add_argument("--metric", default="SEG_calibrated")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     print(headline(args.results, args.datasets, args.metric))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
