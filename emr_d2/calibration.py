@@ -8,6 +8,7 @@ applies to a config whose MODEL.WEIGHTS lie in the same folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -24,15 +25,15 @@ from .data.catalog import record_voxel_size
 from .data.ctc import read_raw_volume
 from .data.slices import read_record_reference
 from .evaluation.ctc_evaluator import write_json
-from .linking import LINK_OPTION_KEYS, SliceRegions, link_options_from_config, link_slices
+from .linking import CONFIG_KEYS, SIMILARITIES, LinkOptions, SliceRegions, link_slices
 from .evaluation.seg import SEGAccumulator
 from .predictor import VolumePredictor
 
 logger = logging.getLogger(__name__)
 
 LINKING_FILE = "linking.json"
-# Config key of each calibrated link_slices option (all but fill_gaps).
-CALIBRATED_KEYS = {option: key for option, key in LINK_OPTION_KEYS.items() if option != "fill_gaps"}
+# Config key of each calibrated link option (all but fill_gaps).
+CALIBRATED_KEYS = {option: key for option, key in CONFIG_KEYS.items() if option != "fill_gaps"}
 
 
 @dataclass
@@ -46,10 +47,10 @@ class PastedVolume:
 
 
 def linking_grid(cfg, with_extents: bool = False) -> list[dict]:
-    """link_slices options of every grid point of TEST.CTC.CALIBRATION. ``connected`` ignores
-    threshold, look-back and extent gate, so it enters once per minimum length, split depth
-    (and extent trim). with_extents (a model with a z-extent head): the extent gates and trims
-    too."""
+    """Link options (a dict of :class:`LinkOptions` fields) of every grid point of
+    TEST.CTC.CALIBRATION. A linker without a similarity ("connected") ignores threshold,
+    look-back and extent gate, so it enters once per minimum length, split depth (and extent
+    trim). with_extents (a model with a z-extent head): the extent gates and trims too."""
     grid = cfg.TEST.CTC.CALIBRATION
     gates = [float(g) for g in grid.EXTENT_GATES_UM] if with_extents else [None]
     trims = [float(t) for t in grid.EXTENT_TRIMS_UM] if with_extents else [None]
@@ -57,7 +58,7 @@ def linking_grid(cfg, with_extents: bool = False) -> list[dict]:
     for strategy, min_slices, depth, trim in itertools.product(grid.LINKERS, grid.MIN_SLICES, grid.SPLIT_DEPTHS,
                                                                trims):
         common = dict(min_slices=int(min_slices), split_depth=float(depth))
-        if strategy == "connected":
+        if strategy not in SIMILARITIES:
             extent = {} if trim is None else {"extent_gate_um": 0.0, "extent_trim_um": trim}
             points.append(dict(strategy=strategy, threshold=0.0, look_back=0, **common, **extent))
             continue
@@ -86,7 +87,7 @@ def predict_validation_volumes(cfg, model: torch.nn.Module) -> list[PastedVolume
 
 
 def score_linking(volumes: list[PastedVolume], options: dict, fill_gaps: bool) -> float:
-    """Pooled SEG of the volumes linked with one set of link_slices options."""
+    """Pooled SEG of the volumes linked with one set of link options (the rest: the defaults)."""
     accumulator = SEGAccumulator()
     for volume in volumes:
         linked = link_slices(volume.regions, fill_gaps=fill_gaps, **options)
@@ -112,7 +113,7 @@ def calibrate_linking(cfg, model: torch.nn.Module, output_dir: str) -> dict:
     "table": [...]}, the same on every process.
     """
     volumes = predict_validation_volumes(cfg, model)
-    default = link_options_from_config(cfg)
+    default = dataclasses.asdict(LinkOptions.from_config(cfg))
     fill_gaps = default.pop("fill_gaps")
     with_extents = any(v.regions.z_extents is not None for v in volumes)
     best, table = choose_linking(volumes, [default] + linking_grid(cfg, with_extents), fill_gaps)

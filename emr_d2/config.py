@@ -232,6 +232,30 @@ def _choice(key: str, value, allowed) -> None:
         raise ValueError(f"{key}: {value!r} is not one of {list(allowed)}")
 
 
+def _check_linking(cfg: CN) -> None:
+    """TEST.CTC's link options and every value of its calibration grid, checked by
+    :class:`LinkOptions` and reported here in the words of the keys."""
+    from .linking import CONFIG_KEYS, LinkOptionError, LinkOptions
+
+    try:
+        options = LinkOptions.from_config(cfg)
+    except LinkOptionError as e:
+        raise ValueError(f"TEST.CTC.{CONFIG_KEYS[e.option]}: {e.message}") from None
+    grid = cfg.TEST.CTC.CALIBRATION
+    for key, option in (("LINKERS", "strategy"), ("THRESHOLDS", "threshold"), ("LOOK_BACKS", "look_back"),
+                        ("MIN_SLICES", "min_slices"), ("SPLIT_DEPTHS", "split_depth"),
+                        ("EXTENT_GATES_UM", "extent_gate_um"), ("EXTENT_TRIMS_UM", "extent_trim_um")):
+        for value in grid[key]:
+            try:
+                options.replace(**{option: value})
+            except LinkOptionError as e:
+                raise ValueError(f"TEST.CTC.CALIBRATION.{key}: {e.message}") from None
+    if "predicted" in [cfg.TEST.CTC.LINKING, *grid.LINKERS] and not (
+            cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and cfg.INPUT.NUM_SLICES > 1):
+        raise ValueError("TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and "
+                         "INPUT.NUM_SLICES > 1")
+
+
 def _check_point_rend(cfg: CN, late_heads: bool) -> None:
     """The PointRend mask heads: which fusion family takes which, and what they need."""
     from .modeling.point_rend import POINT_REND_HEADS
@@ -259,7 +283,6 @@ def check_config(cfg: CN) -> None:
 
     from .data.window import PADDING_MODES
     from .engine.amp import PRECISIONS
-    from .linking import LINKERS
     from .modeling.backbone import LATE_FUSION_BACKBONES, PROPOSAL_SOURCES
     from .modeling.fusion.base import FUSION_REGISTRY, STATIC_INITS
     from .modeling.intensity import INTENSITY_MODES
@@ -302,25 +325,7 @@ def check_config(cfg: CN) -> None:
                          "build_early_fusion_backbone (other families have no unfused centre features "
                          "there, or pass every slice's)")
     _check_point_rend(cfg, late_heads)
-    _choice("TEST.CTC.LINKING", cfg.TEST.CTC.LINKING, LINKERS)
-    for name in cfg.TEST.CTC.CALIBRATION.LINKERS:
-        _choice("TEST.CTC.CALIBRATION.LINKERS", name, LINKERS)
-    if "predicted" in [cfg.TEST.CTC.LINKING, *cfg.TEST.CTC.CALIBRATION.LINKERS] and not (
-            cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and n > 1):
-        raise ValueError("TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and "
-                         "INPUT.NUM_SLICES > 1")
-    depths = [("TEST.CTC.SPLIT_DEPTH", cfg.TEST.CTC.SPLIT_DEPTH)]
-    depths += [("TEST.CTC.CALIBRATION.SPLIT_DEPTHS", d) for d in cfg.TEST.CTC.CALIBRATION.SPLIT_DEPTHS]
-    for key, depth in depths:
-        if not 0 <= depth < 1:
-            raise ValueError(f"{key}: {depth} must be a fraction in [0, 1) (0: no split)")
-    extents = [("TEST.CTC.EXTENT_GATE_UM", cfg.TEST.CTC.EXTENT_GATE_UM),
-               ("TEST.CTC.EXTENT_TRIM_UM", cfg.TEST.CTC.EXTENT_TRIM_UM)]
-    extents += [("TEST.CTC.CALIBRATION.EXTENT_GATES_UM", v) for v in cfg.TEST.CTC.CALIBRATION.EXTENT_GATES_UM]
-    extents += [("TEST.CTC.CALIBRATION.EXTENT_TRIMS_UM", v) for v in cfg.TEST.CTC.CALIBRATION.EXTENT_TRIMS_UM]
-    for key, value in extents:
-        if value < 0:
-            raise ValueError(f"{key}: {value} must not be negative (0: off)")
+    _check_linking(cfg)
     if cfg.MODEL.Z_EXTENT.ENABLED:
         if cfg.MODEL.Z_EXTENT.SCALE_UM <= 0:
             raise ValueError(f"MODEL.Z_EXTENT.SCALE_UM: {cfg.MODEL.Z_EXTENT.SCALE_UM} must be positive")

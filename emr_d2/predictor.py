@@ -13,13 +13,11 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 
 from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, RawStack, check_raw_input, list_frames,
-                       read_raw_volume, write_label_planes, write_result_tracks)
+                       write_label_planes, write_result_tracks)
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
                           warn_if_deeper_than, z_spacing_um)
-from .linking import LinkedVolume, SliceRegions, instances_to_numpy, link_options_from_config, link_slices, \
-    paste_volume
+from .linking import LinkedVolume, LinkOptions, SliceRegions, link_slices, open_linker, paste_volume, slice_prediction
 from .modeling.checkpoint import SliceStackCheckpointer
-from .streaming import StreamingLinker
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +52,7 @@ class VolumePredictor:
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.batch_size = max(int(cfg.TEST.CTC.BATCH_WINDOWS), 1)
         self.use_cache = bool(cfg.TEST.CTC.CACHE_FEATURES) and getattr(model, "shares_slice_features", False)
-        self.link_options = link_options_from_config(cfg)
+        self.link_options = LinkOptions.from_config(cfg)
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
         self._warned_unknown_voxel = False
 
@@ -135,41 +133,31 @@ class VolumePredictor:
     def regions(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> SliceRegions:
         """Predict and paste every slice of a (Z, H, W) raw volume (with predicted neighbour
         masks and z extents where the model predicts them), ready for linking."""
-        predictions = ((z, *instances_to_numpy(instances, self.score_threshold))
+        predictions = ((z, slice_prediction(instances, self.score_threshold))
                        for z, instances in self.slice_instances(volume, progress, voxel_um))
         return paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um))
 
     def __call__(self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None) -> LinkedVolume:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""
-        return link_slices(self.regions(volume, progress, voxel_um), **self.link_options)
+        return link_slices(self.regions(volume, progress, voxel_um), self.link_options)
 
     def stream(self, volume, voxel_um: tuple | None = None,
                progress: bool = False) -> Iterator[tuple[int, list[tuple[int, np.ndarray]]]]:
         """Segment a (Z, H, W) raw volume (an array or a :class:`RawStack`) slice by slice: after
         each slice z is predicted, yields (z, the label planes ``(index, (H, W) uint16)`` that no
         later slice can change, in z order), and (Z, the rest) at the end. The planes are those of
-        ``self(volume)``; only the slices of objects still open are held
-        (:class:`StreamingLinker`). The "connected" linker links the whole volume at the end."""
-        if self.link_options["strategy"] == "connected":
-            predictions = []
-            for z, instances in self.slice_instances(volume, progress, voxel_um):
-                predictions.append((z, *instances_to_numpy(instances, self.score_threshold)))
-                yield z, []
-            regions = paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um))
-            yield volume.shape[0], list(enumerate(link_slices(regions, **self.link_options).labels))
-            return
-        linker = StreamingLinker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um),
-                                 **self.link_options)
+        ``self(volume)``; only the slices of objects still open are held (:func:`open_linker`; the
+        "connected" linker holds every slice and returns them all at the end)."""
+        linker = open_linker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um), self.link_options)
         for z, instances in self.slice_instances(volume, progress, voxel_um):
-            yield z, list(linker.add(z, *instances_to_numpy(instances, self.score_threshold)))
-        yield volume.shape[0], list(linker.finish())
+            yield z, linker.add(z, slice_prediction(instances, self.score_threshold))
+        yield volume.shape[0], linker.finish()
 
     def predict_file(self, source: str, target: str, voxel_um: tuple | None = None, progress: bool = False) -> int:
         """Segment the raw stack in file source into a uint16 label TIFF target (atomically) and
         return its number of objects, streaming (:meth:`stream`): the raw stack is read slice by
-        slice (:class:`RawStack`) and the labels are written plane by plane as they are final.
-        The "connected" linker needs the whole volume's region maps (4 bytes per voxel)."""
-        volume = RawStack(source) if self.link_options["strategy"] != "connected" else read_raw_volume(source)
+        slice (:class:`RawStack`) and the labels are written plane by plane as they are final."""
+        volume = RawStack(source)
         objects = 0
 
         def planes():

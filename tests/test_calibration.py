@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from emr_d2.calibration import (LINKING_FILE, PastedVolume, apply_calibrated_linking, calibrate_linking,
                                 choose_linking, linking_grid)
 from emr_d2.data.catalog import register_ctc_dataset
-from emr_d2.linking import paste_volume
+from emr_d2.linking import SlicePrediction, paste_volume
 
 from helpers import tiny_cfg
 
@@ -30,17 +30,17 @@ def stacked_discs():
 def per_slice(labels):
     for z in range(labels.shape[0]):
         ids = [i for i in np.unique(labels[z]) if i]
-        yield z, np.stack([labels[z] == i for i in ids]), np.full(len(ids), 0.9)
+        yield z, SlicePrediction(np.stack([labels[z] == i for i in ids]), np.full(len(ids), 0.9))
 
 
 def test_calibration_picks_the_only_linking_that_separates_touching_objects():
     gt = stacked_discs()
     volume = PastedVolume("v", paste_volume(per_slice(gt), gt.shape), gt, None)
-    grid = [dict(strategy=s, threshold=t, look_back=0, min_slices=1)
+    grid = [dict(strategy=s, threshold=t, look_back=0, min_slices=1, split_depth=0.0)
             for s in ("iou", "overlap") for t in (0.3, 0.5, 0.7)]
-    grid.append(dict(strategy="connected", threshold=0.0, look_back=0, min_slices=1))
+    grid.append(dict(strategy="connected", threshold=0.0, look_back=0, min_slices=1, split_depth=0.0))
     best, table = choose_linking([volume], grid, fill_gaps=True)
-    assert best == dict(strategy="iou", threshold=0.7, look_back=0, min_slices=1)
+    assert best == dict(strategy="iou", threshold=0.7, look_back=0, min_slices=1, split_depth=0.0)
     seg = {(row["strategy"], row["threshold"]): row["SEG"] for row in table}
     assert seg[("iou", 0.7)] == 1.0
     assert seg[("iou", 0.3)] < 0.6 and seg[("connected", 0.0)] < 0.6

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from emr_d2.linking import SliceRegions, link_slices, link_volume, paste_slice
+from emr_d2.linking import SlicePrediction, SliceRegions, link_slices, link_volume, paste_slice
 from emr_d2.evaluation.seg import score_frame
 
 
@@ -16,11 +16,11 @@ def ellipsoids(shape=(12, 48, 48)):
 
 
 def per_slice(labels, drop=None):
-    """(z, masks, scores) of every slice; drop=(label, z) removes one slice of one object."""
+    """(z, SlicePrediction) of every slice; drop=(label, z) removes one slice of one object."""
     for z in range(labels.shape[0]):
         ids = [i for i in np.unique(labels[z]) if i and (i, z) != drop]
         masks = np.stack([labels[z] == i for i in ids]) if ids else np.zeros((0,) + labels.shape[1:], bool)
-        yield z, masks, np.linspace(0.9, 0.6, len(ids))
+        yield z, SlicePrediction(masks, np.linspace(0.9, 0.6, len(ids)))
 
 
 @pytest.mark.parametrize("strategy", ["overlap", "connected"])
@@ -82,8 +82,8 @@ def test_overlap_links_shrinking_poles_that_iou_misses():
     slice_maps[1, 8:12, 8:12] = 1  # 16 pixels inside: IoU 1/16, overlap 1
     scores = [np.array([0.9]), np.array([0.9])]
     regions = SliceRegions(slice_maps, scores)
-    assert link_slices(regions, "iou", 0.3).labels.max() == 2
-    assert link_slices(regions, "overlap", 0.3).labels.max() == 1
+    assert link_slices(regions, strategy="iou", threshold=0.3, min_slices=1).labels.max() == 2
+    assert link_slices(regions, strategy="overlap", threshold=0.3, min_slices=1).labels.max() == 1
 
 
 def test_object_score_is_mean_of_slice_scores():
@@ -94,7 +94,7 @@ def test_object_score_is_mean_of_slice_scores():
 
 
 def test_unknown_strategy_is_an_error():
-    with pytest.raises(ValueError, match="TEST.CTC.LINKING"):
+    with pytest.raises(ValueError, match="strategy: 'magic' is not one of"):
         link_slices(SliceRegions(np.zeros((1, 4, 4), np.int32), [np.zeros(0)]), strategy="magic")
 
 
@@ -131,7 +131,7 @@ def stacked_nuclei():
 @pytest.mark.parametrize("strategy", ["iou", "overlap", "connected"])
 def test_the_shape_split_separates_stacked_nuclei_that_linking_merges(strategy):
     gt = stacked_nuclei()
-    merged = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1)
+    merged = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1, split_depth=0.0)
     assert len(merged.scores) == 1 and score_frame(gt, merged.labels).scores.mean() < 0.6
     split = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1, split_depth=0.25)
     assert len(split.scores) == 2 and score_frame(gt, split.labels).scores.mean() == 1.0
@@ -151,9 +151,9 @@ def test_the_shape_split_leaves_convex_objects_and_shallow_dips_whole():
 
 
 def test_necks_are_found_deepest_first():
-    from emr_d2.linking import _neck
+    from emr_d2.linking.tracks import deepest_neck
 
-    assert _neck(np.array([9.0, 25, 49, 49, 25, 9, 9, 25, 49]), 0.25) == 5
-    assert _neck(np.array([9.0, 25, 49, 40, 49]), 0.25) is None  # 40 / 49 = 0.82
-    assert _neck(np.array([9.0, 25, 49, 30, 49, 10, 49]), 0.25) == 5  # 10 / 49 before 30 / 49
-    assert _neck(np.array([49.0, 9]), 0.25) is None
+    assert deepest_neck(np.array([9.0, 25, 49, 49, 25, 9, 9, 25, 49]), 0.25) == 5
+    assert deepest_neck(np.array([9.0, 25, 49, 40, 49]), 0.25) is None  # 40 / 49 = 0.82
+    assert deepest_neck(np.array([9.0, 25, 49, 30, 49, 10, 49]), 0.25) == 5  # 10 / 49 before 30 / 49
+    assert deepest_neck(np.array([49.0, 9]), 0.25) is None

@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from emr_d2.data.catalog import register_ctc_dataset
 from emr_d2.data.mapper import CenterDegradation, SliceStackMapper
 from emr_d2.data.window import SliceWindow
-from emr_d2.linking import link_volume
+from emr_d2.linking import SlicePrediction, link_volume
 from emr_d2.evaluation.seg import SEGAccumulator
 
 from helpers import tiny_cfg, train_tiny
@@ -97,7 +97,7 @@ def stacked_objects():
 
 
 def perfect_predictions(gt, offsets, drop=None):
-    """(z, masks, scores, neighbour masks) with the reference as predictions; drop = (label, z)."""
+    """(z, SlicePrediction with neighbour masks) with the reference as predictions; drop = (label, z)."""
     for z in range(gt.shape[0]):
         ids = [i for i in np.unique(gt[z]) if i and (i, z) != drop]
         masks = np.stack([gt[z] == i for i in ids]) if ids else np.zeros((0, *gt.shape[1:]), bool)
@@ -106,7 +106,7 @@ def perfect_predictions(gt, offsets, drop=None):
             for m, dz in enumerate(offsets):
                 if 0 <= z + dz < gt.shape[0]:
                     neighbors[k, m] = gt[z + dz] == label
-        yield z, masks, np.full(len(ids), 0.9), neighbors
+        yield z, SlicePrediction(masks, np.full(len(ids), 0.9), neighbors)
 
 
 def seg_of(gt, labels):

@@ -2,15 +2,14 @@
 import numpy as np
 import pytest
 
-from emr_d2.linking import link_volume
-from emr_d2.streaming import StreamingLinker
+from emr_d2.linking import SlicePrediction, StreamingLinker, link_volume
 
 from test_linking import stacked_nuclei
 from test_z_extent import stacked_discs, with_extents
 
 
 def noisy_predictions(seed: int = 0, depth: int = 24, size: int = 48):
-    """(z, masks, scores, neighbour masks, extents) of drifting, growing and shrinking discs that
+    """(z, SlicePrediction with neighbour masks and extents) of drifting, growing and shrinking discs that
     touch along z, with missed slices (look-back and gap fills matter), specks (min_slices
     matters), necks (the shape split matters), neighbour masks and extents."""
     rng = np.random.default_rng(seed)
@@ -29,15 +28,16 @@ def noisy_predictions(seed: int = 0, depth: int = 24, size: int = 48):
             extents.append([0.0, 0.0])
         masks = np.array(masks, bool).reshape(-1, size, size)
         neighbors = np.stack([np.roll(masks, s, axis=1) for s in (-1, 1)], axis=1)  # (K, 2, H, W)
-        yield z, masks, rng.uniform(0.5, 1.0, len(masks)), neighbors, np.clip(np.array(extents).reshape(-1, 2), 0, None)
+        yield z, SlicePrediction(masks, rng.uniform(0.5, 1.0, len(masks)), neighbors,
+                                 np.clip(np.array(extents).reshape(-1, 2), 0, None))
 
 
 def stream(predictions, shape, **options):
     linker = StreamingLinker(shape, window_offsets=[-1, 0, 1], z_spacing_um=1.5, **options)
     labels = np.zeros(shape, np.uint16)
     held = 0
-    for z, *prediction in predictions:
-        for zs, plane in linker.add(z, *prediction):
+    for z, prediction in predictions:
+        for zs, plane in linker.add(z, prediction):
             labels[zs] = plane
         held = max(held, len(linker.regions.maps))
     for zs, plane in linker.finish():
@@ -68,7 +68,7 @@ def test_streaming_holds_only_the_slices_of_open_objects():
     one = stacked_nuclei()  # two nuclei of 6 slices, touching along z
     gt = np.concatenate([np.where(one > 0, one + 2 * k, 0) for k in range(5)] + [one[:1] * 0]).astype(np.uint16)
     gt = np.insert(gt, [12, 24, 36, 48], 0, axis=0)  # an empty slice between the pairs: 65 slices
-    labels, _, held = stream(((z, m, s, None, e) for z, m, s, _, e in with_extents(gt)), gt.shape,
+    labels, _, held = stream(with_extents(gt), gt.shape,
                              strategy="overlap", threshold=0.3, look_back=0, split_depth=0.25)
     np.testing.assert_array_equal(labels, gt)
     assert held <= 14  # a linked pair (12 slices) and the look-back, not the 65 slices
@@ -79,10 +79,10 @@ def test_streaming_refuses_what_it_cannot_stream():
         StreamingLinker((4, 8, 8), strategy="connected")
     linker = StreamingLinker((4, 8, 8))
     with pytest.raises(ValueError, match="in order"):
-        linker.add(1, np.zeros((0, 8, 8), bool), np.zeros(0))
+        linker.add(1, SlicePrediction(np.zeros((0, 8, 8), bool), np.zeros(0)))
     gt = stacked_discs()
     linker = StreamingLinker(gt.shape)
-    linker.add(0, gt[:1] == 1, np.ones(1))
+    linker.add(0, SlicePrediction(gt[:1] == 1, np.ones(1)))
     with pytest.raises(ValueError, match="1 of 10 slices"):
         linker.finish()
 

@@ -13,7 +13,7 @@ from emr_d2.data.mapper import SliceStackMapper, object_z_ranges, z_extent_targe
 from emr_d2.data.synthetic import SyntheticPreset, write_synthetic_dataset
 from emr_d2.evaluation.seg import score_frame
 from emr_d2.evaluation.z_extent import ZExtentErrors
-from emr_d2.linking import link_volume, paste_volume
+from emr_d2.linking import SlicePrediction, link_volume, paste_volume
 from emr_d2.modeling.fusion import SliceFusion
 from emr_d2.predictor import VolumePredictor
 
@@ -115,7 +115,7 @@ def stacked_discs():
 
 
 def with_extents(masks_of, spacing_um=2.0, haze=None):
-    """(z, masks, scores, None, extents) predictions of the reference's objects in slice z, each
+    """(z, SlicePrediction with extents) predictions of the reference's objects in slice z, each
     with its true extent in um; haze = (label, z): also predict that object in slice z, with the
     extent its real slices predict."""
     gt = masks_of
@@ -129,8 +129,8 @@ def with_extents(masks_of, spacing_um=2.0, haze=None):
         extents = [[(z - ranges[i][0]) * spacing_um, (ranges[i][1] - z) * spacing_um] for i in ids]
         if haze and haze[1] == z:
             extents[-1] = [(z - ranges[haze[0]][0]) * spacing_um, 0.0]  # it says "I end here"
-        yield (z, np.array(masks).reshape(-1, *gt.shape[1:]), np.full(len(ids), 0.9), None,
-               np.array(extents).reshape(-1, 2))
+        yield z, SlicePrediction(np.array(masks).reshape(-1, *gt.shape[1:]), np.full(len(ids), 0.9), None,
+                                 np.array(extents).reshape(-1, 2))
 
 
 def seg(gt, labels):
@@ -144,7 +144,7 @@ def test_extent_gating_separates_stacked_objects_that_overlap_linking_merges():
     gated = link_volume(with_extents(gt), gt.shape, z_spacing_um=2.0, strategy="overlap", threshold=0.3,
                         extent_gate_um=1.0)
     assert len(gated.scores) == 2 and seg(gt, gated.labels) == 1.0
-    ignored = link_volume(((z, m, s) for z, m, s, *_ in with_extents(gt)), gt.shape, strategy="overlap",
+    ignored = link_volume(((z, p._replace(z_extents=None)) for z, p in with_extents(gt)), gt.shape, strategy="overlap",
                           threshold=0.3, extent_gate_um=1.0)  # no extents predicted: no gate
     assert len(ignored.scores) == 1
 
@@ -193,6 +193,7 @@ def test_predicted_extents_reach_linking_and_their_error_is_measured(flat_datase
     errors = ZExtentErrors()
     errors.add(perfect, gt)
     assert errors.summary()["z_extent_error_um"] == 0.0
-    off = paste_volume(((z, m, s, n, e + 1.0) for z, m, s, n, e in with_extents(gt, spacing_um=1.0)), gt.shape)
+    off = paste_volume(((z, p._replace(z_extents=p.z_extents + 1.0)) for z, p in with_extents(gt, spacing_um=1.0)),
+                       gt.shape)
     errors.add(off, gt)
     assert errors.summary()["z_extent_error_um"] == pytest.approx(0.5)

@@ -20,8 +20,7 @@ from ..data.catalog import record_voxel_size
 from ..data.ctc import write_label_volume, write_result_tracks
 from ..data.slices import read_record_markers, read_record_reference
 from ..data.window import z_spacing_um
-from ..linking import (instances_to_numpy, link_options_from_config, link_slices, link_with_reference,
-                       paste_volume)
+from ..linking import LinkOptions, SlicePrediction, link_slices, link_with_reference, paste_volume, slice_prediction
 from .det import DETAccumulator, op_csb
 from .z_extent import ZExtentErrors
 from .seg import SEGAccumulator
@@ -114,11 +113,11 @@ class CTCEvaluator(DatasetEvaluator):
         self.distributed = distributed
         self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
         self.write_res = cfg.TEST.CTC.WRITE_RES
-        self.link_options = link_options_from_config(cfg)
+        self.link_options = LinkOptions.from_config(cfg)
         self.reset()
 
     def reset(self) -> None:
-        self._open: dict[str, dict[int, tuple]] = defaultdict(dict)  # volume -> z -> predictions
+        self._open: dict[str, dict[int, SlicePrediction]] = defaultdict(dict)  # volume -> z -> slice
         self._seg, self._oracle, self._det = SEGAccumulator(), SEGAccumulator(), DETAccumulator()
         self._extents = ZExtentErrors()
         self._objects: list[tuple[str, dict]] = []  # (volume id, volume_objects)
@@ -129,15 +128,15 @@ class CTCEvaluator(DatasetEvaluator):
             slices = self._open[record["volume_id"]]
             if record["z"] in slices:
                 raise RuntimeError(f"slice {record['z']} of {record['volume_id']} was predicted twice")
-            slices[record["z"]] = instances_to_numpy(output["instances"], self.score_threshold)
+            slices[record["z"]] = slice_prediction(output["instances"], self.score_threshold)
             if len(slices) == record["depth"]:
                 self._finish_volume(record, self._open.pop(record["volume_id"]), output.get("slice_offsets", ()))
 
-    def _finish_volume(self, record: dict, slices: dict[int, tuple], window_offsets) -> None:
+    def _finish_volume(self, record: dict, slices: dict[int, SlicePrediction], window_offsets) -> None:
         shape = (record["depth"], record["height"], record["width"])
-        regions = paste_volume(((z, *slices[z]) for z in sorted(slices)), shape, window_offsets,
+        regions = paste_volume(((z, slices[z]) for z in sorted(slices)), shape, window_offsets,
                                z_spacing_um(record_voxel_size(record)))
-        linked = link_slices(regions, **self.link_options)
+        linked = link_slices(regions, self.link_options)
         if self.write_res and self.output_dir:
             res_dir = os.path.join(self.output_dir, f"{record['sequence']}_RES")
             write_label_volume(os.path.join(res_dir, res_file_name(record["file_name"])), linked.labels)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from ..data.ctc import z_ranges
-from ..linking import SliceRegions, _overlaps
+from ..linking import SliceRegions, region_overlaps
 
 
 class ZExtentErrors:
@@ -29,7 +29,7 @@ class ZExtentErrors:
         for z in range(depth):
             if not regions.maps[z].any():
                 continue
-            inter, area, _ = _overlaps(regions.maps[z], reference[z])  # (K, L) without background
+            inter, area, _ = region_overlaps(regions.maps[z], reference[z])  # (K, L) without background
             if inter.shape[1] == 0:
                 continue
             best = inter.argmax(axis=1)
