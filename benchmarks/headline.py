@@ -14,10 +14,11 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tools")]
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
-from emr_d2.benchmark import published_rows, summarise  # noqa: E402
+from benchmark_runner import published_rows, summarise  # noqa: E402  (tools/benchmark_runner.py)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 
 PEERS = ["peer/stardist3d", "peer/cellpose", "peer/classical", "peer/stardist3d_own", "peer/cellpose_own"]

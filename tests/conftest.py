@@ -1,6 +1,10 @@
 """Shared fixtures: a tiny SIM+-like CTC dataset made on the fly, and tiny model configs."""
 import os
+import sys
 import tempfile
+
+# The benchmark's runner lives beside the tools that use it (tools/benchmark_runner.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
 # Keep the slice-index cache and dataset discovery of the tests away from the user's.
 os.environ.setdefault("EMR_CACHE", tempfile.mkdtemp(prefix="emr_cache_"))

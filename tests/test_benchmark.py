@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from emr_d2 import benchmark
+import benchmark_runner as benchmark
 from helpers import ROOT
-from emr_d2.benchmark import BenchDataset, centre_weight, claim, default_threads, finished_rows, run_benchmark
+from benchmark_runner import BenchDataset, centre_weight, claim, default_threads, finished_rows, run_benchmark
 
 
 def test_a_run_is_claimed_once_and_a_dead_holder_is_replaced(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emr_d2 import visualization as vis
-from emr_d2.benchmark import METRICS, plot_results
+from benchmark_runner import METRICS, plot_results
 
 
 def ellipsoid_volume():

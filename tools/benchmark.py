@@ -19,9 +19,9 @@ import os
 import sys
 
 import torch
+from benchmark_runner import BenchDataset, add_threads_argument, run_benchmark
 from detectron2.utils.logger import setup_logger
 
-from emr_d2.benchmark import BenchDataset, add_threads_argument, run_benchmark
 from emr_d2.cli import add_debug_argument, run_cli
 from emr_d2.data.catalog import datasets_root, register_ctc_dataset
 from emr_d2.data.cho_sample import NAME as CHO_NAME

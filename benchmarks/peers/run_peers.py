@@ -38,7 +38,7 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from emr_d2.benchmark import (COLUMNS, MASK_SCORES, BenchDataset, add_threads_argument, claim,  # noqa: E402
+from benchmark_runner import (COLUMNS, MASK_SCORES, BenchDataset, add_threads_argument, claim,  # noqa: E402
                               published_rows, thread_env, update_tables)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402

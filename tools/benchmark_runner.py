@@ -1,4 +1,5 @@
-"""The fusion benchmark: configs x seeds trained and evaluated on one or more datasets.
+"""The fusion benchmark's runner (tools/benchmark.py's work, also used by the peers and the
+headline table): configs x seeds trained and evaluated on one or more datasets.
 
 Each (dataset, config, seed) runs ``tools/train_net.py`` in subprocesses: training on the
 ``_01_train`` time block (timed), with the linking calibrated on the ``_01_val`` block at the end,
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .atomic import atomic_write
+from emr_d2.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ METRICS = COLUMNS[3:-1]
 # Columns of the calibrated linking's test result that are scored from its label files, so that
 # runs finished before a column was added get it without running the network again.
 MASK_SCORES = ("foreground_IoU", "jaccard_matched", "jaccard_matched_2D")
-TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train_net.py")
+TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def mask_scores(run_dir: str, dataset: BenchDataset) -> dict:
     test sequence's reference."""
     from detectron2.data import MetadataCatalog
 
-    from .evaluation.ctc_folders import seg_of_folders
+    from emr_d2.evaluation.ctc_folders import seg_of_folders
 
     meta = MetadataCatalog.get(dataset.test)
     res_dir = os.path.join(run_dir, "eval", "calibrated", "inference", dataset.test, f"{meta.sequence}_RES")
