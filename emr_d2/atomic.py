@@ -1,6 +1,7 @@
 """Writing files so that a kill at any moment leaves the old file or the complete new one."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import IO
@@ -23,3 +24,8 @@ def atomic_write(path: str, write: Callable[[IO], object], mode: str = "wb") -> 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: json.dump(data, f, indent=2), "w")

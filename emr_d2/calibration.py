@@ -21,10 +21,10 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 from tqdm import tqdm
 
+from .atomic import write_json
 from .data.catalog import record_voxel_size
 from .data.ctc import read_raw_volume
 from .data.slices import read_record_reference
-from .evaluation.ctc_evaluator import write_json
 from .linking import CONFIG_KEYS, SIMILARITIES, LinkOptions, SliceRegions, link_slices
 from .evaluation.seg import SEGAccumulator
 from .predictor import VolumePredictor

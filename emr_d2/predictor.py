@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,8 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from tqdm import tqdm
 
-from .data.ctc import (RAW_PATTERN, RES_PATTERN, CTCFormatError, RawStack, check_raw_input, list_frames,
-                       write_label_planes, write_result_tracks)
+from .data.ctc import RawStack, write_label_planes
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale, scaled_size,
                           warn_if_deeper_than, z_spacing_um)
 from .linking import LinkedVolume, LinkOptions, SliceRegions, link_slices, open_linker, paste_volume, slice_prediction
@@ -169,51 +167,3 @@ class VolumePredictor:
 
         write_label_planes(target, planes(), volume.shape)
         return objects
-
-
-def output_name(raw_file: str) -> str:
-    """The one naming rule for predictions: a CTC raw frame ``tTTT.tif`` gives the CTC result
-    name ``maskTTT.tif`` (same digits), any other ``name.tif`` gives ``name_labels.tif``."""
-    base = os.path.basename(raw_file)
-    if RAW_PATTERN.match(base):
-        return "mask" + base[1:]
-    return os.path.splitext(base)[0] + "_labels.tif"
-
-
-def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
-    """(input volume, output label file) pairs for ``tools/predict.py``: a 3D TIFF, a CTC sequence
-    folder (its tTTT.tif frames) or a folder of TIFFs, each named by :func:`output_name`."""
-    if os.path.isfile(input_path):
-        files = [input_path]
-    elif os.path.isdir(input_path):
-        frames = list_frames(input_path)
-        files = [path for _, path in sorted(frames.items())] or sorted(
-            os.path.join(input_path, f) for f in os.listdir(input_path) if f.lower().endswith((".tif", ".tiff")))
-        if not files:
-            raise CTCFormatError(f"{input_path}: no .tif files found")
-    else:
-        raise CTCFormatError(f"{input_path}: no such file or folder")
-    return [(f, os.path.join(output_dir, output_name(f))) for f in files]
-
-
-def result_folders(pairs: list[tuple[str, str]]) -> list[str]:
-    """The folders of CTC result frames (maskTTT.tif) among the outputs of (input, output) pairs."""
-    return sorted({os.path.dirname(t) for _, t in pairs if RES_PATTERN.match(os.path.basename(t))})
-
-
-def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]], voxel_um: tuple | None = None,
-                  result_tracks: bool = True) -> None:
-    """Segment every input volume ((Z, Y, X) voxel size voxel_um, micrometres) and write its
-    uint16 label volume (atomically, streaming: :meth:`VolumePredictor.predict_file`). With
-    result_tracks, a folder of CTC result frames (maskTTT.tif) is then made a valid CTC result
-    (labels unique over the sequence, ``res_track.txt``). Every input is checked (readable, a 3D
-    stack of finite numbers) before the first volume is predicted."""
-    predictor.slice_offsets(voxel_um)  # a missing voxel size fails before any work
-    predictor.input_scale(voxel_um)
-    for source, _ in pairs:
-        check_raw_input(source)
-    for source, target in tqdm(pairs, desc="volumes", unit="volume", disable=len(pairs) < 2):
-        count = predictor.predict_file(source, target, voxel_um, progress=True)
-        logger.info(f"{source} -> {os.path.basename(target)}: {count} objects")
-    for res_dir in result_folders(pairs) if result_tracks else []:
-        write_result_tracks(res_dir)

@@ -36,8 +36,8 @@ from emr_d2.cli import add_debug_argument, add_voxel_size_argument, check_new_ou
 from emr_d2.data.catalog import dataset_voxel_size
 from emr_d2.engine import setup_config
 from emr_d2.modeling.checkpoint import check_weights
-from emr_d2.data.ctc import write_result_tracks
-from emr_d2.predictor import VolumePredictor, plan_outputs, predict_files, result_folders
+from emr_d2.batch_predict import finish_result_folders, plan_outputs, predict_files
+from emr_d2.predictor import VolumePredictor
 
 
 def main(argv=None) -> int:
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
         with staged_output(args.output) as stage:
             staged = [(source, os.path.join(stage, os.path.basename(target))) for source, target in pairs]
             predict_files(VolumePredictor(cfg), staged, voxel)
+            finish_result_folders(staged)
         print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
         return 0
     check_new_output_folder(args.output, args.overwrite or args.resume)  # --resume: a non-empty folder is fine
@@ -90,11 +91,10 @@ def predict_worker(config_file: str, opts: list, todo: list, voxel) -> None:
     setup_logger(name="emr_d2")
     cfg = setup_config(config_file, opts)
     rank, world = comm.get_rank(), comm.get_world_size()
-    predict_files(VolumePredictor(cfg), todo[rank::world], voxel, result_tracks=world == 1)
+    predict_files(VolumePredictor(cfg), todo[rank::world], voxel)
     comm.synchronize()
     if comm.is_main_process():
-        for res_dir in result_folders(todo):
-            write_result_tracks(res_dir)
+        finish_result_folders(todo)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,15 @@ class GTFrame:
         return self.volume_path is not None
 
 
+
+def output_name(raw_file: str) -> str:
+    """The one naming rule for predictions: a CTC raw frame ``tTTT.tif`` gives the CTC result
+    name ``maskTTT.tif`` (same digits), any other ``name.tif`` gives ``name_labels.tif``."""
+    base = os.path.basename(raw_file)
+    if RAW_PATTERN.match(base):
+        return "mask" + base[1:]
+    return os.path.splitext(base)[0] + "_labels.tif"
+
 def find_sequences(root: str) -> list[str]:
     """Names of the sequences (``01``, ``02``, ...) of a CTC dataset folder that hold raw frames."""
     if not os.path.isdir(root):

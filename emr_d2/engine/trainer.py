@@ -18,7 +18,8 @@ from detectron2.utils.logger import create_small_table, setup_logger
 
 from ..data.augment import build_slice_augmentations
 from ..data.mapper import SliceStackMapper
-from ..evaluation.ctc_evaluator import AnnotatedSlicesOnly, CTCEvaluator, write_json
+from ..atomic import write_json
+from ..evaluation.ctc_evaluator import AnnotatedSlicesOnly, CTCEvaluator
 from ..modeling.checkpoint import SliceStackCheckpointer
 from ..modeling.fusion import SliceFusion
 from .amp import MixedPrecisionTrainer, resolve_precision

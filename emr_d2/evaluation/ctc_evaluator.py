@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from collections import defaultdict
@@ -15,9 +14,9 @@ from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..atomic import atomic_write
+from ..atomic import write_json
 from ..data.catalog import record_voxel_size
-from ..data.ctc import write_label_volume, write_result_tracks
+from ..data.ctc import output_name, write_label_volume, write_result_tracks
 from ..data.slices import read_record_markers, read_record_reference
 from ..data.window import z_spacing_um
 from ..linking import LinkOptions, SlicePrediction, link_slices, link_with_reference, paste_volume, slice_prediction
@@ -26,11 +25,6 @@ from .z_extent import ZExtentErrors
 from .seg import SEGAccumulator
 
 logger = logging.getLogger(__name__)
-
-
-def res_file_name(raw_file: str) -> str:
-    """CTC result name of a raw frame: tTTT.tif -> maskTTT.tif (same digits)."""
-    return "mask" + os.path.basename(raw_file)[1:]
 
 
 def volume_objects(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> dict:
@@ -139,7 +133,7 @@ class CTCEvaluator(DatasetEvaluator):
         linked = link_slices(regions, self.link_options)
         if self.write_res and self.output_dir:
             res_dir = os.path.join(self.output_dir, f"{record['sequence']}_RES")
-            write_label_volume(os.path.join(res_dir, res_file_name(record["file_name"])), linked.labels)
+            write_label_volume(os.path.join(res_dir, output_name(record["file_name"])), linked.labels)
             self._res_dirs.add(res_dir)
         gt, annotated = read_record_reference(record)
         volume_id = record["volume_id"]
@@ -189,11 +183,6 @@ class CTCEvaluator(DatasetEvaluator):
         if self.output_dir:
             write_json(os.path.join(self.output_dir, "ctc_metrics.json"), results)
         return {"ctc": results}
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    atomic_write(path, lambda f: json.dump(data, f, indent=2), "w")
 
 
 class AnnotatedSlicesOnly(DatasetEvaluator):

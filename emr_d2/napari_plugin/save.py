@@ -18,8 +18,7 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 
 from ..cli import check_new_output_folder, one_line, staged_output
-from ..data.ctc import RAW_PATTERN, write_label_volume, write_result_tracks
-from ..predictor import output_name
+from ..data.ctc import RAW_PATTERN, output_name, write_label_volume, write_result_tracks
 
 if TYPE_CHECKING:
     import napari
