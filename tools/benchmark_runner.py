@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emr_d2.atomic import atomic_write
+from emr_d2.linking import SIMILARITIES
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ def linking_label(choice: dict) -> str:
     split = f" split{choice['SPLIT_DEPTH']:g}" if choice.get("SPLIT_DEPTH") else ""
     split += f" gate{choice['EXTENT_GATE_UM']:g}" if choice.get("EXTENT_GATE_UM") else ""
     split += f" trim{choice['EXTENT_TRIM_UM']:g}" if choice.get("EXTENT_TRIM_UM") else ""
-    if choice["LINKING"] == "connected":
-        return f"connected min{choice['MIN_SLICES']}{split}"
+    if choice["LINKING"] not in SIMILARITIES:  # no assignment: no threshold or look-back
+        return f"{choice['LINKING']} min{choice['MIN_SLICES']}{split}"
     return (f"{choice['LINKING']} {choice['LINK_THRESHOLD']:g} lb{choice['LOOK_BACK']} "
             f"min{choice['MIN_SLICES']}{split}")
 

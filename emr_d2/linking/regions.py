@@ -143,10 +143,12 @@ def paste_volume(
     for z, prediction in predictions:
         maps[z], scores[z], neighbor_masks, z_extents = paste_prediction(prediction, shape[1:])
         if neighbor_masks is not None:
-            neighbors = neighbors or [np.zeros((0, len(offsets), *shape[1:]), bool)] * shape[0]
+            if neighbors is None:  # the first slice with neighbour masks: the others are empty
+                neighbors = [np.zeros((0, len(offsets), *shape[1:]), bool)] * shape[0]
             neighbors[z] = neighbor_masks
         if z_extents is not None:
-            extents = extents or [np.zeros((0, 2))] * shape[0]
+            if extents is None:
+                extents = [np.zeros((0, 2))] * shape[0]
             extents[z] = z_extents
     return SliceRegions(
         maps,
