@@ -64,12 +64,18 @@ def add_emr_config(cfg: CN) -> None:
     _c.INPUT.CENTER_DEGRADE.DIM = 0.3
 
     # ---------------------------------------------------------------- neighbour-mask head
-    # The mask head also predicts every centre-slice object's mask in each neighbour slice of the
-    # window (one more mask logit per slice offset), trained against the 3D reference; no-op for
-    # N = 1. Predicted neighbour masks feed TEST.CTC.LINKING "predicted".
-    _c.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS = False
-    # Weight of the neighbour-mask loss (binary cross-entropy, mean over neighbour slices).
+    # MODEL.ROI_MASK_HEAD.NAME "NeighborMaskHead": the mask head also predicts every centre-slice
+    # object's mask in each neighbour slice of the window (one more mask logit per slice offset),
+    # trained against the 3D reference; no-op for N = 1. Predicted neighbour masks feed
+    # TEST.CTC.LINKING "predicted". Weight of its neighbour-mask loss (binary cross-entropy, mean
+    # over neighbour slices):
     _c.MODEL.ROI_MASK_HEAD.NEIGHBOR_LOSS_WEIGHT = 1.0
+    # The switch this head replaced: a config that still sets it fails with this note.
+    _c.register_renamed_key(
+        "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS",
+        "MODEL.ROI_MASK_HEAD.NAME",
+        message='NEIGHBOR_MASKS: True is now NAME: "NeighborMaskHead"; delete the key',
+    )
 
     # ---------------------------------------------------------------- z-extent head
     # Every detection also predicts how far, in micrometres, its object reaches below and above
@@ -150,7 +156,7 @@ def add_emr_config(cfg: CN) -> None:
     # z-linking of per-slice instances into 3D objects, named by the similarity that the
     # Hungarian assignment between slices maximises: "iou" (IoU of the masks), "overlap"
     # (intersection over the smaller mask), "predicted" (IoU of each object's predicted neighbour
-    # masks with the other slice's objects; needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS); or
+    # masks with the other slice's objects; needs MODEL.ROI_MASK_HEAD.NAME NeighborMaskHead); or
     # "connected" (3D components of the union of all masks, no assignment).
     _c.TEST.CTC.LINKING = "iou"
     # Minimal IoU (iou, predicted) or overlap (overlap) for two slices' masks to be linked.
@@ -250,10 +256,11 @@ def _check_linking(cfg: CN) -> None:
                 options.replace(**{option: value})
             except LinkOptionError as e:
                 raise ValueError(f"TEST.CTC.CALIBRATION.{key}: {e.message}") from None
-    if "predicted" in [cfg.TEST.CTC.LINKING, *grid.LINKERS] and not (
-            cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and cfg.INPUT.NUM_SLICES > 1):
-        raise ValueError("TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS and "
-                         "INPUT.NUM_SLICES > 1")
+    from .modeling.roi_heads import predicts_neighbor_masks
+
+    if "predicted" in [cfg.TEST.CTC.LINKING, *grid.LINKERS] and not predicts_neighbor_masks(cfg):
+        raise ValueError("TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NAME NeighborMaskHead "
+                         "and INPUT.NUM_SLICES > 1")
 
 
 def _check_point_rend(cfg: CN, late_heads: bool) -> None:
@@ -269,8 +276,6 @@ def _check_point_rend(cfg: CN, late_heads: bool) -> None:
     if late_heads != (head.NAME == "SliceFusionPointRendMaskHead"):
         raise ValueError(f"{key}: late fusion (SliceFusionROIHeads) takes SliceFusionPointRendMaskHead, "
                          "every other fusion family PointRendMaskHead or ImplicitPointRendMaskHead")
-    if head.NEIGHBOR_MASKS:
-        raise ValueError(f"{key}: MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS extends MaskRCNNConvUpsampleHead only")
     if head.POINT_HEAD_ON and cfg.MODEL.POINT_HEAD.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
         raise ValueError(f"MODEL.POINT_HEAD.NUM_CLASSES: {cfg.MODEL.POINT_HEAD.NUM_CLASSES} must equal "
                          f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from detectron2.config import configurable
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
@@ -39,20 +40,60 @@ class VolumePredictor:
     label volume.
     """
 
-    def __init__(self, cfg, model: torch.nn.Module | None = None):
+    @configurable
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        window: SliceWindow,
+        percentiles: tuple[float, float],
+        pixel_size_um: float,
+        resize: T.Augmentation,
+        batch_windows: int,
+        cache_features: bool,
+        link_options: LinkOptions,
+        score_threshold: float,
+    ):
+        """
+        Args:
+            model: a slice-stack model (``SliceStackRCNN``) with its weights.
+            window: which slices around each slice the model sees, and their padding.
+            percentiles: the volume's intensity percentiles that map to 0 and 1.
+            pixel_size_um: the in-plane pixel size the model works at (0: native pixels).
+            resize: the test-time resize of every slice stack (detectron2's ResizeShortestEdge).
+            batch_windows: windows per forward pass (at most, see MAX_BATCH_PIXELS).
+            cache_features: compute each slice's backbone features once where the model can.
+            link_options: how the slices' instances are linked into 3D objects.
+            score_threshold: instances below this score are dropped before linking.
+        """
+        self.model = model
+        self.window = window
+        self.percentiles = tuple(percentiles)
+        self.pixel_size_um = pixel_size_um
+        self.resize = resize
+        self.batch_size = max(int(batch_windows), 1)
+        self.use_cache = bool(cache_features) and getattr(model, "shares_slice_features", False)
+        self.link_options = link_options
+        self.score_threshold = score_threshold
+        self._warned_unknown_voxel = False
+
+    @classmethod
+    def from_config(cls, cfg, model: torch.nn.Module | None = None) -> dict:
+        """The predictor of ``cfg``; without a model, cfg's model with MODEL.WEIGHTS."""
         if model is None:
             model = build_model(cfg)
             SliceStackCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
-        self.model = model
-        self.window = SliceWindow.from_config(cfg)
-        self.percentiles = tuple(cfg.INPUT.NORM_PERCENTILES)
-        self.pixel_size_um = cfg.INPUT.PIXEL_SIZE_UM
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        self.batch_size = max(int(cfg.TEST.CTC.BATCH_WINDOWS), 1)
-        self.use_cache = bool(cfg.TEST.CTC.CACHE_FEATURES) and getattr(model, "shares_slice_features", False)
-        self.link_options = LinkOptions.from_config(cfg)
-        self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
-        self._warned_unknown_voxel = False
+        return {
+            "model": model,
+            "window": SliceWindow.from_config(cfg),
+            "percentiles": tuple(cfg.INPUT.NORM_PERCENTILES),
+            "pixel_size_um": cfg.INPUT.PIXEL_SIZE_UM,
+            "resize": T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
+            "batch_windows": cfg.TEST.CTC.BATCH_WINDOWS,
+            "cache_features": cfg.TEST.CTC.CACHE_FEATURES,
+            "link_options": LinkOptions.from_config(cfg),
+            "score_threshold": cfg.TEST.CTC.SCORE_THRESHOLD,
+        }
 
     # ------------------------------------------------------------------ per-slice prediction
     def slice_offsets(self, voxel_um: tuple | None = None) -> np.ndarray:

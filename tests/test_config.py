@@ -31,7 +31,7 @@ def test_detectron2_recipe_builds_the_configured_number_of_slices(path):
         assert model.backbone.num_slices == n and model.backbone.slice_backbone.bottom_up.stem.conv1.in_channels == 1
     else:
         assert model.backbone.bottom_up.stem.conv1.in_channels == n
-    if cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS:
+    if cfg.MODEL.ROI_MASK_HEAD.NAME == "NeighborMaskHead":
         assert model.roi_heads.mask_head.predictor.out_channels == n
 
 
@@ -66,6 +66,12 @@ def test_pairings_are_checked_at_setup():
         tiny_cfg("late_fusion_center", 3, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"])
     with pytest.raises(ValueError, match="predicted"):  # predicted linking needs the neighbour head
         tiny_cfg("mlp_fusion", 3, ["TEST.CTC.LINKING", "predicted"])
+
+
+def test_the_replaced_neighbor_masks_key_fails_naming_its_replacement(tmp_path):
+    run = run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                   "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True", "OUTPUT_DIR", tmp_path)
+    assert_one_line_error(run, "NEIGHBOR_MASKS", "NeighborMaskHead")
 
 
 def test_train_net_rejects_a_misspelt_linking_before_reading_data(tmp_path):

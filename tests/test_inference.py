@@ -14,7 +14,7 @@ EXTRA = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.BATCH_WINDOWS", "
 
 
 # Non-contiguous offsets with the neighbour-mask head: its pasted neighbour masks must agree too.
-NEIGHBORS = ["INPUT.SLICE_OFFSETS", "[-3, -1, 0, 2, 3]", "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True"]
+NEIGHBORS = ["INPUT.SLICE_OFFSETS", "[-3, -1, 0, 2, 3]", "MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead"]
 Z_EXTENT = ["MODEL.Z_EXTENT.ENABLED", "True"]
 
 

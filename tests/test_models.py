@@ -139,13 +139,32 @@ def test_fusion_weights_are_observable():
         torch.testing.assert_close(w.sum(dim=1), torch.ones(2))
         per_offset = mean_slice_weights(w)
         assert per_offset[2] > per_offset[0]  # the gaussian prior favours the centre
-    pixel = build_fusion("PixelAttentionFusion", 8, 3, tiny_cfg("pixel_attention", 3))
+    pixel = build_fusion("PixelAttentionFusion", tiny_cfg("pixel_attention", 3), 8, 3)
     pixel(torch.randn(2, 3, 8, 6, 5))
     assert pixel.slice_weights().shape == (2, 3, 6, 5)
-    windowed = build_fusion("WindowedFusion", 8, 3, tiny_cfg("windowed_fusion", 3))
+    windowed = build_fusion("WindowedFusion", tiny_cfg("windowed_fusion", 3), 8, 3)
     windowed(torch.randn(1, 3, 8, 9, 9))
     w = windowed.slice_weights()[0, 0]
     assert w.shape == (9, 9) and torch.equal(w[:4, :4], w[0, 0].expand(4, 4))
+
+
+PRIOR = {"static_init": "gaussian", "gaussian_sigma": 1.0, "freeze_static": False}
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("MeanFusion", {}), ("CenterFusion", {}), ("Conv3dFusion", {}), ("MLPFusion", {"hidden_dim": 4}),
+    ("PixelAttentionFusion", {"hidden_dim": 4}), ("WindowedFusion", {"hidden_dim": 4, "window": 2}),
+    ("CrossSliceAttentionFusion", {"num_heads": 2}),
+])
+def test_fusion_modules_build_from_plain_arguments(name, extra):
+    """Every fusion module is built without a config, and from_config gives the config's values."""
+    from emr_d2.modeling.fusion import FUSION_REGISTRY
+
+    cls = FUSION_REGISTRY.get(name)
+    module = cls(channels=8, num_slices=3, **PRIOR, **extra)
+    assert module(torch.randn(2, 3, 8, 5, 4)).shape == (2, 8, 5, 4)
+    from_cfg = cls.from_config(tiny_cfg("mlp_fusion", 3), channels=8, num_slices=3)
+    assert set(from_cfg) == {"channels", "num_slices", *PRIOR, *extra}
 
 
 def test_static_priors():
@@ -155,7 +174,7 @@ def test_static_priors():
     assert torch.softmax(static_slice_logits(5, "only_center"), 0).tolist() == [0, 0, 1, 0, 0]
     g = torch.softmax(static_slice_logits(5, "gaussian", 1.0), 0)
     assert g[2] > g[1] > g[0] and g[1] == g[3]
-    with pytest.raises(ValueError, match="STATIC_INIT"):
+    with pytest.raises(ValueError, match="init must be one of"):
         static_slice_logits(3, "uniform")
 
 

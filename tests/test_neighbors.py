@@ -130,7 +130,7 @@ def test_predicted_linking_of_perfect_neighbor_masks_reproduces_the_reference(dr
 def test_neighbor_head_learns_the_neighbor_masks(registered_tiny):
     cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
                                      "SOLVER.BASE_LR", "0.002", "INPUT.RANDOM_ROT90", "False",
-                                     "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True"])
+                                     "MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead"])
     model, history = train_tiny(cfg, 40)
     assert model.roi_heads.mask_head.predictor.out_channels == 3
     losses = [step["loss_neighbor_mask"] for step in history]
@@ -139,5 +139,5 @@ def test_neighbor_head_learns_the_neighbor_masks(registered_tiny):
 
 
 def test_neighbor_head_is_a_no_op_for_one_slice():
-    cfg = tiny_cfg("baseline_2d", 1, ["MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True"])
+    cfg = tiny_cfg("baseline_2d", 1, ["MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead"])
     assert build_model(cfg).roi_heads.mask_head.predictor.out_channels == 1

@@ -108,7 +108,6 @@ def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_datase
     ("late_fusion_mlp", "PointRendMaskHead", [], "late fusion"),
     ("mlp_fusion", "SliceFusionPointRendMaskHead", [], "late fusion"),
     ("mlp_fusion", "PointRendMaskHead", ["MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignV2"], "POOLER_TYPE"),
-    ("mlp_fusion", "PointRendMaskHead", ["MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True"], "NEIGHBOR_MASKS"),
     ("mlp_fusion", "PointRendMaskHead", ["MODEL.POINT_HEAD.NUM_CLASSES", "80"], "NUM_CLASSES"),
 ])
 def test_the_config_check_names_unsupported_point_rend_combinations(variant, head, extra, message):

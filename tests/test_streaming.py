@@ -89,7 +89,7 @@ def test_streaming_refuses_what_it_cannot_stream():
 
 @pytest.mark.parametrize("extra", [[], ["TEST.CTC.LINKING", "overlap", "TEST.CTC.LINK_THRESHOLD", "0.5",
                                         "TEST.CTC.LOOK_BACK", "2", "TEST.CTC.SPLIT_DEPTH", "0.25"],
-                                   ["MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True", "TEST.CTC.LINKING", "predicted"],
+                                   ["MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead", "TEST.CTC.LINKING", "predicted"],
                                    ["MODEL.Z_EXTENT.ENABLED", "True", "TEST.CTC.EXTENT_GATE_UM", "0.5",
                                     "TEST.CTC.EXTENT_TRIM_UM", "0.5"],
                                    ["TEST.CTC.LINKING", "connected"]])

@@ -17,6 +17,7 @@ from .augment import IntensityAugmentation, build_slice_augmentations
 from .catalog import record_voxel_size
 from .ctc import read_label_volume, z_ranges
 from .window import SliceWindow, VolumeWindowReader, pixel_scale, scaled_size, z_spacing_um
+from ..modeling.roi_heads import predicts_neighbor_masks
 
 
 def annotations_to_label_map(annotations: list[dict], height: int, width: int) -> np.ndarray:
@@ -152,7 +153,7 @@ class SliceStackMapper:
             "pixel_size_um": cfg.INPUT.PIXEL_SIZE_UM,
             "intensity_augmentation": IntensityAugmentation.from_config(cfg) if is_train else None,
             "center_degradation": CenterDegradation.from_config(cfg) if is_train else None,
-            "neighbor_masks": cfg.MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS,
+            "neighbor_masks": predicts_neighbor_masks(cfg),
             "z_extent": cfg.MODEL.Z_EXTENT.ENABLED,
         }
 

@@ -118,7 +118,7 @@ class Trainer(DefaultTrainer):
         metadata = MetadataCatalog.get(dataset_name)
         if getattr(metadata, "evaluator_type", None) != "ctc":
             return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
-        evaluators = [CTCEvaluator(dataset_name, cfg, output_folder)]
+        evaluators = [CTCEvaluator(cfg, dataset_name, output_folder)]
         if cfg.TEST.CTC.COCO_AP:
             evaluators.append(AnnotatedSlicesOnly(COCOEvaluator(
                 dataset_name, tasks=("bbox", "segm"), output_dir=output_folder, use_fast_impl=False,

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 import pycocotools.mask as mask_util
+from detectron2.config import configurable
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from pycocotools.coco import COCO
@@ -101,14 +102,44 @@ class CTCEvaluator(DatasetEvaluator):
     is what linking loses, ``1 - SEG_oracle_link`` what the masks lose.
     """
 
-    def __init__(self, dataset_name: str, cfg, output_dir: str | None = None, distributed: bool = True):
+    @configurable
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        link_options: LinkOptions,
+        score_threshold: float,
+        write_res: bool,
+        output_dir: str | None = None,
+        distributed: bool = True,
+    ):
+        """
+        Args:
+            dataset_name: the registered CTC dataset whose slice records are evaluated.
+            link_options: how the slices' instances are linked into 3D objects.
+            score_threshold: instances below this score are dropped before linking.
+            write_res: write ``<output_dir>/<seq>_RES`` (with an output_dir).
+            output_dir: where the results and ``ctc_metrics.json`` go; None writes nothing.
+            distributed: gather the per-volume scores of every process.
+        """
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.distributed = distributed
-        self.score_threshold = cfg.TEST.CTC.SCORE_THRESHOLD
-        self.write_res = cfg.TEST.CTC.WRITE_RES
-        self.link_options = LinkOptions.from_config(cfg)
+        self.score_threshold = score_threshold
+        self.write_res = write_res
+        self.link_options = link_options
         self.reset()
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None, distributed: bool = True):
+        return {
+            "dataset_name": dataset_name,
+            "link_options": LinkOptions.from_config(cfg),
+            "score_threshold": cfg.TEST.CTC.SCORE_THRESHOLD,
+            "write_res": cfg.TEST.CTC.WRITE_RES,
+            "output_dir": output_dir,
+            "distributed": distributed,
+        }
 
     def reset(self) -> None:
         self._open: dict[str, dict[int, SlicePrediction]] = defaultdict(dict)  # volume -> z -> slice

@@ -7,8 +7,8 @@
   The levels MODEL.FUSION.CENTER_OUTPUTS also go out unfused, as ``<level>_center`` (the centre
   slice's own features, e.g. for PointRend's point head: ``MODEL.POINT_HEAD.IN_FEATURES``).
 - ``build_late_fusion_backbone``: shared backbone; returns the centre slice's (or fused)
-  features for the RPN and every slice's features (``<level>_slices``, its declared
-  ``slice_outputs``) for the ROI heads (SliceFusionROIHeads).
+  features for the RPN and every slice's features (``<level>_slices``) for the ROI heads
+  (SliceFusionROIHeads).
 
 The shared-backbone variants split their work into ``forward_slices`` (per slice, independent of
 the window) and ``combine`` (per window), which lets whole-volume inference compute each slice's
@@ -45,9 +45,6 @@ def build_channel_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
 class SharedSliceBackbone(Backbone):
     """Runs ``slice_backbone`` (1 input channel) on each of the N slices with shared weights."""
-
-    # Outputs that hold every slice's features, (B, N, C, h, w), for late-fusion ROI heads.
-    slice_outputs: tuple[str, ...] = ()
 
     def __init__(self, slice_backbone: Backbone, num_slices: int, checkpoint_slices: bool = False):
         super().__init__()
@@ -99,9 +96,9 @@ class _LevelFusion(nn.Module):
         super().__init__()
         if per_level:
             self.modules_by_level = nn.ModuleDict(
-                {level: build_fusion(name, channels, num_slices, cfg) for level in levels})
+                {level: build_fusion(name, cfg, channels, num_slices) for level in levels})
         else:
-            shared = build_fusion(name, channels, num_slices, cfg)
+            shared = build_fusion(name, cfg, channels, num_slices)
             self.modules_by_level = nn.ModuleDict({"shared": shared})
         self.levels = list(levels)
         self.per_level = per_level
@@ -143,7 +140,6 @@ class LateFusionBackbone(SharedSliceBackbone):
                  proposal_fusion: _LevelFusion | None = None, checkpoint_slices: bool = False):
         super().__init__(slice_backbone, num_slices, checkpoint_slices)
         self.proposal_fusion = proposal_fusion
-        self.slice_outputs = tuple(level + SLICES_SUFFIX for level in slice_backbone.output_shape())
 
     def combine(self, slice_features):
         centre = self.num_slices // 2

@@ -27,7 +27,7 @@ class SliceFusionPointRendMaskHead(PointRendMaskHead):
     def __init__(self, cfg, input_shape):
         super().__init__(cfg, input_shape)
         channels = sum(input_shape[f].channels for f in self.roi_pooler_in_features)
-        self.fusion = build_fusion(cfg.MODEL.FUSION.LATE.NAME, channels, cfg.INPUT.NUM_SLICES, cfg)
+        self.fusion = build_fusion(cfg.MODEL.FUSION.LATE.NAME, cfg, channels, cfg.INPUT.NUM_SLICES)
 
     def _roi_pooler(self, features: dict[str, torch.Tensor], boxes) -> torch.Tensor:
         num_slices = next(iter(features.values())).shape[1]

@@ -12,23 +12,6 @@ from detectron2.structures import ImageList, Instances
 
 from .backbone import SharedSliceBackbone
 from .intensity import build_intensity_front_end
-from .roi_heads import SliceFusionROIHeads
-
-NEIGHBOR_HEAD = "NeighborMaskHead"
-
-
-def with_neighbor_head(cfg):
-    """The config with MODEL.ROI_MASK_HEAD.NAME NeighborMaskHead when NEIGHBOR_MASKS is on."""
-    head = cfg.MODEL.ROI_MASK_HEAD
-    if not head.NEIGHBOR_MASKS or head.NAME == NEIGHBOR_HEAD:
-        return cfg
-    if head.NAME != "MaskRCNNConvUpsampleHead":
-        raise ValueError(f"MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS extends MaskRCNNConvUpsampleHead, "
-                         f"not {head.NAME!r}")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.ROI_MASK_HEAD.NAME = NEIGHBOR_HEAD
-    return cfg
 
 
 def slice_stats(values, num_slices: int, key: str) -> list[float]:
@@ -58,9 +41,8 @@ class SliceStackRCNN(GeneralizedRCNN):
     The number of slices is INPUT.NUM_SLICES (the backbone is built for that many input slices,
     MODEL.PIXEL_MEAN / PIXEL_STD hold one value for all slices or one per slice). The learnable
     intensity front-end (MODEL.INTENSITY) acts on the normalised stack before the pixel
-    statistics and the backbone. With
-    MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS the mask head is the neighbour-mask head, and outputs carry
-    ``pred_neighbor_masks`` (R, N - 1, H, W). A shared per-slice backbone lets whole-volume
+    statistics and the backbone. With the neighbour-mask head (MODEL.ROI_MASK_HEAD.NAME
+    NeighborMaskHead) outputs carry ``pred_neighbor_masks`` (R, N - 1, H, W). A shared per-slice backbone lets whole-volume
     inference compute each slice's features once (:meth:`slice_features`) and run only fusion
     and heads per window (:meth:`inference_from_slice_features`).
     """
@@ -72,18 +54,12 @@ class SliceStackRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
-        cfg = with_neighbor_head(cfg)
         num_slices = cfg.INPUT.NUM_SLICES
         backbone = build_backbone(cfg, ShapeSpec(channels=num_slices))
-        roi_heads = build_roi_heads(cfg, backbone.output_shape())
-        if isinstance(roi_heads, SliceFusionROIHeads) != bool(getattr(backbone, "slice_outputs", ())):
-            raise ValueError(f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
-                             f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs a backbone with per-slice "
-                             "outputs (build_late_fusion_backbone) together with SliceFusionROIHeads")
         return {
             "backbone": backbone,
             "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
-            "roi_heads": roi_heads,
+            "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
             "pixel_mean": slice_stats(cfg.MODEL.PIXEL_MEAN, num_slices, "MODEL.PIXEL_MEAN"),

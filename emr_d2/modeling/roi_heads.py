@@ -42,7 +42,14 @@ class ZExtentHead(nn.Module):
     below and above the ROI's slice, in units of ``scale_um``. A stride-2 convolution and two
     fully connected layers: (R, C, S, S) -> (R, 2)."""
 
-    def __init__(self, channels: int, pooler_resolution: int, fc_dim: int):
+    @configurable
+    def __init__(self, *, channels: int, pooler_resolution: int, fc_dim: int):
+        """
+        Args:
+            channels: C, the channels of the pooled features.
+            pooler_resolution: S, the side of the pooled features.
+            fc_dim: width of the fully connected layer.
+        """
         super().__init__()
         self.conv = Conv2d(channels, channels, kernel_size=3, stride=2, padding=1, activation=F.relu)
         side = (pooler_resolution + 1) // 2
@@ -50,6 +57,14 @@ class ZExtentHead(nn.Module):
         self.predictor = nn.Linear(fc_dim, 2)
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.constant_(self.predictor.bias, 1.0)  # start at the typical reach
+
+    @classmethod
+    def from_config(cls, cfg, channels: int) -> dict:
+        return {
+            "channels": channels,
+            "pooler_resolution": cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
+            "fc_dim": cfg.MODEL.Z_EXTENT.FC_DIM,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(F.relu(self.fc(self.conv(x).flatten(1))))
@@ -82,7 +97,7 @@ class SliceStackROIHeads(StandardROIHeads):
         if extent.ENABLED:
             levels = ret["z_extent_in_features"] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
             resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-            ret["z_extent_head"] = ZExtentHead(input_shape[levels[0]].channels, resolution, extent.FC_DIM)
+            ret["z_extent_head"] = ZExtentHead(cfg, channels=input_shape[levels[0]].channels)
             ret["z_extent_scale_um"] = extent.SCALE_UM
             ret["z_extent_loss_weight"] = extent.LOSS_WEIGHT
             if ret["mask_pooler"] is None:  # a mask head that pools for itself (PointRend)
@@ -159,15 +174,15 @@ class SliceFusionROIHeads(SliceStackROIHeads):
         mask_channels = input_shape[ret["mask_in_features"][0]].channels
         if ret["mask_pooler"] is not None:  # else the mask head fuses (SliceFusionPointRendMaskHead)
             ret["mask_pooler"] = SliceFusionPooler(
-                ret["mask_pooler"], build_fusion(late.NAME, mask_channels, num_slices, cfg))
+                ret["mask_pooler"], build_fusion(late.NAME, cfg, mask_channels, num_slices))
         if ret.get("z_extent_pooler") is not None:
             ret["z_extent_pooler"] = SliceFusionPooler(
-                ret["z_extent_pooler"], build_fusion(late.NAME, mask_channels, num_slices, cfg))
+                ret["z_extent_pooler"], build_fusion(late.NAME, cfg, mask_channels, num_slices))
         ret["fuse_box"] = late.BOX
         if late.BOX:
             box_channels = input_shape[ret["box_in_features"][0]].channels
             ret["box_pooler"] = SliceFusionPooler(
-                ret["box_pooler"], build_fusion(late.NAME, box_channels, num_slices, cfg))
+                ret["box_pooler"], build_fusion(late.NAME, cfg, box_channels, num_slices))
         return ret
 
     @configurable
@@ -214,6 +229,13 @@ def neighbor_mask_loss(logits: torch.Tensor, instances: list[Instances]) -> torc
         return logits.sum() * 0
     per_mask = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=(2, 3))
     return (per_mask * valid).sum() / valid.sum()
+
+
+def predicts_neighbor_masks(cfg) -> bool:
+    """Whether the model of ``cfg`` predicts neighbour masks: a mask head that is a
+    :class:`NeighborMaskHead`, and neighbour slices to predict."""
+    head = ROI_MASK_HEAD_REGISTRY.get(cfg.MODEL.ROI_MASK_HEAD.NAME)
+    return bool(cfg.MODEL.MASK_ON) and cfg.INPUT.NUM_SLICES > 1 and issubclass(head, NeighborMaskHead)
 
 
 @ROI_MASK_HEAD_REGISTRY.register()

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import torch
+from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
 FUSION_REGISTRY = Registry("SLICE_FUSION")
 FUSION_REGISTRY.__doc__ = """
-Slice-fusion modules, by class name (MODEL.FUSION.NAME, MODEL.FUSION.LATE.NAME). Each is called
-as ``cls(channels, num_slices, cfg)`` and maps features (B, N, C, H, W) to (B, C, H, W).
+Slice-fusion modules, by class name (MODEL.FUSION.NAME, MODEL.FUSION.LATE.NAME). Each maps
+features (B, N, C, H, W) to (B, C, H, W); it is built from keyword arguments, or from a config as
+``cls(cfg, channels=C, num_slices=N)`` (its ``from_config``).
 """
 
 STATIC_INITS = ("zero", "only_center", "gaussian")
@@ -29,7 +31,7 @@ def static_slice_logits(num_slices: int, init: str, sigma: float = 1.0) -> torch
         return torch.where(offsets == 0, 0.0, EXCLUDED_LOGIT)
     if init == "gaussian":
         return -(offsets**2) / (2 * sigma**2)
-    raise ValueError(f"MODEL.FUSION.STATIC_INIT must be one of {STATIC_INITS}, got {init!r}")
+    raise ValueError(f"init must be one of {STATIC_INITS}, got {init!r}")
 
 
 class SliceFusion(nn.Module):
@@ -43,17 +45,44 @@ class SliceFusion(nn.Module):
     # Whether the module learns the static per-slice logits (else they are a fixed buffer).
     uses_static_prior = True
 
-    def __init__(self, channels: int, num_slices: int, cfg):
+    @configurable
+    def __init__(
+        self,
+        *,
+        channels: int,
+        num_slices: int,
+        static_init: str,
+        gaussian_sigma: float,
+        freeze_static: bool,
+    ):
+        """
+        Args:
+            channels: C, the channels of the features to fuse.
+            num_slices: N, the window positions.
+            static_init: initial static per-slice logits, one of STATIC_INITS.
+            gaussian_sigma: width (in slices) of the "gaussian" prior.
+            freeze_static: keep the static logits fixed during training.
+        """
         super().__init__()
-        fusion_cfg = cfg.MODEL.FUSION
         self.channels = channels
         self.num_slices = num_slices
-        logits = static_slice_logits(num_slices, fusion_cfg.STATIC_INIT, fusion_cfg.GAUSSIAN_SIGMA)
+        logits = static_slice_logits(num_slices, static_init, gaussian_sigma)
         if self.uses_static_prior:
-            self.static_logits = nn.Parameter(logits, requires_grad=not fusion_cfg.FREEZE_STATIC)
+            self.static_logits = nn.Parameter(logits, requires_grad=not freeze_static)
         else:
             self.register_buffer("static_logits", logits, persistent=False)
         self.last_weights: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, cfg, channels: int, num_slices: int) -> dict:
+        fusion = cfg.MODEL.FUSION
+        return {
+            "channels": channels,
+            "num_slices": num_slices,
+            "static_init": fusion.STATIC_INIT,
+            "gaussian_sigma": fusion.GAUSSIAN_SIGMA,
+            "freeze_static": fusion.FREEZE_STATIC,
+        }
 
     def _weighted_sum(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over slices of (dynamic logits + static prior), then the weighted sum.
@@ -72,9 +101,10 @@ class SliceFusion(nn.Module):
         return self.last_weights
 
 
-def build_fusion(name: str, channels: int, num_slices: int, cfg) -> SliceFusion:
-    """Build the fusion module registered as ``name``."""
-    return FUSION_REGISTRY.get(name)(channels, num_slices, cfg)
+def build_fusion(name: str, cfg, channels: int, num_slices: int) -> SliceFusion:
+    """Build the fusion module registered as ``name`` from ``cfg`` for (B, N, C, H, W) features
+    with C = channels and N = num_slices."""
+    return FUSION_REGISTRY.get(name)(cfg, channels=channels, num_slices=num_slices)
 
 
 def fusion_weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from torch import nn
 
 from .base import FUSION_REGISTRY, SliceFusion, init_logit_layer
@@ -37,14 +38,26 @@ class MLPFusion(SliceFusion):
     """Squeeze-and-excitation over slices: global average pool of every slice, an MLP on the
     concatenation, one logit per slice, softmax over slices, weighted sum."""
 
-    def __init__(self, channels: int, num_slices: int, cfg):
-        super().__init__(channels, num_slices, cfg)
-        hidden = cfg.MODEL.FUSION.HIDDEN_DIM
+    @configurable
+    def __init__(self, *, hidden_dim: int, **kwargs):
+        """
+        Args:
+            hidden_dim: width of the MLP's hidden layer.
+            kwargs: those of :class:`SliceFusion`.
+        """
+        super().__init__(**kwargs)
+        channels, num_slices, hidden = self.channels, self.num_slices, hidden_dim
         self.mlp = nn.Sequential(
             nn.Linear(num_slices * channels, hidden),
             nn.ReLU(inplace=True),
             init_logit_layer(nn.Linear(hidden, num_slices)),
         )
+
+    @classmethod
+    def from_config(cls, cfg, channels: int, num_slices: int) -> dict:
+        return super().from_config(cfg, channels, num_slices) | {
+            "hidden_dim": cfg.MODEL.FUSION.HIDDEN_DIM
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(3, 4)).flatten(1)  # (B, N*C)
@@ -55,16 +68,28 @@ class _LocalWeightFusion(SliceFusion):
     """Slice logits per k x k window of the feature map (k = 1: per pixel) from 1x1 convolutions
     on the concatenated, window-averaged slice features."""
 
-    window = 1
-
-    def __init__(self, channels: int, num_slices: int, cfg):
-        super().__init__(channels, num_slices, cfg)
-        hidden = cfg.MODEL.FUSION.HIDDEN_DIM
+    @configurable
+    def __init__(self, *, hidden_dim: int, window: int, **kwargs):
+        """
+        Args:
+            hidden_dim: width of the hidden 1x1 convolution.
+            window: k, the side of the square of feature pixels that share slice weights.
+            kwargs: those of :class:`SliceFusion`.
+        """
+        super().__init__(**kwargs)
+        self.window = window
+        num_slices = self.num_slices
         self.logit_net = nn.Sequential(
-            nn.Conv2d(num_slices * channels, hidden, 1),
+            nn.Conv2d(num_slices * self.channels, hidden_dim, 1),
             nn.ReLU(inplace=True),
-            init_logit_layer(nn.Conv2d(hidden, num_slices, 1)),
+            init_logit_layer(nn.Conv2d(hidden_dim, num_slices, 1)),
         )
+
+    @classmethod
+    def from_config(cls, cfg, channels: int, num_slices: int) -> dict:
+        return super().from_config(cfg, channels, num_slices) | {
+            "hidden_dim": cfg.MODEL.FUSION.HIDDEN_DIM
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c, h, w = x.shape
@@ -82,14 +107,24 @@ class _LocalWeightFusion(SliceFusion):
 class WindowedFusion(_LocalWeightFusion):
     """Slice weights per k x k window (MODEL.FUSION.WINDOW_SIZE feature pixels)."""
 
-    def __init__(self, channels: int, num_slices: int, cfg):
-        super().__init__(channels, num_slices, cfg)
-        self.window = int(cfg.MODEL.FUSION.WINDOW_SIZE)
+    @classmethod
+    def from_config(cls, cfg, channels: int, num_slices: int) -> dict:
+        return super().from_config(cfg, channels, num_slices) | {
+            "window": int(cfg.MODEL.FUSION.WINDOW_SIZE)
+        }
 
 
 @FUSION_REGISTRY.register()
 class PixelAttentionFusion(_LocalWeightFusion):
     """Slice weights per pixel."""
+
+    @configurable
+    def __init__(self, **kwargs):
+        """
+        Args:
+            kwargs: those of :class:`_LocalWeightFusion` but ``window`` (1).
+        """
+        super().__init__(window=1, **kwargs)
 
 
 @FUSION_REGISTRY.register()
@@ -102,8 +137,14 @@ class Conv3dFusion(SliceFusion):
 
     uses_static_prior = False  # the prior only initialises the kernel
 
-    def __init__(self, channels: int, num_slices: int, cfg):
-        super().__init__(channels, num_slices, cfg)
+    @configurable
+    def __init__(self, **kwargs):
+        """
+        Args:
+            kwargs: those of :class:`SliceFusion`.
+        """
+        super().__init__(**kwargs)
+        channels, num_slices = self.channels, self.num_slices
         self.conv = nn.Conv3d(channels, channels, kernel_size=(num_slices, 1, 1))
         prior = torch.softmax(self.static_logits, dim=0)
         with torch.no_grad():
@@ -128,14 +169,25 @@ class CrossSliceAttentionFusion(SliceFusion):
 
     uses_static_prior = False  # attention replaces it
 
-    def __init__(self, channels: int, num_slices: int, cfg):
-        super().__init__(channels, num_slices, cfg)
-        self.offset_embedding = nn.Parameter(torch.zeros(num_slices, channels))
+    @configurable
+    def __init__(self, *, num_heads: int, **kwargs):
+        """
+        Args:
+            num_heads: attention heads (they divide the channels).
+            kwargs: those of :class:`SliceFusion`.
+        """
+        super().__init__(**kwargs)
+        channels = self.channels
+        self.offset_embedding = nn.Parameter(torch.zeros(self.num_slices, channels))
         nn.init.normal_(self.offset_embedding, std=0.02)
         self.norm = nn.LayerNorm(channels)
-        self.attention = nn.MultiheadAttention(
-            channels, cfg.MODEL.FUSION.ATTENTION.NUM_HEADS, batch_first=True
-        )
+        self.attention = nn.MultiheadAttention(channels, num_heads, batch_first=True)
+
+    @classmethod
+    def from_config(cls, cfg, channels: int, num_slices: int) -> dict:
+        return super().from_config(cfg, channels, num_slices) | {
+            "num_heads": cfg.MODEL.FUSION.ATTENTION.NUM_HEADS
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c, h, w = x.shape
