@@ -5,6 +5,7 @@ and of the second (index read from the on-disk cache) of a full-size SIM+-like s
 
     python benchmarks/index_cache.py [--frames 10]
 """
+
 import argparse
 import os
 import sys
@@ -21,7 +22,9 @@ from emr_d2.data.synthetic import write_synthetic_dataset  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=10)
     args = parser.parse_args()
     folder = tempfile.mkdtemp()
@@ -34,8 +37,11 @@ def main() -> None:
         start = time.perf_counter()
         records = DatasetCatalog.get("SIMFULL_01")
         seconds.append(time.perf_counter() - start)
-    print(f"{len(records)} slice records of {args.frames} frames: first registration {seconds[0]:.2f} s, "
-          f"second {seconds[1]:.3f} s")
+    print(
+        f"{len(records)} slice records of {args.frames} frames: first registration "
+        f"{seconds[0]:.2f} s, "
+        f"second {seconds[1]:.3f} s"
+    )
     print(f"cache_speedup={seconds[0] / seconds[1]:.1f}")
 
 

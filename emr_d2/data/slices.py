@@ -7,6 +7,7 @@ A record (``dict``) holds:
     {bbox (XYWH_ABS), bbox_mode, segmentation (COCO RLE, counts as str), category_id=0,
     instance_id (the reference label)}.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,19 @@ from detectron2.structures import BoxMode
 from tqdm import tqdm
 
 from ..atomic import atomic_write
-from .ctc import (MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt, list_markers, marker_folder,
-                  read_gt_frame, read_label_volume, read_raw_volume)
+from .ctc import (
+    MAX_LABEL,
+    CTCFormatError,
+    GTFrame,
+    gt_folder,
+    list_frames,
+    list_gt,
+    list_markers,
+    marker_folder,
+    read_gt_frame,
+    read_label_volume,
+    read_raw_volume,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +91,9 @@ def read_record_reference(record: dict) -> tuple[np.ndarray, list[int] | None]:
     shape = (record["depth"], record["height"], record["width"])
     if record.get("gt_file"):
         return read_gt_frame(GTFrame(record["frame"], volume_path=record["gt_file"]), shape)
-    return read_gt_frame(_reference_frames(record["dataset_root"], record["sequence"])[record["frame"]], shape)
+    return read_gt_frame(
+        _reference_frames(record["dataset_root"], record["sequence"])[record["frame"]], shape
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -96,7 +110,9 @@ def read_record_markers(record: dict) -> np.ndarray | None:
     markers = read_label_volume(path)
     shape = (record["depth"], record["height"], record["width"])
     if markers.shape != shape:
-        raise CTCFormatError(f"{path}: marker shape {markers.shape} differs from the raw frame's {shape}")
+        raise CTCFormatError(
+            f"{path}: marker shape {markers.shape} differs from the raw frame's {shape}"
+        )
     return np.asarray(markers)
 
 
@@ -168,8 +184,10 @@ def load_sequence_records(
         frames = sorted(set(raw_frames) & set(gt_frames))
         without = len(raw_frames) - len(frames)
         if without and gt_frames:
-            logger.warning(f"{seq_dir}: {without} of {len(raw_frames)} frames have no reference "
-                           f"segmentation; the {len(frames)} with one are used")
+            logger.warning(
+                f"{seq_dir}: {without} of {len(raw_frames)} frames have no reference "
+                f"segmentation; the {len(frames)} with one are used"
+            )
     missing = [t for t in frames if t not in raw_frames]
     if missing:
         raise CTCFormatError(f"{seq_dir}: raw frames missing for t={missing[:5]}")
@@ -185,7 +203,9 @@ def load_sequence_records(
         entry = volumes.get(raw_frames[t])
         if entry is None or entry["signature"] != signature:
             todo.append((t, signature))
-    for t, signature in tqdm(todo, desc=f"indexing {os.path.basename(root)}/{seq}", disable=not todo):
+    for t, signature in tqdm(
+        todo, desc=f"indexing {os.path.basename(root)}/{seq}", disable=not todo
+    ):
         records = build_volume_records(root, seq, t, raw_frames[t], gt_frames[t])
         volumes[raw_frames[t]] = {"signature": signature, "records": records}
     if todo:
@@ -209,8 +229,11 @@ def split_frames(frames: list[int], val_fraction: float, gap: int) -> tuple[list
     n_train = len(frames) - n_val - gap
     if n_train < 1:
         raise ValueError(
-            f"{len(frames)} frames cannot hold a train block of 1 frame or more, a gap of {gap} frames "
-            f"(DATASETS.SPLIT.GAP) and {n_val} val frames (DATASETS.SPLIT.VAL_FRACTION {val_fraction:g}): "
-            f"that needs {n_val + gap + 1} frames; lower DATASETS.SPLIT.GAP or train on the whole sequence"
+            f"{len(frames)} frames cannot hold a train block of 1 frame or more, a gap of {gap} "
+            "frames "
+            f"(DATASETS.SPLIT.GAP) and {n_val} val frames (DATASETS.SPLIT.VAL_FRACTION "
+            f"{val_fraction:g}): "
+            f"that needs {n_val + gap + 1} frames; lower DATASETS.SPLIT.GAP or train on the whole "
+            "sequence"
         )
-    return frames[:n_train], frames[len(frames) - n_val:]
+    return frames[:n_train], frames[len(frames) - n_val :]

@@ -1,4 +1,5 @@
 """Training engine: Trainer(DefaultTrainer), its hooks, config setup and whole-volume inference."""
+
 from .inference import inference_on_volumes
 from .setup import setup_config
 from .trainer import Trainer

@@ -1,6 +1,7 @@
 """What a training run checks and records in its OUTPUT_DIR before it writes anything: that it
 does not silently replace an earlier run, the pixel size its model will work at, and plain-text
 log files."""
+
 from __future__ import annotations
 
 import glob
@@ -13,8 +14,16 @@ from detectron2.data import MetadataCatalog
 
 # Files and folders of a finished or interrupted training run (train_net.py, Trainer's hooks).
 RUN_MARKERS = ("last_checkpoint", "model_final.pth", "metrics.json")
-RUN_OUTPUTS = ("model_*.pth", "last_checkpoint", "metrics.json", "events.out.tfevents.*", "linking.json",
-               "config.yaml", "log.txt", "inference")
+RUN_OUTPUTS = (
+    "model_*.pth",
+    "last_checkpoint",
+    "metrics.json",
+    "events.out.tfevents.*",
+    "linking.json",
+    "config.yaml",
+    "log.txt",
+    "inference",
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -25,8 +34,10 @@ def check_training_folder(output_dir: str, resume: bool, overwrite: bool) -> Non
         return
     found = [name for name in RUN_MARKERS if os.path.exists(os.path.join(output_dir, name))]
     if found:
-        raise FileExistsError(f"{output_dir}: holds a training run ({', '.join(found)}); pass --resume to continue "
-                              "it, --overwrite to replace it, or choose another OUTPUT_DIR")
+        raise FileExistsError(
+            f"{output_dir}: holds a training run ({', '.join(found)}); pass --resume to continue "
+            "it, --overwrite to replace it, or choose another OUTPUT_DIR"
+        )
 
 
 def clear_training_folder(output_dir: str) -> None:
@@ -46,12 +57,17 @@ def record_training_pixel_size(cfg, logger: logging.Logger) -> None:
     sizes = {name: MetadataCatalog.get(name).get("voxel_size") for name in cfg.DATASETS.TRAIN}
     pixels = {float(size[2]) for size in sizes.values() if size}
     if None in sizes.values() or len(pixels) != 1:
-        logger.warning("The model will not know the pixel size it is trained at (training datasets' voxel sizes: "
-                       + ", ".join(f"{n} {s or 'unknown'}" for n, s in sizes.items())
-                       + "): set INPUT.PIXEL_SIZE_UM so that prediction can rescale other data")
+        logger.warning(
+            "The model will not know the pixel size it is trained at (training datasets' voxel "
+            "sizes: "
+            + ", ".join(f"{n} {s or 'unknown'}" for n, s in sizes.items())
+            + "): set INPUT.PIXEL_SIZE_UM so that prediction can rescale other data"
+        )
         return
     cfg.INPUT.PIXEL_SIZE_UM = pixels.pop()
-    logger.info(f"Trained at the training data's pixel size: INPUT.PIXEL_SIZE_UM {cfg.INPUT.PIXEL_SIZE_UM}")
+    logger.info(
+        f"Trained at the training data's pixel size: INPUT.PIXEL_SIZE_UM {cfg.INPUT.PIXEL_SIZE_UM}"
+    )
 
 
 class _StripColour(logging.Filter):

@@ -1,4 +1,5 @@
 """Config setup shared by the command-line tools."""
+
 from __future__ import annotations
 
 import torch
@@ -9,13 +10,17 @@ from ..config import add_emr_config, check_config
 from ..data.catalog import configure_splits
 
 
-def setup_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True,
-                 calibrated_linking: bool = True) -> CfgNode:
-    """detectron2 config with the emr_d2 keys, a YAML file (with ``_BASE_``) and KEY VALUE overrides;
-    the linking calibrated for MODEL.WEIGHTS applied (unless ``calibrated_linking`` is False; see
-    :func:`apply_calibrated_linking`), every key checked (:func:`check_config`), dataset splits
-    configured, and MODEL.DEVICE "cuda" (detectron2's default) replaced by "cpu" where no GPU is
-    present."""
+def setup_config(
+    config_file: str | None = None,
+    opts: list[str] | None = None,
+    freeze: bool = True,
+    calibrated_linking: bool = True,
+) -> CfgNode:
+    """detectron2 config with the emr_d2 keys, a YAML file (with ``_BASE_``) and KEY VALUE
+    overrides; the linking calibrated for MODEL.WEIGHTS applied (unless ``calibrated_linking`` is
+    False; see :func:`apply_calibrated_linking`), every key checked (:func:`check_config`), dataset
+    splits configured, and MODEL.DEVICE "cuda" (detectron2's default) replaced by "cpu" where no
+    GPU is present."""
     cfg = get_cfg()
     add_emr_config(cfg)
     if config_file:

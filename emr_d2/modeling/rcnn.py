@@ -1,13 +1,19 @@
 """SliceStackRCNN: detectron2's GeneralizedRCNN on N-slice stacks, with an intensity front-end,
 the neighbour-mask head, and inference from per-slice features shared between windows."""
+
 from __future__ import annotations
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.layers.mask_ops import paste_masks_in_image
-from detectron2.modeling import (META_ARCH_REGISTRY, GeneralizedRCNN, build_backbone, build_proposal_generator,
-                                 build_roi_heads)
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    GeneralizedRCNN,
+    build_backbone,
+    build_proposal_generator,
+    build_roi_heads,
+)
 from detectron2.structures import ImageList, Instances
 
 from .backbone import SharedSliceBackbone
@@ -20,8 +26,10 @@ def slice_stats(values, num_slices: int, key: str) -> list[float]:
     if len(values) == 1:
         return values * num_slices
     if len(values) != num_slices:
-        raise ValueError(f"{key} has {len(values)} values but INPUT.NUM_SLICES is {num_slices}: give one "
-                         f"value (used for every slice) or exactly {num_slices}")
+        raise ValueError(
+            f"{key} has {len(values)} values but INPUT.NUM_SLICES is {num_slices}: give one "
+            f"value (used for every slice) or exactly {num_slices}"
+        )
     return values
 
 
@@ -29,8 +37,12 @@ def paste_neighbor_masks(instances: Instances, threshold: float = 0.5) -> None:
     """(R, M, S, S) ``pred_neighbor_masks`` probabilities -> (R, M, H, W) bool masks in the
     image of ``instances`` (in place; boxes already at the output size)."""
     probabilities = instances.pred_neighbor_masks
-    pasted = [paste_masks_in_image(probabilities[:, m], instances.pred_boxes, instances.image_size, threshold)
-              for m in range(probabilities.shape[1])]
+    pasted = [
+        paste_masks_in_image(
+            probabilities[:, m], instances.pred_boxes, instances.image_size, threshold
+        )
+        for m in range(probabilities.shape[1])
+    ]
     instances.pred_neighbor_masks = torch.stack(pasted, dim=1)
 
 
@@ -42,9 +54,10 @@ class SliceStackRCNN(GeneralizedRCNN):
     MODEL.PIXEL_MEAN / PIXEL_STD hold one value for all slices or one per slice). The learnable
     intensity front-end (MODEL.INTENSITY) acts on the normalised stack before the pixel
     statistics and the backbone. With the neighbour-mask head (MODEL.ROI_MASK_HEAD.NAME
-    NeighborMaskHead) outputs carry ``pred_neighbor_masks`` (R, N - 1, H, W). A shared per-slice backbone lets whole-volume
-    inference compute each slice's features once (:meth:`slice_features`) and run only fusion
-    and heads per window (:meth:`inference_from_slice_features`).
+    NeighborMaskHead) outputs carry ``pred_neighbor_masks`` (R, N - 1, H, W). A shared per-slice
+    backbone lets whole-volume inference compute each slice's features once
+    (:meth:`slice_features`) and run only fusion and heads per window
+    (:meth:`inference_from_slice_features`).
     """
 
     @configurable
@@ -73,14 +86,20 @@ class SliceStackRCNN(GeneralizedRCNN):
 
     def _batch(self, images: list[torch.Tensor]) -> ImageList:
         return ImageList.from_tensors(
-            images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
+            images,
+            self.backbone.size_divisibility,
+            padding_constraints=self.backbone.padding_constraints,
         )
 
-    def inference(self, batched_inputs: list[dict], detected_instances=None, do_postprocess: bool = True):
+    def inference(
+        self, batched_inputs: list[dict], detected_instances=None, do_postprocess: bool = True
+    ):
         if detected_instances is not None:
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         images = self.preprocess_image(batched_inputs)
-        return self._heads(self.backbone(images.tensor), images.image_sizes, batched_inputs, do_postprocess)
+        return self._heads(
+            self.backbone(images.tensor), images.image_sizes, batched_inputs, do_postprocess
+        )
 
     # ------------------------------------------------------------------ shared slice features
     @property
@@ -94,7 +113,9 @@ class SliceStackRCNN(GeneralizedRCNN):
             and bool((self.pixel_std == self.pixel_std.flatten()[0]).all())
         )
 
-    def slice_features(self, slices: torch.Tensor) -> tuple[list[dict[str, torch.Tensor]], tuple[int, int]]:
+    def slice_features(
+        self, slices: torch.Tensor
+    ) -> tuple[list[dict[str, torch.Tensor]], tuple[int, int]]:
         """(S, H, W) normalised slices -> per slice {level: (C, h, w)} backbone features, and the
         image size the heads see. Needs :attr:`shares_slice_features`."""
         x = self.intensity(self._move_to_current_device(slices))[:, None]
@@ -103,8 +124,12 @@ class SliceStackRCNN(GeneralizedRCNN):
         per_slice = [{level: f[k, 0] for level, f in features.items()} for k in range(len(slices))]
         return per_slice, images.image_sizes[0]
 
-    def inference_from_slice_features(self, windows: list[list[dict[str, torch.Tensor]]],
-                                      image_size: tuple[int, int], batched_inputs: list[dict]) -> list[dict]:
+    def inference_from_slice_features(
+        self,
+        windows: list[list[dict[str, torch.Tensor]]],
+        image_size: tuple[int, int],
+        batched_inputs: list[dict],
+    ) -> list[dict]:
         """Predict the centre slice of each window from its slices' features (as from
         :meth:`slice_features`): fusion, proposals, heads and postprocessing, as :meth:`inference`.
 
@@ -112,10 +137,17 @@ class SliceStackRCNN(GeneralizedRCNN):
         "height" and "width".
         """
         levels = windows[0][0].keys()
-        stacked = {level: torch.stack([torch.stack([s[level] for s in w]) for w in windows]) for level in levels}
-        return self._heads(self.backbone.combine(stacked), [image_size] * len(windows), batched_inputs, True)
+        stacked = {
+            level: torch.stack([torch.stack([s[level] for s in w]) for w in windows])
+            for level in levels
+        }
+        return self._heads(
+            self.backbone.combine(stacked), [image_size] * len(windows), batched_inputs, True
+        )
 
-    def _heads(self, features: dict, image_sizes: list, batched_inputs: list[dict], do_postprocess: bool):
+    def _heads(
+        self, features: dict, image_sizes: list, batched_inputs: list[dict], do_postprocess: bool
+    ):
         # the proposal generator and ROI heads read only the image sizes of the ImageList
         device = next(iter(features.values())).device
         images = ImageList(torch.empty((len(image_sizes), 0, 0), device=device), image_sizes)

@@ -1,4 +1,5 @@
 """The fusion registry, the common base class and the static per-slice prior."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The registered fusion modules. Input (B, N, C, H, W) -> output (B, C, H, W)."""
+
 from __future__ import annotations
 
 import torch
