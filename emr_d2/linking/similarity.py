@@ -1,7 +1,7 @@
 """How alike two slices' regions are: the measures the tracker's assignment maximises.
 
 :data:`SIMILARITIES` maps a linker's name to its measure; :data:`LINKERS` adds "connected",
-which links 3D components and measures nothing (:func:`emr_d2.linking.link_connected`).
+which links 3D components and measures nothing (:class:`emr_d2.linking.ConnectedLinker`).
 A measure takes (regions, z, zp, cols, intersections (A, B), areas of z's regions (A,), areas of
 zp's regions (B,)) and returns the (A, B) similarity of slice z's regions with the regions
 ``cols + 1`` of an earlier slice zp.
