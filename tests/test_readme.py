@@ -70,3 +70,23 @@ def test_python_api_default_linking_is_what_predict_tool_writes(trained, tiny_da
     linked = link_slices(regions)
     assert written.max() > 0
     np.testing.assert_array_equal(linked.labels, written)
+
+
+def test_the_user_docs_are_short_complete_and_free_of_history():
+    """README.md is a user's guide of at most 300 lines; it and the docs it links to stay inside
+    the repository and state what is true now (no development history)."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert len(readme.splitlines()) <= 300
+    pages = [
+        "README.md",
+        "benchmarks/README.md",
+        *(f"docs/{p}" for p in os.listdir(f"{ROOT}/docs")),
+    ]
+    history = re.compile(r"this round|earlier round|previous round|\bissue\b|#\d+\b|\.\./shared")
+    for page in (p for p in pages if p.endswith(".md")):
+        text = open(os.path.join(ROOT, page)).read()
+        assert not history.findall(text), (page, history.findall(text))
+        for link in re.findall(r"\]\(([^)#]+)", text):
+            if not link.startswith("http"):
+                target = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), link))
+                assert os.path.exists(target), (page, link)
