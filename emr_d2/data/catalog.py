@@ -42,6 +42,7 @@ def configure_splits(cfg) -> None:
 
 
 def datasets_root() -> str:
+    """The folder of the CTC datasets: ``$EMR_DATASETS``, default ``datasets``."""
     return os.environ.get("EMR_DATASETS", "datasets")
 
 

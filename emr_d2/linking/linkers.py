@@ -24,6 +24,8 @@ from .tracks import Tracker, finish_track, gap_fills
 
 @dataclass
 class LinkedVolume:
+    """The result of linking: a label volume and the score of each of its objects."""
+
     labels: np.ndarray  # (Z, H, W) uint16, objects 1..K
     scores: np.ndarray  # (K,) mean score of each object's slices
 
@@ -45,12 +47,18 @@ class ObjectNumbering:
         self.scores: list[float] = []
 
     def add_slice(self, z: int) -> None:
+        """Make room for slice z's labels, once its regions are in ``regions.maps[z]``."""
         region_map = self.regions.maps[z]
         if self.options.split_depth > 0:
             self.region_areas[z] = np.bincount(region_map.ravel())
         self.lookups[z] = np.zeros(int(region_map.max()) + 1, dtype=np.uint16)
 
     def number(self, track: list[tuple[int, int]]) -> None:
+        """Finish a track (its (z, region) pairs, in z order) and number what is kept of it.
+
+        Args:
+            track: the (z, region index >= 1) of every slice the track holds.
+        """
         options, regions = self.options, self.regions
         for part in finish_track(
             track, regions, self.region_areas, options.split_depth, options.extent_trim_um
@@ -115,9 +123,19 @@ class SliceLinker:
 
     @property
     def scores(self) -> list[float]:
+        """The mean score of every object numbered so far (label k at index k - 1)."""
         return self.numbering.scores
 
     def add(self, z: int, prediction: SlicePrediction) -> list:
+        """Paste and link slice z.
+
+        Args:
+            z: the slice, one more than the last slice added.
+            prediction: its instances (masks (R, H, W), scores (R,), ...).
+
+        Returns:
+            [(z', (H, W) uint16 labels)] of the slices that no later slice can change, in z order.
+        """
         return self.add_regions(z, *paste_prediction(prediction, self.shape[1:]))
 
     def add_regions(

@@ -30,5 +30,6 @@ class IntensityFrontEnd(nn.Module):
 
 
 def build_intensity_front_end(cfg) -> nn.Module:
+    """MODEL.INTENSITY.NAME's front-end: (B, N, H, W) normalised stacks in and out."""
     mode = cfg.MODEL.INTENSITY.NAME
     return nn.Identity() if mode == "none" else IntensityFrontEnd(mode)

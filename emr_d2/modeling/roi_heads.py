@@ -75,6 +75,7 @@ class ZExtentHead(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (R, C, S, S) pooled ROI features -> (R, 2) reaches, in units of the scale."""
         return self.predictor(F.relu(self.fc(self.conv(x).flatten(1))))
 
 

@@ -52,6 +52,7 @@ def load_predictor(model_dir: str, score_threshold: float | None = None):
 
 
 def check_model_folder(model_dir: str) -> None:
+    """Raise with one line naming what is missing unless model_dir holds a trained model."""
     if not model_dir or not os.path.isdir(model_dir):
         raise FileNotFoundError(
             f"{model_dir or '(none)'}: no model folder; choose the folder that holds "
