@@ -8,7 +8,6 @@ perfect cap trimming (a z-extent head without error) would add to these masks.
 
     python benchmarks/cap_loss.py RES_DIR GT_DIR      # e.g. a benchmark run's eval/calibrated RES
 """
-
 import argparse
 import os
 import sys
@@ -35,7 +34,7 @@ def trimmed(gt: np.ndarray, res: np.ndarray) -> tuple[np.ndarray, int]:
             continue
         first, last = ranges[int(table.gt_ids[g])]
         outside = np.ones(gt.shape[0], bool)
-        outside[first : last + 1] = False
+        outside[first:last + 1] = False
         cut = (out == table.res_ids[s]) & outside[:, None, None]
         removed += int(cut.sum())
         out[cut] = 0
@@ -43,9 +42,8 @@ def trimmed(gt: np.ndarray, res: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("res_dir")
     parser.add_argument("gt_dir")
     add_debug_argument(parser)
@@ -55,7 +53,7 @@ def main(argv=None) -> int:
     for name in sorted(os.listdir(seg_dir)):
         if not (name.startswith("man_seg") and name.endswith(".tif")):
             continue
-        frame = name[len("man_seg") : -len(".tif")]
+        frame = name[len("man_seg"):-len(".tif")]
         res_path = os.path.join(args.res_dir, f"mask{frame}.tif")
         if not os.path.isfile(res_path):
             raise CTCFormatError(f"{res_path}: result frame missing")
@@ -67,10 +65,8 @@ def main(argv=None) -> int:
         plain.add(frame, gt, res)
         trimmed_seg.add(frame, gt, cut)
         removed, voxels = removed + count, voxels + int((res > 0).sum())
-    print(
-        f"SEG={plain.summary()['SEG']:.4f} SEG_caps_trimmed={trimmed_seg.summary()['SEG']:.4f} "
-        f"cap_voxels={removed / max(voxels, 1):.3f}"
-    )
+    print(f"SEG={plain.summary()['SEG']:.4f} SEG_caps_trimmed={trimmed_seg.summary()['SEG']:.4f} "
+          f"cap_voxels={removed / max(voxels, 1):.3f}")
     return 0
 
 

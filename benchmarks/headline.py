@@ -8,7 +8,6 @@ benchmark's results.csv files (calibrated SEG, mean +- std over seeds, seeds in 
 The best emr_d2 config is the one with the highest mean of the metric among the rows whose config
 does not start with ``peer/``; a cell of a peer shows its mean and its difference to that config.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -22,33 +21,22 @@ os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 from benchmark_runner import published_rows, summarise  # noqa: E402  (tools/benchmark_runner.py)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 
-PEERS = [
-    "peer/stardist3d",
-    "peer/cellpose",
-    "peer/classical",
-    "peer/stardist3d_own",
-    "peer/cellpose_own",
-]
+PEERS = ["peer/stardist3d", "peer/cellpose", "peer/classical", "peer/stardist3d_own",
+         "peer/cellpose_own"]
 
 
 def headline(results: str, datasets: list[str], metric: str) -> str:
     """The markdown table."""
-    lines = [
-        "| dataset | best emr_d2 config | "
-        + " | ".join(p.removeprefix("peer/") for p in PEERS)
-        + " |",
-        "|---|---|" + "---|" * len(PEERS),
-    ]
+    lines = ["| dataset | best emr_d2 config | "
+             + " | ".join(p.removeprefix("peer/") for p in PEERS) + " |",
+             "|---|---|" + "---|" * len(PEERS)]
     for dataset in datasets:
         table = os.path.join(results, dataset, "results.csv")
         if not os.path.isfile(table):
             raise FileNotFoundError(
-                f"{table}: no such file (run tools/benchmark.py on {dataset} first)"
-            )
-        summary = {
-            c: (*s[metric], s["seeds"])
-            for c, s in summarise(published_rows(os.path.join(results, dataset))).items()
-        }
+                f"{table}: no such file (run tools/benchmark.py on {dataset} first)")
+        summary = {c: (*s[metric], s["seeds"])
+                   for c, s in summarise(published_rows(os.path.join(results, dataset))).items()}
         ours = {c: s for c, s in summary.items() if not c.startswith("peer/")}
         if not ours:
             raise ValueError(f"{results}/{dataset}/results.csv has no emr_d2 row")
@@ -61,20 +49,17 @@ def headline(results: str, datasets: list[str], metric: str) -> str:
                 continue
             p_mean, p_std, p_seeds = summary[peer]
             cells.append(f"{p_mean:.3f} ± {p_std:.3f} ({p_seeds}; {p_mean - mean:+.3f})")
-        lines.append(
-            f"| {dataset} | {best}: {mean:.3f} ± {std:.3f} ({seeds}) | " + " | ".join(cells) + " |"
-        )
+        lines.append(f"| {dataset} | {best}: {mean:.3f} ± {std:.3f} ({seeds}) | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="benchmarks/results")
-    parser.add_argument(
-        "--datasets", nargs="+", default=["SIM-bench", "SIM-aniso", "Fluo-N3DH-CHO-sample"]
-    )
+    parser.add_argument("--datasets", nargs="+",
+                        default=["SIM-bench", "SIM-aniso", "Fluo-N3DH-CHO-sample"])
     parser.add_argument("--metric", default="SEG_calibrated")
     add_debug_argument(parser)
     args = parser.parse_args(argv)

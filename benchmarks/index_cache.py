@@ -5,7 +5,6 @@ and of the second (index read from the on-disk cache) of a full-size SIM+-like s
 
     python benchmarks/index_cache.py [--frames 10]
 """
-
 import argparse
 import os
 import sys
@@ -22,9 +21,8 @@ from emr_d2.data.synthetic import write_synthetic_dataset  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10)
     args = parser.parse_args()
     folder = tempfile.mkdtemp()
@@ -40,8 +38,7 @@ def main() -> None:
     print(
         f"{len(records)} slice records of {args.frames} frames: first registration "
         f"{seconds[0]:.2f} s, "
-        f"second {seconds[1]:.3f} s"
-    )
+          f"second {seconds[1]:.3f} s")
     print(f"cache_speedup={seconds[0] / seconds[1]:.1f}")
 
 

@@ -4,7 +4,6 @@ process, slices in random order. Measured side by side: the window alone (memory
 N slices, per-volume normalisation, native size: what inference and evaluation read) and the full
 training mapper of configs/Base-EMR-RCNN-FPN.yaml (scale jitter, 512 crop, flip, 90-degree
 rotation, gamma / contrast / noise, centre-slice masks). Last line: windows_per_s=<window alone>."""
-
 import os
 import random
 import sys
@@ -22,14 +21,12 @@ from emr_d2.engine import setup_config  # noqa: E402
 
 def main() -> None:
     root = os.path.join(tempfile.mkdtemp(), "SPEED")
-    preset = SyntheticPreset(
-        field_um=(11.8, 64.0, 64.0), scale=1.0, frames={"01": 1}, num_nuclei=30
-    )
+    preset = SyntheticPreset(field_um=(11.8, 64.0, 64.0), scale=1.0, frames={"01": 1},
+                             num_nuclei=30)
     write_synthetic_dataset(root, preset)
     records = load_sequence_records(root, "01", cache_dir=os.path.join(root, "cache"))
     cfg = setup_config(
-        os.path.join(ROOT, "configs", "Base-EMR-RCNN-FPN.yaml"), ["INPUT.NUM_SLICES", "5"]
-    )
+        os.path.join(ROOT, "configs", "Base-EMR-RCNN-FPN.yaml"), ["INPUT.NUM_SLICES", "5"])
     random.seed(0)
     rates = {}
     for name, is_train, count in (("training mapper", True, 100), ("window alone", False, 500)):
@@ -41,8 +38,7 @@ def main() -> None:
         rates[name] = count / (time.perf_counter() - start)
         print(
             f"{name:>16}: {rates[name]:7.1f} windows/s ({count} windows, normalisation range "
-            "included)"
-        )
+            "included)")
     print(f"volume {records[0]['depth']} x {records[0]['height']} x {records[0]['width']}, N=5")
     print(f"windows_per_s={rates['window alone']:.1f}")
 

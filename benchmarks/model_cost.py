@@ -4,7 +4,6 @@ the 2D baseline (N=1), measured in one run with the full-size configs (ResNet-50
 
     python benchmarks/model_cost.py [--repeats 3] [KEY VALUE ...]
 """
-
 import argparse
 import os
 import sys
@@ -22,16 +21,9 @@ from emr_d2.config import config_variants  # noqa: E402
 from emr_d2.engine import setup_config  # noqa: E402
 
 # Untrained weights: the same head load for every model (100 proposals, 20 detections kept).
-FIXED_HEAD_LOAD = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "100",
-    "TEST.DETECTIONS_PER_IMAGE",
-    "20",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    "0.0",
-]
+FIXED_HEAD_LOAD = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+                   "TEST.DETECTIONS_PER_IMAGE", "20",
+                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
 VARIANTS = config_variants(os.path.join(ROOT, "configs"))
 
 
@@ -57,10 +49,8 @@ def main() -> None:
     rows = []
     for variant in VARIANTS:
         n = 1 if variant == "baseline_2d" else 5
-        cfg = setup_config(
-            os.path.join(ROOT, "configs", f"{variant}.yaml"),
-            ["INPUT.NUM_SLICES", str(n), *FIXED_HEAD_LOAD, *args.opts],
-        )
+        cfg = setup_config(os.path.join(ROOT, "configs", f"{variant}.yaml"),
+                           ["INPUT.NUM_SLICES", str(n), *FIXED_HEAD_LOAD, *args.opts])
         model = build_model(cfg).eval()
         params = sum(p.numel() for p in model.parameters())
         rows.append((variant, n, params, forward_seconds(model, n, args.repeats)))
@@ -72,8 +62,7 @@ def main() -> None:
         print(
             f"| {variant} | {n} | {params / 1e6:.2f} | {params / base_params:.3f} | {seconds:.3f} "
             "| "
-            f"{seconds / base_time:.2f} |"
-        )
+              f"{seconds / base_time:.2f} |")
 
 
 if __name__ == "__main__":

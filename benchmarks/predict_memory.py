@@ -20,7 +20,6 @@ and the last lines
 The default sizes separate what grows with a slice (20 x 1024 x 1024 against 20 x 2048 x 2048)
 from what grows with the volume (20 against 100 slices of 1024 x 1024).
 """
-
 import argparse
 import os
 import subprocess
@@ -30,23 +29,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = ["20x96x96", "20x1024x1024", "100x1024x1024", "20x2048x2048"]
-COMMON = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "100",
-    "TEST.DETECTIONS_PER_IMAGE",
-    "20",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    "0.0",
-    "TEST.CTC.SCORE_THRESHOLD",
-    "0.0",
-]
+COMMON = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE",
+          "20",
+          "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.0"]
 
 
 def child(mode: str, raw: str, out: str, weights: str) -> None:
-    """Predict raw into out in this process (mode: streaming or whole; weights: "" for
-    untrained)."""
+    """Predict raw into out in this process (mode: streaming or whole; weights: "" for untrained).
+    """
     sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
     import known_warnings  # noqa: F401  (silences known third-party warnings)
     import torch
@@ -86,13 +76,11 @@ def make_stack(path: str, shape: tuple[int, int, int]) -> None:
     def planes():
         for z in range(shape[0]):
             plane = frames[(z // depth) % len(frames)][z % depth]
-            yield np.tile(plane, (-(-shape[1] // height), -(-shape[2] // width)))[
-                : shape[1], : shape[2]
-            ]
+            yield np.tile(
+                plane, (-(-shape[1] // height), -(-shape[2] // width)))[:shape[1], :shape[2]]
 
-    tifffile.imwrite(
-        path, planes(), shape=shape, dtype=np.uint16, bigtiff=np.prod(shape) * 2 > 2**32 - 2**25
-    )
+    tifffile.imwrite(path, planes(), shape=shape, dtype=np.uint16,
+                     bigtiff=np.prod(shape) * 2 > 2 ** 32 - 2 ** 25)
 
 
 def measure(mode: str, raw: str, out: str, weights: str) -> tuple[float, float]:
@@ -106,21 +94,14 @@ def measure(mode: str, raw: str, out: str, weights: str) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--sizes", nargs="+", default=SIZES, help="ZxYxX stack sizes (the smallest gives the floor)"
-    )
-    parser.add_argument(
-        "--whole-up-to",
-        type=int,
-        default=100 * 1024 * 1024,
-        help="also run whole-volume prediction up to this many voxels (0: never)",
-    )
-    parser.add_argument(
-        "--weights", default="", help="trained demo mlp_fusion weights (default: untrained)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=SIZES,
+                        help="ZxYxX stack sizes (the smallest gives the floor)")
+    parser.add_argument("--whole-up-to", type=int, default=100 * 1024 * 1024,
+                        help="also run whole-volume prediction up to this many voxels (0: never)")
+    parser.add_argument("--weights", default="",
+                        help="trained demo mlp_fusion weights (default: untrained)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -143,9 +124,7 @@ def main() -> int:
                 rss, seconds = measure(mode, raw, os.path.join(folder, "labels.tif"), args.weights)
                 print(
                     f"| {mode} | {'x'.join(map(str, shape))} | {voxels} | {rss / 1e9:.2f} | "
-                    f"{seconds:.0f} |",
-                    flush=True,
-                )
+                    f"{seconds:.0f} |", flush=True)
                 if mode == "streaming":
                     streaming.append((voxels, rss))
                     streaming_shapes.append((voxels, rss, shape))
@@ -156,8 +135,7 @@ def main() -> int:
             (v0, r0), (v1, r1) = same_plane[0], same_plane[-1]
             print(
                 f"depth_bytes_per_voxel={(r1 - r0) / (v1 - v0):.2f} ({plane[0]} x {plane[1]} "
-                "slices)"
-            )
+                "slices)")
     print(f"bytes_per_voxel={(largest - floor) / voxels:.2f}")
     print(f"rss_ratio={largest / floor:.2f}")
     return 0

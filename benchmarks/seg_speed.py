@@ -12,7 +12,6 @@ against py-ctcmetrics side by side in one run, from the same CTC folders.
 
 Each side is timed as the best of ``--repeats`` runs after one warm-up.
 """
-
 import argparse
 import os
 import re
@@ -41,11 +40,8 @@ def label_volume(rng, shape=(59, 512, 512), count=50, jitter=0):
     labels = np.zeros(shape, np.uint16)
     centres = rng.uniform([5, 30, 30], [54, 482, 482], size=(count, 3))
     for label, (cz, cy, cx) in enumerate(centres, 1):
-        cz, cy, cx = (
-            cz + rng.integers(-jitter, jitter + 1),
-            cy + rng.integers(-jitter, jitter + 1),
-            cx,
-        )
+        cz, cy, cx = cz + rng.integers(-jitter,
+                                       jitter + 1), cy + rng.integers(-jitter, jitter + 1), cx
         ball = ((z - cz) / 12) ** 2 + ((y - cy) / 24) ** 2 + ((x - cx) / 24) ** 2 <= 1
         labels[ball] = label
     return labels
@@ -64,9 +60,8 @@ def write_ctc_folders(root: str, frames: int) -> tuple[str, str, list[tuple[str,
         res_path = os.path.join(res_dir, f"mask{t:03d}.tif")
         gt = label_volume(np.random.default_rng(t))
         tifffile.imwrite(gt_path, gt, photometric="minisblack")
-        tifffile.imwrite(
-            os.path.join(gt_dir, "TRA", f"man_track{t:03d}.tif"), gt, photometric="minisblack"
-        )
+        tifffile.imwrite(os.path.join(gt_dir, "TRA", f"man_track{t:03d}.tif"), gt,
+                         photometric="minisblack")
         res = label_volume(np.random.default_rng(t), jitter=3)
         res[res <= 2] = 0  # two missed nuclei
         res[res == 4] = 3  # two nuclei merged
@@ -100,8 +95,7 @@ def compare_processes(measure: str, ours: list[str], theirs: list[str], repeats:
     print(
         f"{measure} as processes: ours {ours_value:.6f} in {ours_time:.2f} s; py-ctcmetrics "
         f"{theirs_value:.6f} "
-        f"in {theirs_time:.2f} s"
-    )
+          f"in {theirs_time:.2f} s")
     assert abs(ours_value - theirs_value) < 1e-6
     return theirs_time / ours_time
 
@@ -125,19 +119,15 @@ def main() -> None:
     print(
         f"SEG ours {ours_summary['SEG']:.6f} (SEG_2D {ours_summary['SEG_2D']:.6f}) in {ours:.3f} "
         "s; "
-        f"py-ctcmetrics {theirs_seg:.6f} in {theirs:.3f} s"
-    )
+          f"py-ctcmetrics {theirs_seg:.6f} in {theirs:.3f} s")
     assert abs(ours_summary["SEG"] - theirs_seg) < 1e-9
     print(f"speedup={theirs / ours:.1f}")
     python, tools = sys.executable, os.path.join(ROOT, "tools")
     evaluate = [python, "-m", "ctc_metrics.scripts.evaluate", "--res", res_dir, "--gt", gt_dir]
     for measure in ("SEG", "DET"):
         ratio = compare_processes(
-            measure,
-            [python, os.path.join(tools, f"ctc_{measure.lower()}.py"), res_dir, gt_dir],
-            evaluate + [f"--{measure.lower()}"],
-            args.repeats,
-        )
+            measure, [python, os.path.join(tools, f"ctc_{measure.lower()}.py"), res_dir, gt_dir],
+                                  evaluate + [f"--{measure.lower()}"], args.repeats)
         print(f"{measure.lower()}_process_speedup={ratio:.1f}")
 
 

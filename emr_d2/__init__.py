@@ -5,7 +5,6 @@ under $EMR_DATASETS (default ./datasets) with the DatasetCatalog. Torch-free com
 set EMR_D2_NO_REGISTER=1 before importing ``emr_d2.evaluation.seg`` or ``emr_d2.data.ctc``, so
 that neither torch nor detectron2 is loaded.
 """
-
 import os
 
 __version__ = "0.1.0"

@@ -1,5 +1,4 @@
 """Writing files so that a kill at any moment leaves the old file or the complete new one."""
-
 from __future__ import annotations
 
 import json

@@ -1,5 +1,4 @@
 """Predicting files for ``tools/predict.py``: which outputs an input gives, and writing them."""
-
 from __future__ import annotations
 
 import logging
@@ -7,14 +6,8 @@ import os
 
 from tqdm import tqdm
 
-from .data.ctc import (
-    RES_PATTERN,
-    CTCFormatError,
-    check_raw_input,
-    list_frames,
-    output_name,
-    write_result_tracks,
-)
+from .data.ctc import (RES_PATTERN, CTCFormatError, check_raw_input, list_frames, output_name,
+                       write_result_tracks)
 from .predictor import VolumePredictor
 
 logger = logging.getLogger(__name__)
@@ -28,10 +21,8 @@ def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
     elif os.path.isdir(input_path):
         frames = list_frames(input_path)
         files = [path for _, path in sorted(frames.items())] or sorted(
-            os.path.join(input_path, f)
-            for f in os.listdir(input_path)
-            if f.lower().endswith((".tif", ".tiff"))
-        )
+            os.path.join(input_path, f) for f in os.listdir(input_path)
+            if f.lower().endswith((".tif", ".tiff")))
         if not files:
             raise CTCFormatError(f"{input_path}: no .tif files found")
     else:
@@ -44,9 +35,8 @@ def result_folders(pairs: list[tuple[str, str]]) -> list[str]:
     return sorted({os.path.dirname(t) for _, t in pairs if RES_PATTERN.match(os.path.basename(t))})
 
 
-def predict_files(
-    predictor: VolumePredictor, pairs: list[tuple[str, str]], voxel_um: tuple | None = None
-) -> None:
+def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]],
+                  voxel_um: tuple | None = None) -> None:
     """Segment every input volume ((Z, Y, X) voxel size voxel_um, micrometres) and write its
     uint16 label volume (atomically, streaming: :meth:`VolumePredictor.predict_file`). Every
     input is checked (readable, a 3D stack of finite numbers) before the first volume is

@@ -6,7 +6,6 @@ trim for a model with a z-extent head) and scored with SEG; the best point wins.
 The choice and the whole table are written to ``linking.json``, which
 :func:`apply_calibrated_linking` applies to a config whose MODEL.WEIGHTS lie in the same folder.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -56,27 +55,20 @@ def linking_grid(cfg, with_extents: bool = False) -> list[dict]:
     gates = [float(g) for g in grid.EXTENT_GATES_UM] if with_extents else [None]
     trims = [float(t) for t in grid.EXTENT_TRIMS_UM] if with_extents else [None]
     points = []
-    for strategy, min_slices, depth, trim in itertools.product(
-        grid.LINKERS, grid.MIN_SLICES, grid.SPLIT_DEPTHS, trims
-    ):
+    for strategy, min_slices, depth, trim in itertools.product(grid.LINKERS, grid.MIN_SLICES,
+                                                               grid.SPLIT_DEPTHS,
+                                                               trims):
         common = dict(min_slices=int(min_slices), split_depth=float(depth))
         if strategy not in SIMILARITIES:
             extent = {} if trim is None else {"extent_gate_um": 0.0, "extent_trim_um": trim}
             points.append(dict(strategy=strategy, threshold=0.0, look_back=0, **common, **extent))
             continue
-        for threshold, look_back, gate in itertools.product(
-            grid.THRESHOLDS, grid.LOOK_BACKS, gates
-        ):
+        for threshold, look_back, gate in itertools.product(grid.THRESHOLDS, grid.LOOK_BACKS,
+                                                            gates):
             extent = {} if trim is None else {"extent_gate_um": gate, "extent_trim_um": trim}
             points.append(
-                dict(
-                    strategy=strategy,
-                    threshold=float(threshold),
-                    look_back=int(look_back),
-                    **common,
-                    **extent,
-                )
-            )
+                dict(strategy=strategy, threshold=float(threshold), look_back=int(look_back),
+                               **common, **extent))
     return points
 
 
@@ -87,14 +79,12 @@ def predict_validation_volumes(cfg, model: torch.nn.Module) -> list[PastedVolume
         raise ValueError("linking calibration needs validation data: set DATASETS.VAL")
     predictor = VolumePredictor(cfg, model)
     first_slices = [r for name in cfg.DATASETS.VAL for r in DatasetCatalog.get(name) if r["z"] == 0]
-    mine = first_slices[comm.get_rank() :: comm.get_world_size()]
+    mine = first_slices[comm.get_rank()::comm.get_world_size()]
     volumes = []
-    for record in tqdm(
-        mine, desc="calibration: predicting", unit="volume", disable=not comm.is_main_process()
-    ):
-        regions = predictor.regions(
-            read_raw_volume(record["file_name"]), voxel_um=record_voxel_size(record)
-        )
+    for record in tqdm(mine, desc="calibration: predicting", unit="volume",
+                       disable=not comm.is_main_process()):
+        regions = predictor.regions(read_raw_volume(record["file_name"]),
+                                    voxel_um=record_voxel_size(record))
         volumes.append(PastedVolume(record["volume_id"], regions, *read_record_reference(record)))
     if comm.get_world_size() > 1:
         volumes = list(itertools.chain(*comm.all_gather(volumes)))
@@ -110,18 +100,14 @@ def score_linking(volumes: list[PastedVolume], options: dict, fill_gaps: bool) -
     return accumulator.summary()["SEG"]
 
 
-def choose_linking(
-    volumes: list[PastedVolume], grid: list[dict], fill_gaps: bool
-) -> tuple[dict, list[dict]]:
+def choose_linking(volumes: list[PastedVolume], grid: list[dict],
+                   fill_gaps: bool) -> tuple[dict, list[dict]]:
     """(best options, table of every grid point with its SEG); ties go to the earlier point."""
     if not volumes:
         raise ValueError("linking calibration: the validation datasets hold no volume")
-    table = [
-        dict(options, SEG=score_linking(volumes, options, fill_gaps))
-        for options in tqdm(
-            grid, desc="calibration: relinking", unit="setting", disable=not comm.is_main_process()
-        )
-    ]
+    table = [dict(options, SEG=score_linking(volumes, options, fill_gaps))
+             for options in tqdm(grid, desc="calibration: relinking", unit="setting",
+                                 disable=not comm.is_main_process())]
     best = max(range(len(table)), key=lambda i: (table[i]["SEG"], -i))
     return {k: table[best][k] for k in CALIBRATED_KEYS if k in table[best]}, table
 
@@ -145,11 +131,9 @@ def calibrate_linking(cfg, model: torch.nn.Module, output_dir: str) -> dict:
         "volumes": len(volumes),
         "table": table[1:],
     }
-    logger.info(
-        f"Linking calibrated on {len(volumes)} volumes of {', '.join(cfg.DATASETS.VAL)}: "
-        f"{result['choice']} (validation SEG {result['SEG']:.4f}; "
-        f"configured linking {table[0]['SEG']:.4f})"
-    )
+    logger.info(f"Linking calibrated on {len(volumes)} volumes of {', '.join(cfg.DATASETS.VAL)}: "
+                f"{result['choice']} (validation SEG {result['SEG']:.4f}; "
+                f"configured linking {table[0]['SEG']:.4f})")
     if comm.is_main_process():
         write_json(os.path.join(output_dir, LINKING_FILE), result)
     return result

@@ -1,6 +1,5 @@
 """What the command-line tools share (torch-free): one-line errors, the --debug and --voxel-size
 arguments, and output folders that receive a run's files only when the whole run succeeded."""
-
 from __future__ import annotations
 
 import argparse
@@ -54,35 +53,26 @@ def _micrometres(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"takes exactly three numbers Z Y X (micrometres); {text!r} is not a number"
-        ) from None
+            f"takes exactly three numbers Z Y X (micrometres); {text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(
-            f"takes three positive numbers Z Y X (micrometres); got {text}"
-        )
+            f"takes three positive numbers Z Y X (micrometres); got {text}")
     return value
 
 
 def add_voxel_size_argument(parser: argparse.ArgumentParser, help: str) -> None:
     """``--voxel-size Z Y X``: exactly three positive numbers, in micrometres."""
-    parser.add_argument(
-        "--voxel-size",
-        nargs=3,
-        type=_micrometres,
-        metavar=("Z", "Y", "X"),
-        default=None,
-        help=f"{help} (three positive numbers, micrometres)",
-    )
+    parser.add_argument("--voxel-size", nargs=3, type=_micrometres, metavar=("Z", "Y", "X"),
+                        default=None,
+                        help=f"{help} (three positive numbers, micrometres)")
 
 
 def check_new_output_folder(folder: str, overwrite: bool, how: str = "pass --overwrite") -> None:
     """An output folder that exists and holds files is refused unless ``overwrite`` (the error
     says ``how`` to ask for it)."""
     if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
-        raise FileExistsError(
-            f"{folder}: the output folder exists and is not empty; {how} to "
-            "replace the files this run writes"
-        )
+        raise FileExistsError(f"{folder}: the output folder exists and is not empty; {how} to "
+                              "replace the files this run writes")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(f"{folder}: exists and is not a folder")
 
@@ -95,9 +85,8 @@ def staged_output(folder: str):
     parent = os.path.dirname(os.path.abspath(folder))
     try:
         os.makedirs(parent, exist_ok=True)
-        stage = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(os.path.abspath(folder))}.partial-", dir=parent
-        )
+        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.partial-",
+                                 dir=parent)
     except OSError as e:
         raise OSError(f"{folder}: cannot write there ({e.strerror or e})") from e
     created = not os.path.isdir(folder)

@@ -1,5 +1,4 @@
 """Config keys of emr_d2: every key is defined here, once, with its default and meaning."""
-
 from __future__ import annotations
 
 import os
@@ -229,11 +228,8 @@ def add_emr_config(cfg: CN) -> None:
 def config_variants(config_dir: str) -> list[str]:
     """Names of the model variants in a config folder: every YAML file but the Base-* ones,
     baseline_2d first, then alphabetically."""
-    names = [
-        os.path.splitext(f)[0]
-        for f in os.listdir(config_dir)
-        if f.endswith(".yaml") and not f.startswith("Base-")
-    ]
+    names = [os.path.splitext(f)[0] for f in os.listdir(config_dir)
+             if f.endswith(".yaml") and not f.startswith("Base-")]
     return sorted(names, key=lambda name: (name != "baseline_2d", name))
 
 
@@ -252,15 +248,11 @@ def _check_linking(cfg: CN) -> None:
     except LinkOptionError as e:
         raise ValueError(f"TEST.CTC.{CONFIG_KEYS[e.option]}: {e.message}") from None
     grid = cfg.TEST.CTC.CALIBRATION
-    for key, option in (
-        ("LINKERS", "strategy"),
-        ("THRESHOLDS", "threshold"),
-        ("LOOK_BACKS", "look_back"),
-        ("MIN_SLICES", "min_slices"),
-        ("SPLIT_DEPTHS", "split_depth"),
-        ("EXTENT_GATES_UM", "extent_gate_um"),
-        ("EXTENT_TRIMS_UM", "extent_trim_um"),
-    ):
+    for key, option in (("LINKERS", "strategy"), ("THRESHOLDS", "threshold")
+                        , ("LOOK_BACKS", "look_back"),
+                        ("MIN_SLICES", "min_slices"), ("SPLIT_DEPTHS", "split_depth"),
+                        ("EXTENT_GATES_UM", "extent_gate_um")
+                        , ("EXTENT_TRIMS_UM", "extent_trim_um")):
         for value in grid[key]:
             try:
                 options.replace(**{option: value})
@@ -271,8 +263,7 @@ def _check_linking(cfg: CN) -> None:
     if "predicted" in [cfg.TEST.CTC.LINKING, *grid.LINKERS] and not predicts_neighbor_masks(cfg):
         raise ValueError(
             "TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NAME NeighborMaskHead "
-            "and INPUT.NUM_SLICES > 1"
-        )
+                         "and INPUT.NUM_SLICES > 1")
 
 
 def _check_point_rend(cfg: CN, late_heads: bool) -> None:
@@ -284,17 +275,16 @@ def _check_point_rend(cfg: CN, late_heads: bool) -> None:
         return
     key = f"MODEL.ROI_MASK_HEAD.NAME: {head.NAME!r}"
     if head.POOLER_TYPE:
-        raise ValueError(f'{key} pools its own features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE to ""')
+        raise ValueError(
+            f"{key} pools its own features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE to \"\"")
     if late_heads != (head.NAME == "SliceFusionPointRendMaskHead"):
         raise ValueError(
             f"{key}: late fusion (SliceFusionROIHeads) takes SliceFusionPointRendMaskHead, "
-            "every other fusion family PointRendMaskHead or ImplicitPointRendMaskHead"
-        )
+                         "every other fusion family PointRendMaskHead or ImplicitPointRendMaskHead")
     if head.POINT_HEAD_ON and cfg.MODEL.POINT_HEAD.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
         raise ValueError(
             f"MODEL.POINT_HEAD.NUM_CLASSES: {cfg.MODEL.POINT_HEAD.NUM_CLASSES} must equal "
-            f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})"
-        )
+                         f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})")
 
 
 def check_config(cfg: CN) -> None:
@@ -317,8 +307,7 @@ def check_config(cfg: CN) -> None:
     if offsets and (len(offsets) != n or sorted(set(offsets)) != offsets or offsets[n // 2] != 0):
         raise ValueError(
             f"INPUT.SLICE_OFFSETS: {offsets} must be {n} (INPUT.NUM_SLICES) increasing "
-            f"integers with 0 at position {n // 2}"
-        )
+                         f"integers with 0 at position {n // 2}")
     if offsets and cfg.INPUT.SLICE_SPACING_UM > 0:
         raise ValueError("INPUT.SLICE_SPACING_UM: give either it or INPUT.SLICE_OFFSETS, not both")
     for key in ("PIXEL_MEAN", "PIXEL_STD"):
@@ -327,12 +316,10 @@ def check_config(cfg: CN) -> None:
         raise ValueError(f"INPUT.PIXEL_SIZE_UM: {cfg.INPUT.PIXEL_SIZE_UM} must not be negative")
     if cfg.INPUT.SLICE_SPACING_UM < 0:
         raise ValueError(
-            f"INPUT.SLICE_SPACING_UM: {cfg.INPUT.SLICE_SPACING_UM} must not be negative"
-        )
+            f"INPUT.SLICE_SPACING_UM: {cfg.INPUT.SLICE_SPACING_UM} must not be negative")
     if not 0.0 <= cfg.INPUT.CENTER_DEGRADE.PROB <= 1.0:
         raise ValueError(
-            f"INPUT.CENTER_DEGRADE.PROB: {cfg.INPUT.CENTER_DEGRADE.PROB} is not a probability"
-        )
+            f"INPUT.CENTER_DEGRADE.PROB: {cfg.INPUT.CENTER_DEGRADE.PROB} is not a probability")
     _choice("INPUT.SLICE_PADDING", cfg.INPUT.SLICE_PADDING, PADDING_MODES)
     _choice("MODEL.INTENSITY.NAME", cfg.MODEL.INTENSITY.NAME, INTENSITY_MODES)
     fusion = cfg.MODEL.FUSION
@@ -346,31 +333,27 @@ def check_config(cfg: CN) -> None:
     if late_backbone != late_heads:
         raise ValueError(
             f"MODEL.ROI_HEADS.NAME: {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
-            f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs build_late_fusion_backbone "
-            "together with SliceFusionROIHeads"
-        )
+                         f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs "
+                         "build_late_fusion_backbone "
+                         "together with SliceFusionROIHeads")
     if fusion.CENTER_OUTPUTS and cfg.MODEL.BACKBONE.NAME != "build_early_fusion_backbone":
-        raise ValueError(
-            f"MODEL.FUSION.CENTER_OUTPUTS: {list(fusion.CENTER_OUTPUTS)} needs "
-            "build_early_fusion_backbone (other families have no unfused centre features "
-            "there, or pass every slice's)"
-        )
+        raise ValueError(f"MODEL.FUSION.CENTER_OUTPUTS: {list(fusion.CENTER_OUTPUTS)} needs "
+                         "build_early_fusion_backbone (other families have no unfused centre "
+                         "features "
+                         "there, or pass every slice's)")
     _check_point_rend(cfg, late_heads)
     _check_linking(cfg)
     if cfg.MODEL.Z_EXTENT.ENABLED:
         if cfg.MODEL.Z_EXTENT.SCALE_UM <= 0:
             raise ValueError(
-                f"MODEL.Z_EXTENT.SCALE_UM: {cfg.MODEL.Z_EXTENT.SCALE_UM} must be positive"
-            )
+                f"MODEL.Z_EXTENT.SCALE_UM: {cfg.MODEL.Z_EXTENT.SCALE_UM} must be positive")
         if not issubclass(ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME), SliceStackROIHeads):
-            raise ValueError(
-                f"MODEL.Z_EXTENT.ENABLED needs an ROI head with the z-extent branch "
-                f"(SliceStackROIHeads or SliceFusionROIHeads), not {cfg.MODEL.ROI_HEADS.NAME!r}"
-            )
+            raise ValueError(f"MODEL.Z_EXTENT.ENABLED needs an ROI head with the z-extent branch "
+                             "(SliceStackROIHeads or SliceFusionROIHeads), not "
+                             f"{cfg.MODEL.ROI_HEADS.NAME!r}")
         if not cfg.MODEL.MASK_ON:
             raise ValueError(
-                "MODEL.Z_EXTENT.ENABLED reads the mask pooler's features: it needs MODEL.MASK_ON"
-            )
+                "MODEL.Z_EXTENT.ENABLED reads the mask pooler's features: it needs MODEL.MASK_ON")
     if cfg.TEST.CTC.CALIBRATE_LINKING and not cfg.DATASETS.VAL:
         raise ValueError("TEST.CTC.CALIBRATE_LINKING: True needs validation data in DATASETS.VAL")
     _choice("TEST.BEST_METRIC_MODE", cfg.TEST.BEST_METRIC_MODE, ("max", "min"))

@@ -1,5 +1,4 @@
 """VolumePredictor: one 3D stack -> per-slice instances -> one 3D label volume."""
-
 from __future__ import annotations
 
 import logging
@@ -14,24 +13,11 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 
 from .data.ctc import RawStack, write_label_planes
-from .data.window import (
-    SliceWindow,
-    normalised_slices,
-    percentile_range,
-    pixel_scale,
-    scaled_size,
-    warn_if_deeper_than,
-    z_spacing_um,
-)
-from .linking import (
-    LinkedVolume,
-    LinkOptions,
-    SliceRegions,
-    link_slices,
-    open_linker,
-    paste_volume,
-    slice_prediction,
-)
+from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale,
+                          scaled_size,
+                          warn_if_deeper_than, z_spacing_um)
+from .linking import (LinkedVolume, LinkOptions, SliceRegions, link_slices, open_linker,
+                      paste_volume, slice_prediction)
 from .modeling.checkpoint import SliceStackCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -125,15 +111,14 @@ class VolumePredictor:
                 logger.warning(
                     "The voxel size of the input is unknown: its pixels are taken to be the "
                     "model's "
-                    f"{self.pixel_size_um:g} um (give --voxel-size Z Y X if they are not)"
-                )
+                               f"{self.pixel_size_um:g} um (give --voxel-size Z Y X if they are "
+                               "not)")
                 self._warned_unknown_voxel = True
             return 1.0
         return pixel_scale(self.pixel_size_um, voxel_um)
 
-    def slice_instances(
-        self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None
-    ) -> Iterator[tuple[int, Instances]]:
+    def slice_instances(self, volume: np.ndarray, progress: bool = False,
+                        voxel_um: tuple | None = None) -> Iterator[tuple[int, Instances]]:
         """Yield (z, Instances at native size) for every slice of a (Z, H, W) raw volume of
         (Z, Y, X) voxel size voxel_um (micrometres; needed with INPUT.SLICE_SPACING_UM or
         INPUT.PIXEL_SIZE_UM, which resizes the slices before the model)."""
@@ -149,9 +134,8 @@ class VolumePredictor:
             """Normalised slices (S, H', W') at the model's pixel size; index -1: zeros."""
             out = normalised_slices(volume, indices, *intensity_range).transpose(1, 2, 0)
             if scale != 1.0:
-                out = T.ResizeTransform(
-                    *out.shape[:2], *scaled_size(*out.shape[:2], scale)
-                ).apply_image(out)
+                out = T.ResizeTransform(*out.shape[:2],
+                                        *scaled_size(*out.shape[:2], scale)).apply_image(out)
             out = self.resize.get_transform(out).apply_image(out)
             return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
@@ -184,55 +168,43 @@ class VolumePredictor:
         missing = sorted(needed - set(features))
         # even passes of at most cache["chunk"] slices (GroupNorm needs more than one value per
         # group: a pass of one slice whose deepest level is 1 x 1 would fail)
-        for part in (
-            np.array_split(np.array(missing, dtype=int), -(-len(missing) // cache["chunk"]))
-            if missing
-            else []
-        ):
+        for part in np.array_split(np.array(missing, dtype=int),
+                                   -(-len(missing) // cache["chunk"])) if missing else []:
             computed, cache["image_size"] = self.model.slice_features(slices(part.tolist()))
             features.update(zip(part.tolist(), computed))
         return self.model.inference_from_slice_features(
-            [[features[i] for i in window] for window in windows], cache["image_size"], inputs
-        )
+            [[features[i] for i in window] for window in windows], cache["image_size"], inputs)
 
     # ------------------------------------------------------------------ whole volume
-    def regions(
-        self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None
-    ) -> SliceRegions:
+    def regions(self, volume: np.ndarray, progress: bool = False,
+                voxel_um: tuple | None = None) -> SliceRegions:
         """Predict and paste every slice of a (Z, H, W) raw volume (with predicted neighbour
         masks and z extents where the model predicts them), ready for linking."""
-        predictions = (
-            (z, slice_prediction(instances, self.score_threshold))
-            for z, instances in self.slice_instances(volume, progress, voxel_um)
-        )
-        return paste_volume(
-            predictions, volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um)
-        )
+        predictions = ((z, slice_prediction(instances, self.score_threshold))
+                       for z, instances in self.slice_instances(volume, progress, voxel_um))
+        return paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um),
+                            z_spacing_um(voxel_um))
 
-    def __call__(
-        self, volume: np.ndarray, progress: bool = False, voxel_um: tuple | None = None
-    ) -> LinkedVolume:
+    def __call__(self, volume: np.ndarray, progress: bool = False,
+                 voxel_um: tuple | None = None) -> LinkedVolume:
         """Segment a (Z, H, W) raw volume into a uint16 label volume of the same shape."""
         return link_slices(self.regions(volume, progress, voxel_um), self.link_options)
 
-    def stream(
-        self, volume, voxel_um: tuple | None = None, progress: bool = False
-    ) -> Iterator[tuple[int, list[tuple[int, np.ndarray]]]]:
+    def stream(self, volume, voxel_um: tuple | None = None,
+               progress: bool = False) -> Iterator[tuple[int, list[tuple[int, np.ndarray]]]]:
         """Segment a (Z, H, W) raw volume (an array or a :class:`RawStack`) slice by slice: after
         each slice z is predicted, yields (z, the label planes ``(index, (H, W) uint16)`` that no
         later slice can change, in z order), and (Z, the rest) at the end. The planes are those of
         ``self(volume)``; only the slices of objects still open are held (:func:`open_linker`; the
         "connected" linker holds every slice and returns them all at the end)."""
-        linker = open_linker(
-            volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um), self.link_options
-        )
+        linker = open_linker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um),
+                             self.link_options)
         for z, instances in self.slice_instances(volume, progress, voxel_um):
             yield z, linker.add(z, slice_prediction(instances, self.score_threshold))
         yield volume.shape[0], linker.finish()
 
-    def predict_file(
-        self, source: str, target: str, voxel_um: tuple | None = None, progress: bool = False
-    ) -> int:
+    def predict_file(self, source: str, target: str, voxel_um: tuple | None = None,
+                     progress: bool = False) -> int:
         """Segment the raw stack in file source into a uint16 label TIFF target (atomically) and
         return its number of objects, streaming (:meth:`stream`): the raw stack is read slice by
         slice (:class:`RawStack`) and the labels are written plane by plane as they are final."""

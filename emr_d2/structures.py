@@ -1,5 +1,4 @@
 """NeighborMasks: the masks of the centre slice's objects in the neighbour slices of a window."""
-
 from __future__ import annotations
 
 import torch
@@ -26,16 +25,12 @@ class NeighborMasks:
 
     def __getitem__(self, item) -> "NeighborMasks":
         index = self.index[item]
-        return NeighborMasks(
-            self.masks, self.valid, index.reshape(-1) if index.dim() == 0 else index
-        )
+        return NeighborMasks(self.masks, self.valid,
+                             index.reshape(-1) if index.dim() == 0 else index)
 
     def to(self, *args, **kwargs) -> "NeighborMasks":
-        return NeighborMasks(
-            self.masks.to(*args, **kwargs),
-            self.valid.to(*args, **kwargs),
-            self.index.to(*args, **kwargs),
-        )
+        return NeighborMasks(self.masks.to(*args, **kwargs), self.valid.to(*args, **kwargs),
+                             self.index.to(*args, **kwargs))
 
     @property
     def device(self) -> torch.device:

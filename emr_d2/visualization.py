@@ -1,5 +1,4 @@
 """Pictures: slice grids with outlines, orthogonal views, fusion weights, training curves."""
-
 from __future__ import annotations
 
 import json
@@ -25,15 +24,13 @@ def _subplots(rows: int, cols: int, **kwargs):
 
 def _display(raw: np.ndarray) -> np.ndarray:
     return np.clip(
-        normalise(raw, *percentile_range(raw[None] if raw.ndim == 2 else raw, (1.0, 99.8))), 0, 1
-    )
+        normalise(raw, *percentile_range(raw[None] if raw.ndim == 2 else raw, (1.0, 99.8))), 0, 1)
 
 
 def outlines(labels: np.ndarray) -> np.ndarray:
     """Boundary pixels of every object of a 2D label image, carrying the object's label."""
-    edge = (ndimage.grey_dilation(labels, size=3) != ndimage.grey_erosion(labels, size=3)) & (
-        labels > 0
-    )
+    edge = (ndimage.grey_dilation(labels, size=3)
+            != ndimage.grey_erosion(labels, size=3)) & (labels > 0)
     return np.where(edge, labels, 0)
 
 
@@ -43,26 +40,13 @@ def _label_colours(n: int) -> np.ndarray:
     return np.concatenate([np.zeros((1, 3)), colours])
 
 
-def _overlay(
-    ax,
-    image: np.ndarray,
-    gt: np.ndarray | None,
-    pred: np.ndarray | None,
-    colours: np.ndarray,
-    aspect=1.0,
-):
+def _overlay(ax, image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None,
+             colours: np.ndarray, aspect=1.0):
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
     if gt is not None:  # reference outlines in white
         edge = outlines(gt) > 0
-        ax.imshow(
-            np.ma.masked_where(~edge, edge),
-            cmap="Greys_r",
-            vmin=0,
-            vmax=1,
-            aspect=aspect,
-            interpolation="nearest",
-            alpha=0.9,
-        )
+        ax.imshow(np.ma.masked_where(~edge, edge), cmap="Greys_r", vmin=0, vmax=1, aspect=aspect,
+                  interpolation="nearest", alpha=0.9)
     if pred is not None:  # predicted outlines coloured by 3D object id
         edge = outlines(pred)
         rgba = np.zeros(edge.shape + (4,))
@@ -75,22 +59,13 @@ def _overlay(
 
 def _legend(gt: np.ndarray | None, pred: np.ndarray | None) -> str:
     """What an overlay shows: raw, and the outlines that were given."""
-    parts = (
-        ["raw"]
-        + ["reference outlines (white)"] * (gt is not None)
+    parts = ["raw"] + ["reference outlines (white)"] * (gt is not None) \
         + ["predicted outlines (colour = 3D object)"] * (pred is not None)
-    )
     return ", ".join(parts)
 
 
-def plot_slice_grid(
-    raw: np.ndarray,
-    gt: np.ndarray | None,
-    pred: np.ndarray | None,
-    path: str,
-    num_slices: int = 8,
-    title: str = "",
-) -> None:
+def plot_slice_grid(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None, path: str,
+                    num_slices: int = 8, title: str = "") -> None:
     """A grid of evenly spaced z slices: raw data, reference outlines (white) and predicted
     outlines coloured by 3D object id (one colour per object across all slices)."""
     image = _display(raw)
@@ -104,9 +79,8 @@ def plot_slice_grid(
         ax.axis("off")
     for ax, z in zip(axes.flat, zs):
         ax.axis("on")
-        _overlay(
-            ax, image[z], None if gt is None else gt[z], None if pred is None else pred[z], colours
-        )
+        _overlay(ax, image[z], None if gt is None else gt[z], None if pred is None else pred[z],
+                 colours)
         ax.set_title(f"z = {z}", fontsize=9)
     fig.suptitle(title or _legend(gt, pred), fontsize=10)
     fig.tight_layout()
@@ -122,13 +96,8 @@ def orthogonal_aspects(voxel_size: tuple[float, float, float] | None) -> tuple[f
     return vz / vx, vz / vy
 
 
-def plot_orthogonal(
-    raw: np.ndarray,
-    gt: np.ndarray | None,
-    pred: np.ndarray | None,
-    path,
-    voxel_size: tuple[float, float, float] | None = None,
-) -> Figure:
+def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None, path,
+                    voxel_size: tuple[float, float, float] | None = None) -> Figure:
     """XY, XZ and YZ sections through the volume centre, with reference (white) and predicted
     (colour = 3D object id) outlines: a linked object keeps one colour along z. The side views
     are drawn at the physical aspect of voxel_size (Z, Y, X in micrometres; 1:1 voxels, said in
@@ -140,41 +109,19 @@ def plot_orthogonal(
     colours = _label_colours(int(pred.max()) if pred is not None else 1)
     cut_colours = {"XY": "tab:orange", "XZ": "tab:cyan", "YZ": "tab:pink"}
     views = [  # name, cut, aspect, (x axis, y axis), lines: (orientation, position, view it shows)
-        (
-            "XY",
-            f"z = {z}",
-            lambda v: v[z],
-            1.0,
-            ("x (pixels)", "y (pixels)"),
-            [("h", y, "XZ"), ("v", x, "YZ")],
-        ),
-        (
-            "XZ",
-            f"y = {y}",
-            lambda v: v[:, y, :],
-            xz_aspect,
-            ("x (pixels)", "z (slices, 0 at the top) ↓"),
-            [("h", z, "XY"), ("v", x, "YZ")],
-        ),
-        (
-            "YZ",
-            f"x = {x}",
-            lambda v: v[:, :, x],
-            yz_aspect,
-            ("y (pixels)", "z (slices, 0 at the top) ↓"),
-            [("h", z, "XY"), ("v", y, "XZ")],
-        ),
+        ("XY", f"z = {z}", lambda v: v[z],
+         1.0, ("x (pixels)", "y (pixels)"), [("h", y, "XZ"), ("v", x, "YZ")]),
+        ("XZ", f"y = {y}", lambda v: v[:, y, :],
+         xz_aspect, ("x (pixels)", "z (slices, 0 at the top) ↓"),
+         [("h", z, "XY"), ("v", x, "YZ")]),
+        ("YZ", f"x = {x}", lambda v: v[:, :, x],
+         yz_aspect, ("y (pixels)", "z (slices, 0 at the top) ↓"),
+         [("h", z, "XY"), ("v", y, "XZ")]),
     ]
     fig, axes = _subplots(1, 3, figsize=(14, 5.4))
     for ax, (name, where, cut, aspect, (xlabel, ylabel), lines) in zip(axes, views):
-        _overlay(
-            ax,
-            cut(image),
-            None if gt is None else cut(gt),
-            None if pred is None else cut(pred),
-            colours,
-            aspect,
-        )
+        _overlay(ax, cut(image), None if gt is None else cut(gt),
+                 None if pred is None else cut(pred), colours, aspect)
         for orientation, position, other in lines:
             draw = ax.axhline if orientation == "h" else ax.axvline
             draw(position, color=cut_colours[other], ls="--", lw=1.4)
@@ -187,14 +134,9 @@ def plot_orthogonal(
     scale = (
         f"side views at the physical aspect of {' x '.join(f'{v:g}' for v in voxel_size)} um "
         "voxels (Z x Y x X)"
-        if voxel_size is not None
-        else "voxel size unknown: side views drawn with 1:1 voxels"
-    )
-    fig.suptitle(
-        f"orthogonal sections: {_legend(gt, pred)};\n"
-        f"dashed lines: where the other sections cut (frame colours); {scale}",
-        fontsize=9,
-    )
+             if voxel_size is not None else "voxel size unknown: side views drawn with 1:1 voxels")
+    fig.suptitle(f"orthogonal sections: {_legend(gt, pred)};\n"
+                 f"dashed lines: where the other sections cut (frame colours); {scale}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100, format="png", bbox_inches="tight")
     return fig
@@ -225,13 +167,11 @@ def fusion_title(module_name: str, class_name: str) -> str:
 
 EDGE_NOTE = (
     "interior: windows whose slices all lie inside the volume; edge: windows centred on the "
-    "volume's edge slices, whose neighbours beyond the volume are filled in"
-)
+             "volume's edge slices, whose neighbours beyond the volume are filled in")
 
 
-def plot_fusion_weights(
-    weights: dict[str, dict[str, np.ndarray]], path, pixel_maps: dict[str, np.ndarray] | None = None
-) -> Figure:
+def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path,
+                        pixel_maps: dict[str, np.ndarray] | None = None) -> Figure:
     """Bars of the mean weight of every slice offset dz per fusion module, for windows in the
     volume's interior and at its edges (where slices are padded); optional heat maps of
     per-pixel weights (title -> (N, h, w) for one window). Returns the figure.
@@ -249,12 +189,8 @@ def plot_fusion_weights(
         offsets = np.arange(n) - n // 2
         width = 0.8 / len(groups)
         for k, (group, values) in enumerate(groups.items()):
-            ax.bar(
-                offsets + (k - (len(groups) - 1) / 2) * width,
-                values,
-                width,
-                label=f"{group} windows",
-            )
+            ax.bar(offsets + (k - (len(groups) - 1) / 2) * width, values, width,
+                   label=f"{group} windows")
         ax.set_xticks(offsets)
         ax.set_xticklabels([f"{d:+d}" if d else "0 (centre)" for d in offsets])
         ax.set_xlabel("slice offset dz from the centre slice")
@@ -269,15 +205,13 @@ def plot_fusion_weights(
             ax = axes[k]
             k += 1
             shown = ax.imshow(weight_map, vmin=0, vmax=1, cmap="viridis")
-            ax.set_title(
-                f"{name}\nper-pixel weight of dz = {i - n // 2:+d}, centre window", fontsize=8
-            )
+            ax.set_title(f"{name}\nper-pixel weight of dz = {i - n // 2:+d}, centre window",
+                         fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(shown, ax=ax, fraction=0.046)
-    note = textwrap.fill(
-        "which slices the model relies on; " + EDGE_NOTE, width=int(fig.get_figwidth() * 15)
-    )
+    note = textwrap.fill("which slices the model relies on; " + EDGE_NOTE,
+                         width=int(fig.get_figwidth() * 15))
     fig.suptitle(note, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png", bbox_inches="tight")
@@ -300,12 +234,12 @@ def read_metrics(path: str) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise MetricsFormatError(
                     f"{path}: line {number} is not JSON ({e.msg}); expected detectron2's "
-                    "metrics.json (one JSON object per line), e.g. OUTPUT_DIR/metrics.json"
-                ) from e
+                                         "metrics.json (one JSON object per line), e.g. "
+                                         "OUTPUT_DIR/metrics.json") from e
             if not isinstance(row, dict) or "iteration" not in row:
                 raise MetricsFormatError(
-                    f'{path}: line {number} has no "iteration"; expected detectron2\'s metrics.json'
-                )
+                    f"{path}: line {number} has no \"iteration\"; expected detectron2's "
+                                         "metrics.json")
             rows.append(row)
     if not rows:
         raise MetricsFormatError(f"{path}: no logged iteration")
@@ -322,12 +256,9 @@ def _padded_limits(values: list[float], log: bool = False) -> tuple[float, float
 
 
 # metrics.json keys of the evaluation -> what a plot calls them
-EVALUATION_LABELS = {
-    "ctc/SEG": "SEG (CTC, 3D)",
-    "ctc/DET": "DET (CTC)",
-    "ctc/SEG_2D": "SEG per slice",
-    "validation_loss": "validation loss",
-}
+EVALUATION_LABELS = {"ctc/SEG": "SEG (CTC, 3D)", "ctc/DET": "DET (CTC)",
+                     "ctc/SEG_2D": "SEG per slice",
+                     "validation_loss": "validation loss"}
 
 
 def plot_training_curves(metrics_file: str, path) -> Figure:
@@ -340,22 +271,16 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
     fusion = sorted({k for r in rows for k in r if k.startswith("fusion/")})
     modules = {k.rsplit("/", 1)[0] for k in fusion}
     labels = {
-        k: (
-            f"{' '.join(fusion_place(k[len('fusion/') :].rsplit('/', 1)[0]))}, "
-            if len(modules) > 1
-            else ""
-        )
-        + k.rsplit("/", 1)[1].replace("dz", "dz ")
-        for k in fusion
-    }
+        k: (f"{' '.join(fusion_place(k[len('fusion/'):].rsplit('/', 1)[0]))}, " if len(modules) > 1
+            else "")
+              + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
     labels.update(EVALUATION_LABELS)
     panels = [(losses, "training losses", "loss (log scale)", True)]
     if extras:
         panels.append((extras, "evaluation", "score or loss", False))
     if fusion:
-        panels.append(
-            (fusion, "mean slice weight per window position", "weight (sums to 1)", False)
-        )
+        panels.append((fusion, "mean slice weight per window position", "weight (sums to 1)",
+                       False))
     fig, axes = _subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     iterations = [r["iteration"] for r in rows]
     for ax, (keys, title, ylabel, log_scale) in zip(axes.flat, panels):
@@ -366,13 +291,8 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
             label = labels.get(key, key)
             if len(points) == 1:
                 ax.plot(*points[0], "o", label=f"{label} = {points[0][1]:.3f}")
-                ax.annotate(
-                    f"{points[0][1]:.3f}",
-                    points[0],
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    fontsize=8,
-                )
+                ax.annotate(f"{points[0][1]:.3f}", points[0], textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
             else:
                 ax.plot(*zip(*points), "-", label=label, lw=2 if key == "total_loss" else 1)
         if log_scale and values and min(values) > 0:
@@ -390,9 +310,8 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
     return fig
 
 
-def collect_fusion_weights(
-    cfg, model, volume: np.ndarray, voxel_um: tuple | None = None
-) -> tuple[dict, dict]:
+def collect_fusion_weights(cfg, model, volume: np.ndarray,
+                           voxel_um: tuple | None = None) -> tuple[dict, dict]:
     """Predict a (Z, H, W) volume one window at a time (VolumePredictor, as inference does) and
     average each fusion module's slice weights per window position, separately for edge windows
     (touching padding) and interior ones.
@@ -415,17 +334,14 @@ def collect_fusion_weights(
         reach = z + offsets
         group = "edge" if reach.min() < 0 or reach.max() >= depth else "interior"
         for name, w in fusion_weights(model).items():
-            sums.setdefault(name, {}).setdefault(group, []).append(
-                mean_slice_weights(w).cpu().numpy()
-            )
+            sums.setdefault(name,
+                            {}).setdefault(group, []).append(mean_slice_weights(w).cpu().numpy())
             if z == depth // 2 and w.dim() == 4:
                 maps[name] = w[0].cpu().numpy()
     modules = dict(model.named_modules())
     title = {name: fusion_title(name, type(modules[name]).__name__) for name in sums}
-    weights = {
-        title[name]: {g: np.mean(v, axis=0) for g, v in groups.items()}
-        for name, groups in sums.items()
-    }
+    weights = {title[name]: {g: np.mean(v, axis=0) for g, v in groups.items()}
+               for name, groups in sums.items()}
     return weights, {title[name]: m for name, m in maps.items()}
 
 

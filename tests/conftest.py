@@ -1,13 +1,11 @@
 """Shared fixtures: a tiny SIM+-like CTC dataset made on the fly, and tiny model configs."""
-
 import os
 import sys
 import tempfile
 
 # The benchmark's runner lives beside the tools that use it (tools/benchmark_runner.py).
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-)
+sys.path.insert(0,
+                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
 # Keep the slice-index cache and dataset discovery of the tests away from the user's.
 os.environ.setdefault("EMR_CACHE", tempfile.mkdtemp(prefix="emr_cache_"))
@@ -22,14 +20,8 @@ from emr_d2.data.synthetic import SyntheticPreset, write_synthetic_dataset  # no
 LEARNED_RECALL = 0.5
 
 # 8 x 64 x 64 voxels, 4 nuclei of about 24 px across.
-TINY_PRESET = SyntheticPreset(
-    field_um=(3.2, 16.0, 16.0),
-    scale=0.5,
-    frames={"01": 6, "02": 3},
-    num_nuclei=4,
-    min_separation=1.05,
-    division_rate=0.0,
-)
+TINY_PRESET = SyntheticPreset(field_um=(3.2, 16.0, 16.0), scale=0.5, frames={"01": 6, "02": 3},
+                              num_nuclei=4, min_separation=1.05, division_rate=0.0)
 
 
 def pytest_collection_modifyitems(items):
@@ -72,13 +64,10 @@ def trained(tiny_dataset, tmp_path_factory):
         pytest.fail(
             f"training the tiny model failed (exit {run.returncode}): "
             f"{log.strip().splitlines()[-1]}",
-            pytrace=False,
-        )
+                    pytrace=False)
     if metrics["recall"] < LEARNED_RECALL:
         pytest.fail(
             f"the tiny model did not learn: recall {metrics['recall']:.2f} < {LEARNED_RECALL} on "
             "TINY_02 "
-            f"(SEG {metrics['SEG']:.3f}); log in {out}",
-            pytrace=False,
-        )
+                    f"(SEG {metrics['SEG']:.3f}); log in {out}", pytrace=False)
     return out, log

@@ -1,5 +1,4 @@
 """Tiny model configs for fast tests, and the command-line tools run as a user runs them."""
-
 import json
 import os
 import subprocess
@@ -13,44 +12,16 @@ CONFIGS = os.path.join(ROOT, "configs")
 
 # A ResNet-18 FPN with 32 channels and small heads on 64 x 64 inputs.
 TINY_MODEL = [
-    "MODEL.RESNETS.DEPTH",
-    "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "64",
-    "MODEL.FPN.OUT_CHANNELS",
-    "32",
-    "MODEL.ANCHOR_GENERATOR.SIZES",
+    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ANCHOR_GENERATOR.SIZES",
     "[[8], [16], [32], [64], [128]]",
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
-    "200",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-    "50",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST",
-    "100",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "30",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-    "32",
-    "MODEL.ROI_BOX_HEAD.NUM_CONV",
-    "0",
-    "MODEL.ROI_BOX_HEAD.NUM_FC",
-    "1",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "64",
-    "MODEL.ROI_MASK_HEAD.NUM_CONV",
-    "1",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM",
-    "32",
-    "MODEL.FUSION.HIDDEN_DIM",
-    "16",
-    "MODEL.FUSION.ATTENTION.NUM_HEADS",
-    "2",
-    "INPUT.CROP.ENABLED",
-    "False",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "MODEL.DEVICE",
-    "cpu",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.ROI_BOX_HEAD.NUM_CONV", "0",
+    "MODEL.ROI_BOX_HEAD.NUM_FC", "1", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV", "1", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+    "MODEL.FUSION.HIDDEN_DIM", "16", "MODEL.FUSION.ATTENTION.NUM_HEADS", "2",
+    "INPUT.CROP.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
 ]
 
 VARIANTS = config_variants(CONFIGS)
@@ -89,28 +60,11 @@ def tiny_cfg(variant: str, num_slices: int | None = None, extra=(), freeze=True)
     return setup_config(os.path.join(CONFIGS, f"{variant}.yaml"), opts, freeze=freeze)
 
 
-TRAIN = [
-    "DATASETS.TRAIN",
-    "('TINY_01',)",
-    "DATASETS.TEST",
-    "('TINY_02',)",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.BASE_LR",
-    "0.001",
-    "SOLVER.WARMUP_ITERS",
-    "5",
-    "SOLVER.STEPS",
-    "()",
-    "INPUT.NUM_SLICES",
-    "3",
-    "TEST.CTC.COCO_AP",
-    "True",
-    "DATASETS.VAL",
-    "()",
-    "TEST.CTC.CALIBRATE_LINKING",
-    "False",
-]
+TRAIN = ["DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)", "SOLVER.IMS_PER_BATCH",
+         "2",
+         "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "()",
+         "INPUT.NUM_SLICES", "3",
+         "TEST.CTC.COCO_AP", "True", "DATASETS.VAL", "()", "TEST.CTC.CALIBRATE_LINKING", "False"]
 
 
 # The trained fixture's schedule. 30 iterations at 1e-3 found no nucleus with AVX-512 kernels; 100
@@ -123,77 +77,35 @@ LEARNING_RATE = 0.004
 VAL_LOSS_PERIOD = 10
 
 
-def train_learning_model(
-    dataset_root: str,
-    out: str,
-    seed: int = 1,
-    env: dict | None = None,
-    iterations: int = LEARNING_ITERATIONS,
-    base_lr: float = LEARNING_RATE,
-):
+def train_learning_model(dataset_root: str, out: str, seed: int = 1, env: dict | None = None,
+                         iterations: int = LEARNING_ITERATIONS, base_lr: float = LEARNING_RATE):
     """Train the tiny mlp_fusion model of the `trained` fixture with tools/train_net.py into out
     (linking calibrated on TINY_01_val, evaluated on TINY_02); env: extra environment variables.
 
     Returns:
         (the finished process, the CTC metrics on TINY_02 as a dict; empty if training failed)
     """
-    run = tool(
-        "train_net.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        *TINY_MODEL,
-        *TRAIN,
-        "SOLVER.MAX_ITER",
-        str(iterations),
-        "SOLVER.BASE_LR",
-        str(base_lr),
-        "SOLVER.CHECKPOINT_PERIOD",
-        "1000",
-        "OUTPUT_DIR",
-        out,
-        "DATASETS.VAL",
-        "('TINY_01_val',)",
-        "DATASETS.SPLIT.GAP",
-        "1",
-        "TEST.VAL_LOSS_PERIOD",
-        str(VAL_LOSS_PERIOD),
-        "TEST.VAL_LOSS_BATCHES",
-        "2",
-        "TEST.CTC.CALIBRATE_LINKING",
-        "True",
-        "SEED",
-        str(seed),
-        dataset_root=dataset_root,
-        check=False,
-        extra_env=env,
-    )
+    run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+               *TINY_MODEL, *TRAIN,
+               "SOLVER.MAX_ITER", str(iterations), "SOLVER.BASE_LR", str(base_lr),
+               "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", out, "DATASETS.VAL",
+               "('TINY_01_val',)",
+               "DATASETS.SPLIT.GAP", "1", "TEST.VAL_LOSS_PERIOD", str(VAL_LOSS_PERIOD),
+               "TEST.VAL_LOSS_BATCHES", "2",
+               "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", str(seed),
+               dataset_root=dataset_root, check=False, extra_env=env)
     metrics_file = os.path.join(out, "inference", "TINY_02", "ctc_metrics.json")
     metrics = json.load(open(metrics_file)) if run.returncode == 0 else {}
     return run, metrics
 
 
-def tool(
-    name: str,
-    *args: str,
-    dataset_root: str,
-    check: bool = True,
-    extra_env: dict | None = None,
-    **kwargs,
-) -> subprocess.CompletedProcess:
+def tool(name: str, *args: str, dataset_root: str, check: bool = True,
+         extra_env: dict | None = None,
+         **kwargs) -> subprocess.CompletedProcess:
     """Run tools/<name> in a subprocess with $EMR_DATASETS the folder above dataset_root (and
     extra_env's variables)."""
-    env = dict(
-        os.environ,
-        EMR_DATASETS=os.path.dirname(dataset_root),
-        PYTHONWARNINGS="ignore",
-        **(extra_env or {}),
-    )
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", name), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=check,
-        **kwargs,
-    )
+    env = dict(os.environ, EMR_DATASETS=os.path.dirname(dataset_root), PYTHONWARNINGS="ignore",
+               **(extra_env or {}))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], env=env,
+                          cwd=ROOT,
+                          capture_output=True, text=True, check=check, **kwargs)

@@ -1,6 +1,5 @@
 """Mixed precision on the CPU (bfloat16 autocast) for every fusion family, and activation
 checkpointing of the per-slice backbone."""
-
 import numpy as np
 import pytest
 import torch
@@ -14,14 +13,9 @@ from emr_d2.engine.amp import MixedPrecisionTrainer
 
 from helpers import tiny_cfg
 
-FAMILIES = [
-    "baseline_2d",
-    "channel_fusion",
-    "mlp_fusion",
-    "late_fusion_mlp",
-    "cross_slice_attention",
-    "neighbor_fusion",
-]
+FAMILIES = ["baseline_2d", "channel_fusion", "mlp_fusion", "late_fusion_mlp",
+            "cross_slice_attention",
+            "neighbor_fusion"]
 
 
 def batch(cfg):
@@ -56,18 +50,8 @@ def test_bfloat16_autocast_losses_are_close_to_float32(registered_tiny, variant)
 
 def test_mixed_precision_trainer_steps_on_the_cpu(registered_tiny):
     torch.manual_seed(0)
-    cfg = tiny_cfg(
-        "mlp_fusion",
-        3,
-        [
-            "DATASETS.TRAIN",
-            "('TINY_01',)",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "SOLVER.AMP.ENABLED",
-            "True",
-        ],
-    )
+    cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
+                                     "SOLVER.AMP.ENABLED", "True"])
     model = build_model(cfg)
     optimizer = Trainer.build_optimizer(cfg, model)
     trainer = Trainer.build_step_trainer(cfg, model, Trainer.build_train_loader(cfg), optimizer)
@@ -86,11 +70,8 @@ def test_activation_checkpointing_gives_the_same_gradients(registered_tiny, vari
     grads = []
     for checkpointed in (False, True):
         torch.manual_seed(0)
-        cfg = tiny_cfg(
-            variant,
-            3,
-            ["MODEL.FUSION.CHECKPOINT_SLICES", str(checkpointed), "INPUT.RANDOM_ROT90", "False"],
-        )
+        cfg = tiny_cfg(variant, 3, ["MODEL.FUSION.CHECKPOINT_SLICES", str(checkpointed),
+                                    "INPUT.RANDOM_ROT90", "False"])
         model = build_model(cfg)
         assert model.backbone.checkpoint_slices == checkpointed
         inputs = batch(cfg)

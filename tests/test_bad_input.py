@@ -1,6 +1,5 @@
 """Bad input: one clear line naming the file and the problem, a non-zero exit code, no traceback
 and nothing written under a final name — for train_net, predict, ctc_seg and make_synthetic."""
-
 import logging
 import os
 import shutil
@@ -22,13 +21,8 @@ def run_tool(name, *args, datasets=None):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if datasets:
         env["EMR_DATASETS"] = str(datasets)
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def assert_one_line_error(run, *fragments):
@@ -51,28 +45,16 @@ def weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     torch.save({"model": build_model(tiny_cfg("mlp_fusion", 3)).state_dict()}, folder / "mlp.pth")
-    torch.save(
-        {"model": build_model(tiny_cfg("channel_fusion", 5)).state_dict()}, folder / "other.pth"
-    )
+    torch.save({"model": build_model(tiny_cfg("channel_fusion", 5)).state_dict()},
+               folder / "other.pth")
     return folder
 
 
 def predict(weights, source, output, *extra):
-    return run_tool(
-        "predict.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "--input",
-        source,
-        "--output",
-        output,
-        *TINY_MODEL,
-        "INPUT.NUM_SLICES",
-        "3",
-        "MODEL.WEIGHTS",
-        weights,
-        *extra,
-    )
+    return run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                    "--input", source,
+                    "--output", output, *TINY_MODEL, "INPUT.NUM_SLICES", "3", "MODEL.WEIGHTS",
+                    weights, *extra)
 
 
 def test_predict_2d_tiff(tmp_path, weights):
@@ -116,9 +98,8 @@ def test_predict_unwritable_output(tmp_path, weights):
 
 def test_num_slices_deeper_than_the_volume_pads_and_warns_once(tmp_path, weights):
     write(
-        str(tmp_path / "thin.tif"),
-        (np.random.default_rng(0).random((2, 64, 64)) * 1000).astype(np.uint16),
-    )
+        str(tmp_path / "thin.tif")
+        , (np.random.default_rng(0).random((2, 64, 64)) * 1000).astype(np.uint16))
     run = predict(weights / "mlp.pth", tmp_path / "thin.tif", tmp_path / "out")
     assert run.returncode == 0, run.stderr[-2000:]
     assert (run.stdout + run.stderr).count("exceeds the volume's 2 slices") == 1
@@ -135,9 +116,8 @@ def ctc_pair(tmp_path, gt, res):
 def test_ctc_seg_shape_mismatch(tmp_path):
     gt = np.zeros((4, 16, 16), np.uint16)
     gt[1, 2:5, 2:5] = 1
-    assert_one_line_error(
-        ctc_pair(tmp_path, gt, np.zeros((4, 16, 15), np.uint16)), "man_seg000.tif", "differs"
-    )
+    assert_one_line_error(ctc_pair(tmp_path, gt, np.zeros((4, 16, 15), np.uint16)),
+                          "man_seg000.tif", "differs")
 
 
 def test_ctc_seg_all_references_empty_is_one_error(tmp_path):
@@ -161,9 +141,8 @@ def test_ctc_seg_scores_an_empty_reference_frame_as_the_ctc_does(tmp_path):
     run = run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "GT")
     assert run.returncode == 0, run.stderr[-2000:]
     ours = float(run.stdout.split("SEG measure:")[1])
-    assert ours == pytest.approx(
-        reference_seg(tmp_path, pairs), abs=1e-6
-    )  # py-ctcmetrics' matching
+    assert ours == pytest.approx(reference_seg(tmp_path, pairs),
+                                 abs=1e-6)  # py-ctcmetrics' matching
     warnings = [line for line in run.stderr.splitlines() if "contain no object" in line]
     assert len(warnings) == 1 and "1 of 3 reference frames" in warnings[0]
 
@@ -192,26 +171,12 @@ def test_missing_reference_frames_are_skipped_with_one_warning(tiny_dataset, tmp
 
 
 def train(datasets, output, *extra, train_set="BAD_01"):
-    return run_tool(
-        "train_net.py",
-        "--config-file",
-        os.path.join(CONFIGS, "baseline_2d.yaml"),
-        *TINY_MODEL,
-        "DATASETS.TRAIN",
-        f"('{train_set}',)",
-        "DATASETS.VAL",
-        "()",
-        "DATASETS.TEST",
-        "()",
-        "TEST.CTC.CALIBRATE_LINKING",
-        "False",
-        "SOLVER.MAX_ITER",
-        "2",
-        "OUTPUT_DIR",
-        output,
-        *extra,
-        datasets=datasets,
-    )
+    return run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "baseline_2d.yaml"),
+                    *TINY_MODEL,
+                    "DATASETS.TRAIN", f"('{train_set}',)", "DATASETS.VAL", "()", "DATASETS.TEST",
+                    "()",
+                    "TEST.CTC.CALIBRATE_LINKING", "False", "SOLVER.MAX_ITER", "2",
+                    "OUTPUT_DIR", output, *extra, datasets=datasets)
 
 
 def bad_dataset(tmp_path, raw, gt):
@@ -257,17 +222,14 @@ def test_train_unwritable_output(tiny_dataset, tmp_path):
 
 def test_make_synthetic_unwritable_output(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    assert_one_line_error(
-        run_tool("make_synthetic.py", "--out", tmp_path / "file" / "data"), "file/data"
-    )
-    assert_one_line_error(
-        run_tool("make_synthetic.py", "--out", tmp_path / "x", "--frames", "0"), "--frames"
-    )
+    assert_one_line_error(run_tool("make_synthetic.py", "--out", tmp_path / "file" / "data"),
+                          "file/data")
+    assert_one_line_error(run_tool("make_synthetic.py", "--out", tmp_path / "x", "--frames", "0"),
+                          "--frames")
 
 
 # --- every tool: a correct result, or exit != 0 with one line naming the file, and nothing written
 # ---
-
 
 def stack(path, depth=4, seed=0):
     write(str(path), (np.random.default_rng(seed).random((depth, 64, 64)) * 1000).astype(np.uint16))
@@ -276,74 +238,37 @@ def stack(path, depth=4, seed=0):
 
 def test_predict_without_weights_is_an_error_unless_random_weights_are_asked_for(tmp_path):
     stack(tmp_path / "v.tif")
-    run = run_tool(
-        "predict.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "--input",
-        tmp_path / "v.tif",
-        "--output",
-        tmp_path / "out",
-        *TINY_MODEL,
-        "INPUT.NUM_SLICES",
-        "3",
-    )
+    run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                   "--input",
+                   tmp_path / "v.tif", "--output", tmp_path / "out", *TINY_MODEL,
+                   "INPUT.NUM_SLICES", "3")
     assert_one_line_error(run, "MODEL.WEIGHTS is empty", "--random-weights")
     assert not (tmp_path / "out").exists()
-    run = run_tool(
-        "predict.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "--input",
-        tmp_path / "v.tif",
-        "--output",
-        tmp_path / "out",
-        "--random-weights",
-        *TINY_MODEL,
-        "INPUT.NUM_SLICES",
-        "3",
-    )
+    run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                   "--input",
+                   tmp_path / "v.tif", "--output", tmp_path / "out", "--random-weights",
+                   *TINY_MODEL,
+                   "INPUT.NUM_SLICES", "3")
     assert run.returncode == 0, run.stderr[-2000:]
     assert os.listdir(tmp_path / "out") == ["v_labels.tif"]
-    assert (
-        "is_fx_tracing" not in run.stdout + run.stderr
-    )  # item 7: the known torch.fx line is filtered
-    run = run_tool(
-        "predict.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "--input",
-        tmp_path / "v.tif",
-        "--output",
-        tmp_path / "other",
-        *TINY_MODEL,
-        "MODEL.WEIGHTS",
-        tmp_path / "nothing.pth",
-    )
+    # item 7: the known torch.fx line is filtered
+    assert "is_fx_tracing" not in run.stdout + run.stderr
+    run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                   "--input",
+                   tmp_path / "v.tif", "--output", tmp_path / "other", *TINY_MODEL, "MODEL.WEIGHTS",
+                   tmp_path / "nothing.pth")
     assert_one_line_error(run, "nothing.pth", "no such checkpoint")
 
 
 def test_voxel_size_takes_three_positive_numbers(tmp_path, weights):
     stack(tmp_path / "v.tif")
-    for values, message in (
-        (["0", "0", "0"], "positive"),
-        (["-1", "0.25", "0.25"], "positive"),
-        (["0.4", "0.25", "MODEL.WEIGHTS"], "exactly three numbers"),
-    ):
-        run = run_tool(
-            "predict.py",
-            "--config-file",
-            os.path.join(CONFIGS, "mlp_fusion.yaml"),
-            "--input",
-            tmp_path / "v.tif",
-            "--output",
-            tmp_path / "out",
-            "--voxel-size",
-            *values,
-            *TINY_MODEL,
-            "MODEL.WEIGHTS",
-            weights / "mlp.pth",
-        )
+    for values, message in ((["0", "0", "0"], "positive"), (["-1", "0.25", "0.25"], "positive"),
+                            (["0.4", "0.25", "MODEL.WEIGHTS"], "exactly three numbers")):
+        run = run_tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                       "--input",
+                       tmp_path / "v.tif", "--output", tmp_path / "out", "--voxel-size", *values,
+                       *TINY_MODEL,
+                       "MODEL.WEIGHTS", weights / "mlp.pth")
         assert run.returncode == 2 and "--voxel-size" in run.stderr and message in run.stderr, (
             run.stderr
         )
@@ -353,13 +278,8 @@ def test_voxel_size_takes_three_positive_numbers(tmp_path, weights):
 def test_a_dataset_voxel_size_file_with_zeros_is_named(tmp_path, weights):
     stack(tmp_path / "data" / "01" / "t000.tif")
     (tmp_path / "data" / "voxel_size.json").write_text('{"zyx_um": [0, 0.25, 0.25]}')
-    run = predict(
-        weights / "mlp.pth",
-        tmp_path / "data" / "01",
-        tmp_path / "out",
-        "INPUT.PIXEL_SIZE_UM",
-        "0.25",
-    )
+    run = predict(weights / "mlp.pth", tmp_path / "data" / "01", tmp_path / "out",
+                  "INPUT.PIXEL_SIZE_UM", "0.25")
     assert_one_line_error(run, "voxel_size.json", "positive")
     assert not (tmp_path / "out").exists()
 
@@ -391,57 +311,36 @@ def test_ctc_seg_names_the_result_and_accepts_the_seg_folder(tmp_path):
     gt = np.zeros((4, 16, 16), np.uint16)
     gt[1:3, 2:6, 2:6] = 1
     run = ctc_pair(tmp_path, gt, np.zeros((4, 16, 15), np.uint16))
-    assert_one_line_error(
-        run, "man_seg000.tif", "differs from the result's (4, 16, 15)", "mask000.tif"
-    )
+    assert_one_line_error(run, "man_seg000.tif", "differs from the result's (4, 16, 15)",
+                          "mask000.tif")
     write(str(tmp_path / "RES" / "mask000.tif"), gt)
     run = run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "GT" / "SEG", "--verbose")
     assert run.returncode == 0 and "SEG measure: 1.000000" in run.stdout, run.stderr
     assert "reference objects" in run.stdout.splitlines()[0]
-    assert_one_line_error(
-        run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "NO_GT"), "NO_GT: no such folder"
-    )
+    assert_one_line_error(run_tool("ctc_seg.py", tmp_path / "RES", tmp_path / "NO_GT"),
+                          "NO_GT: no such folder")
 
 
 def test_eval_only_without_config_file_and_with_weights_of_another_model(
-    tmp_path, weights, tiny_dataset
-):
-    run = run_tool(
-        "train_net.py", "--eval-only", "MODEL.WEIGHTS", weights / "mlp.pth", datasets=tmp_path
-    )
+    tmp_path, weights, tiny_dataset):
+    run = run_tool("train_net.py", "--eval-only", "MODEL.WEIGHTS", weights / "mlp.pth",
+                   datasets=tmp_path)
     assert_one_line_error(run, "no --config-file given", "config.yaml")
     (weights / "config.yaml").write_text("# saved beside the weights by training\n")
-    run = run_tool(
-        "train_net.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "--eval-only",
-        *TINY_MODEL,
-        "INPUT.NUM_SLICES",
-        "3",
-        "DATASETS.TEST",
-        "('TINY_02',)",
-        "MODEL.WEIGHTS",
-        weights / "other.pth",
-        "OUTPUT_DIR",
-        tmp_path / "out",
-        datasets=os.path.dirname(tiny_dataset),
-    )
+    run = run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                   "--eval-only",
+                   *TINY_MODEL, "INPUT.NUM_SLICES", "3", "DATASETS.TEST", "('TINY_02',)",
+                   "MODEL.WEIGHTS",
+                   weights / "other.pth", "OUTPUT_DIR", tmp_path / "out",
+                   datasets=os.path.dirname(tiny_dataset))
     assert_one_line_error(run, "other.pth", "in the checkpoint", str(weights / "config.yaml"))
     assert len((run.stdout + run.stderr).splitlines()) < 5  # no environment or model listing first
 
 
 def test_debug_is_listed_in_every_help():
-    for name in (
-        "train_net.py",
-        "predict.py",
-        "calibrate_linking.py",
-        "ctc_seg.py",
-        "ctc_det.py",
-        "visualize.py",
-        "make_synthetic.py",
-        "benchmark.py",
-    ):
+    for name in ("train_net.py", "predict.py", "calibrate_linking.py", "ctc_seg.py", "ctc_det.py",
+                 "visualize.py",
+                 "make_synthetic.py", "benchmark.py"):
         run = run_tool(name, "--help")
         assert run.returncode == 0 and "--debug" in run.stdout, name
 
@@ -450,50 +349,29 @@ def test_visualize_checks_every_input_before_drawing(tmp_path, weights):
     raw = stack(tmp_path / "raw.tif", depth=10)
     write(str(tmp_path / "flat.tif"), np.zeros((64, 64), np.uint16))
     write(str(tmp_path / "short.tif"), np.zeros((9, 64, 64), np.uint16))
-    cases = [
-        (["--pred", tmp_path / "flat.tif"], "flat.tif"),
-        (["--gt", tmp_path / "short.tif"], "short.tif"),
-        (["--voxel-size", "0", "0", "0"], "--voxel-size"),
-    ]
+    cases = [(["--pred", tmp_path / "flat.tif"], "flat.tif")
+             , (["--gt", tmp_path / "short.tif"], "short.tif"),
+             (["--voxel-size", "0", "0", "0"], "--voxel-size")]
     for extra, fragment in cases:
         run = run_tool("visualize.py", "volume", "--raw", raw, "--out", tmp_path / "pics", *extra)
         assert run.returncode != 0 and fragment in run.stderr, run.stderr
         assert not (tmp_path / "pics").exists()
     (tmp_path / "log.txt").write_text("[11/30 03:00:00 d2.engine]: Starting training\n")
-    run = run_tool(
-        "visualize.py", "curves", "--metrics", tmp_path / "log.txt", "--out", tmp_path / "c.png"
-    )
+    run = run_tool("visualize.py", "curves", "--metrics", tmp_path / "log.txt", "--out",
+                   tmp_path / "c.png")
     assert_one_line_error(run, "log.txt", "metrics.json")
     assert not (tmp_path / "c.png").exists()
-    run = run_tool(
-        "visualize.py",
-        "fusion",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "--raw",
-        raw,
-        "--out",
-        tmp_path / "f.png",
-        *TINY_MODEL,
-        "INPUT.NUM_SLICES",
-        "3",
-    )
+    run = run_tool("visualize.py", "fusion", "--config-file",
+                   os.path.join(CONFIGS, "mlp_fusion.yaml"), "--raw", raw,
+                   "--out", tmp_path / "f.png", *TINY_MODEL, "INPUT.NUM_SLICES", "3")
     assert_one_line_error(run, "MODEL.WEIGHTS is empty")
-    (tmp_path / "metrics.json").write_text(
-        '{"iteration": 0, "total_loss": 2.0}\n{"iteration": 9, "total_loss": 1.0}\n'
-    )
-    run = run_tool(
-        "visualize.py",
-        "curves",
-        "--metrics",
-        tmp_path / "metrics.json",
-        "--out",
-        tmp_path / "new" / "folder" / "c.png",
-    )
-    assert (
-        run.returncode == 0
-        and (tmp_path / "new" / "folder" / "c.png").read_bytes()[:4] == b"\x89PNG"
-    )
+    (tmp_path
+     / "metrics.json").write_text(
+         '{"iteration": 0, "total_loss": 2.0}\n{"iteration": 9, "total_loss": 1.0}\n')
+    run = run_tool("visualize.py", "curves", "--metrics", tmp_path / "metrics.json", "--out",
+                   tmp_path / "new" / "folder" / "c.png")
+    assert run.returncode == 0 and (tmp_path / "new" / "folder"
+                                    / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_label_image_is_refused_as_input(tmp_path, weights):

@@ -1,7 +1,6 @@
 """The benchmark's bookkeeping: run locks shared by processes, the centre-slice weight column,
 columns scored from the saved result masks of runs finished before they existed, the threads
 each run gets."""
-
 import json
 import os
 import subprocess
@@ -13,31 +12,22 @@ import tifffile
 
 import benchmark_runner as benchmark
 from helpers import ROOT
-from benchmark_runner import (
-    BenchDataset,
-    centre_weight,
-    claim,
-    default_threads,
-    finished_rows,
-    run_benchmark,
-)
+from benchmark_runner import (BenchDataset, centre_weight, claim, default_threads, finished_rows,
+                              run_benchmark)
 
 
 def test_a_run_is_claimed_once_and_a_dead_holder_is_replaced(tmp_path):
     assert claim(str(tmp_path))
     assert not claim(str(tmp_path))  # held by this (live) process
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
     (tmp_path / "running.lock").write_text(dead.stdout.strip())
     assert claim(str(tmp_path))
 
 
 def test_centre_weight_is_the_last_logged_weight_of_offset_zero(tmp_path):
-    rows = [
-        {"iteration": 19, "fusion/a/dz+0": 0.5, "fusion/a/dz+1": 0.5},
-        {"iteration": 39, "fusion/a/dz+0": 0.9, "fusion/b/dz+0": 0.7, "total_loss": 1.0},
-    ]
+    rows = [{"iteration": 19, "fusion/a/dz+0": 0.5, "fusion/a/dz+1": 0.5},
+            {"iteration": 39, "fusion/a/dz+0": 0.9, "fusion/b/dz+0": 0.7, "total_loss": 1.0}]
     (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows))
     assert abs(centre_weight(str(tmp_path)) - 0.8) < 1e-9
     (tmp_path / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 1.0}))
@@ -45,8 +35,7 @@ def test_centre_weight_is_the_last_logged_weight_of_offset_zero(tmp_path):
 
 
 def test_a_row_written_before_the_mask_columns_gets_them_from_its_saved_results(
-    registered_tiny, tmp_path
-):
+    registered_tiny, tmp_path):
     run_dir = tmp_path / "TINY" / "mlp_fusion" / "seed0"
     res_dir = run_dir / "eval" / "calibrated" / "inference" / "TINY_02" / "02_RES"
     gt_dir = os.path.join(registered_tiny, "02_GT", "SEG")
@@ -56,9 +45,8 @@ def test_a_row_written_before_the_mask_columns_gets_them_from_its_saved_results(
         res = gt.copy()
         res[:, :, : gt.shape[2] // 2] = 0  # every object loses its left half
         tifffile.imwrite(res_dir / name.replace("man_seg", "mask"), res.astype(np.uint16))
-    (run_dir / "row.json").write_text(
-        json.dumps({"dataset": "TINY", "config": "mlp_fusion", "seed": 0})
-    )
+    (run_dir
+     / "row.json").write_text(json.dumps({"dataset": "TINY", "config": "mlp_fusion", "seed": 0}))
     (run_dir / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 1.0}))
     (row,) = finished_rows(str(tmp_path), BenchDataset("TINY"))
     assert (
@@ -66,9 +54,8 @@ def test_a_row_written_before_the_mask_columns_gets_them_from_its_saved_results(
         and 0.5 < row["jaccard_matched"] < 1
         and 0 < row["jaccard_matched_2D"] < 1
     )
-    assert (
-        json.loads((run_dir / "row.json").read_text())["jaccard_matched"] == row["jaccard_matched"]
-    )
+    assert json.loads((run_dir
+                       / "row.json").read_text())["jaccard_matched"] == row["jaccard_matched"]
 
 
 def test_each_training_process_is_held_to_the_threads_given(tmp_path, monkeypatch):
@@ -80,33 +67,18 @@ def test_each_training_process_is_held_to_the_threads_given(tmp_path, monkeypatc
 
     monkeypatch.setattr(benchmark.subprocess, "run", record)
     with pytest.raises(InterruptedError):
-        run_benchmark(
-            ["configs/bench/baseline_2d.yaml"],
-            BenchDataset("TINY"),
-            1,
-            str(tmp_path),
-            str(tmp_path),
-            threads=1,
-        )
-    assert {
-        environments[0][k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
-    } == {"1"}
+        run_benchmark(["configs/bench/baseline_2d.yaml"], BenchDataset("TINY"), 1, str(tmp_path),
+                      str(tmp_path),
+                      threads=1)
+    assert {environments[0][k]
+            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")} == {"1"}
     assert default_threads() == len(os.sched_getaffinity(0))
 
 
 def test_zero_threads_is_refused_in_one_line():
-    run = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "benchmark.py"),
-            "--configs",
-            os.path.join(ROOT, "configs", "bench", "baseline_2d.yaml"),
-            "--threads",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--configs",
+                          os.path.join(ROOT, "configs", "bench", "baseline_2d.yaml"), "--threads",
+                          "0"],
+                         capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith(
-        "--threads must be at least 1, got 0"
-    )
+        "--threads must be at least 1, got 0")

@@ -1,6 +1,5 @@
 """Linking calibration: the best grid point wins, only DATASETS.VAL is read, and the choice is
 applied to the model it belongs to."""
-
 import json
 import os
 import shutil
@@ -10,14 +9,9 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from emr_d2.calibration import (
-    LINKING_FILE,
-    PastedVolume,
-    apply_calibrated_linking,
-    calibrate_linking,
-    choose_linking,
-    linking_grid,
-)
+from emr_d2.calibration import (LINKING_FILE, PastedVolume, apply_calibrated_linking,
+                                calibrate_linking,
+                                choose_linking, linking_grid)
 from emr_d2.data.catalog import register_ctc_dataset
 from emr_d2.linking import SlicePrediction, paste_volume
 
@@ -43,14 +37,10 @@ def per_slice(labels):
 def test_calibration_picks_the_only_linking_that_separates_touching_objects():
     gt = stacked_discs()
     volume = PastedVolume("v", paste_volume(per_slice(gt), gt.shape), gt, None)
-    grid = [
-        dict(strategy=s, threshold=t, look_back=0, min_slices=1, split_depth=0.0)
-        for s in ("iou", "overlap")
-        for t in (0.3, 0.5, 0.7)
-    ]
+    grid = [dict(strategy=s, threshold=t, look_back=0, min_slices=1, split_depth=0.0)
+            for s in ("iou", "overlap") for t in (0.3, 0.5, 0.7)]
     grid.append(
-        dict(strategy="connected", threshold=0.0, look_back=0, min_slices=1, split_depth=0.0)
-    )
+        dict(strategy="connected", threshold=0.0, look_back=0, min_slices=1, split_depth=0.0))
     best, table = choose_linking([volume], grid, fill_gaps=True)
     assert best == dict(strategy="iou", threshold=0.7, look_back=0, min_slices=1, split_depth=0.0)
     seg = {(row["strategy"], row["threshold"]): row["SEG"] for row in table}
@@ -63,9 +53,8 @@ def test_grid_covers_linkers_thresholds_look_backs_and_minimum_lengths():
     cfg = tiny_cfg("baseline_2d", 1, freeze=False)
     grid = linking_grid(cfg)
     assert len(grid) == 4 * (2 * 9 * 3 * 3 + 3)  # four split depths by default
-    assert (
-        dict(strategy="overlap", threshold=0.9, look_back=2, min_slices=3, split_depth=0.0) in grid
-    )
+    assert dict(strategy="overlap", threshold=0.9, look_back=2, min_slices=3,
+                split_depth=0.0) in grid
 
 
 @pytest.fixture
@@ -81,34 +70,20 @@ def broken_test_dataset(tiny_dataset, tmp_path):
 
 def test_calibration_reads_only_the_validation_data(broken_test_dataset, tmp_path):
     torch.manual_seed(0)
-    cfg = tiny_cfg(
-        "mlp_fusion",
-        3,
-        [
-            "DATASETS.VAL",
-            "('BROKEN_01_val',)",
-            "DATASETS.TEST",
-            "('BROKEN_02',)",
-            "DATASETS.SPLIT.GAP",
-            "1",
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-            "0.0",
-            "TEST.CTC.SCORE_THRESHOLD",
-            "0.0",
-            "TEST.CTC.CALIBRATION.THRESHOLDS",
-            "[0.3, 0.6]",
-            "TEST.CTC.CALIBRATION.LOOK_BACKS",
-            "[1]",
-        ],
-    )
+    cfg = tiny_cfg("mlp_fusion",
+                   3, ["DATASETS.VAL", "('BROKEN_01_val',)", "DATASETS.TEST", "('BROKEN_02',)",
+                                     "DATASETS.SPLIT.GAP", "1",
+                                     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                       "TEST.CTC.SCORE_THRESHOLD", "0.0",
+                                     "TEST.CTC.CALIBRATION.THRESHOLDS", "[0.3, 0.6]",
+                                     "TEST.CTC.CALIBRATION.LOOK_BACKS", "[1]"])
     model = build_model(cfg).eval()
     with torch.no_grad():
         result = calibrate_linking(cfg, model, str(tmp_path))
     saved = json.load(open(tmp_path / LINKING_FILE))
     assert saved["choice"] == result["choice"] and saved["validation"] == ["BROKEN_01_val"]
     assert saved["volumes"] >= 1 and len(saved["table"]) == 4 * (
-        2 * 2 * 3 + 3
-    )  # x four split depths
+        2 * 2 * 3 + 3)  # x four split depths
     assert all(0.0 <= row["SEG"] <= 1.0 for row in saved["table"])
     assert result["SEG"] == max(row["SEG"] for row in saved["table"] + [saved["default"]])
 
@@ -119,24 +94,15 @@ def test_calibrated_linking_beside_the_weights_is_applied_unless_overridden(tmp_
     choice = {"LINKING": "overlap", "LINK_THRESHOLD": 0.8, "LOOK_BACK": 2, "MIN_SLICES": 3}
     (tmp_path / LINKING_FILE).write_text(json.dumps({"choice": choice}))
     cfg = tiny_cfg("baseline_2d", 1, ["MODEL.WEIGHTS", str(weights)], freeze=False)
-    assert (cfg.TEST.CTC.LINKING, cfg.TEST.CTC.LINK_THRESHOLD, cfg.TEST.CTC.MIN_SLICES) == (
-        "overlap",
-        0.8,
-        3,
-    )
-    cfg = tiny_cfg(
-        "baseline_2d",
-        1,
-        ["MODEL.WEIGHTS", str(weights), "TEST.CTC.LINK_THRESHOLD", "0.4"],
-        freeze=False,
-    )
+    assert (cfg.TEST.CTC.LINKING, cfg.TEST.CTC.LINK_THRESHOLD,
+            cfg.TEST.CTC.MIN_SLICES) == ("overlap", 0.8, 3)
+    cfg = tiny_cfg("baseline_2d",
+                   1, ["MODEL.WEIGHTS", str(weights), "TEST.CTC.LINK_THRESHOLD", "0.4"],
+                   freeze=False)
     assert (cfg.TEST.CTC.LINKING, cfg.TEST.CTC.LINK_THRESHOLD) == ("overlap", 0.4)
-    cfg = tiny_cfg(
-        "baseline_2d",
-        1,
-        ["MODEL.WEIGHTS", str(weights), "TEST.CTC.USE_CALIBRATED_LINKING", "False"],
-        freeze=False,
-    )
+    cfg = tiny_cfg("baseline_2d",
+                   1, ["MODEL.WEIGHTS", str(weights), "TEST.CTC.USE_CALIBRATED_LINKING", "False"],
+                   freeze=False)
     assert cfg.TEST.CTC.LINKING == "iou"
     assert apply_calibrated_linking(cfg) is None
 
@@ -151,16 +117,11 @@ def test_calibration_can_choose_the_shape_split():
 
     gt = stacked_nuclei()
     volume = PastedVolume("v", paste_volume(per_slice(gt), gt.shape), gt, None)
-    grid = [
-        dict(strategy="overlap", threshold=0.3, look_back=1, min_slices=1, split_depth=d)
-        for d in (0.0, 0.25)
-    ]
+    grid = [dict(strategy="overlap", threshold=0.3, look_back=1, min_slices=1, split_depth=d)
+            for d in (0.0, 0.25)]
     best, table = choose_linking([volume], grid, fill_gaps=True)
-    assert best["split_depth"] == 0.25 and [row["SEG"] for row in table] == [
-        pytest.approx(0.5, abs=0.1),
-        1.0,
-    ]
-    cfg = tiny_cfg(
-        "baseline_2d", 1, ["TEST.CTC.CALIBRATION.SPLIT_DEPTHS", "[0.0, 0.25]"], freeze=False
-    )
+    assert best["split_depth"] == 0.25 and [row["SEG"]
+                                            for row in table] == [pytest.approx(0.5, abs=0.1), 1.0]
+    cfg = tiny_cfg("baseline_2d", 1, ["TEST.CTC.CALIBRATION.SPLIT_DEPTHS", "[0.0, 0.25]"],
+                   freeze=False)
     assert len(linking_grid(cfg)) == 2 * (2 * 9 * 3 * 3 + 3)

@@ -1,6 +1,5 @@
 """Configs: every variant builds through detectron2's own recipe with the slices its INPUT keys
 ask for; every enumerated key is checked at setup; tools stay outside the model's internals."""
-
 import glob
 import os
 import re
@@ -15,16 +14,12 @@ from emr_d2.modeling.backbone import SharedSliceBackbone
 from helpers import CONFIGS, ROOT, tiny_cfg
 from test_bad_input import assert_one_line_error, run_tool
 
-ALL_CONFIGS = sorted(
-    f
-    for f in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
-    if not os.path.basename(f).startswith("Base-")
-)
+ALL_CONFIGS = sorted(f for f in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
+                     if not os.path.basename(f).startswith("Base-"))
 
 
-@pytest.mark.parametrize(
-    "path", ALL_CONFIGS, ids=[os.path.relpath(p, CONFIGS) for p in ALL_CONFIGS]
-)
+@pytest.mark.parametrize("path", ALL_CONFIGS,
+                         ids=[os.path.relpath(p, CONFIGS) for p in ALL_CONFIGS])
 def test_detectron2_recipe_builds_the_configured_number_of_slices(path):
     cfg = get_cfg()
     add_emr_config(cfg)
@@ -71,58 +66,34 @@ def test_a_bad_enumerated_value_fails_at_setup_naming_the_key(key, value):
 
 
 def test_pairings_are_checked_at_setup():
-    with pytest.raises(
-        ValueError, match="MODEL.ROI_HEADS.NAME"
-    ):  # late-fusion backbone, standard heads
+    with pytest.raises(ValueError,
+                       match="MODEL.ROI_HEADS.NAME"):  # late-fusion backbone, standard heads
         tiny_cfg("late_fusion_center", 3, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"])
     with pytest.raises(ValueError, match="predicted"):  # predicted linking needs the neighbour head
         tiny_cfg("mlp_fusion", 3, ["TEST.CTC.LINKING", "predicted"])
 
 
 def test_the_replaced_neighbor_masks_key_fails_naming_its_replacement(tmp_path):
-    run = run_tool(
-        "train_net.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS",
-        "True",
-        "OUTPUT_DIR",
-        tmp_path,
-    )
+    run = run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                   "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True", "OUTPUT_DIR", tmp_path)
     assert_one_line_error(run, "NEIGHBOR_MASKS", "NeighborMaskHead")
 
 
 def test_train_net_rejects_a_misspelt_linking_before_reading_data(tmp_path):
     # the training dataset does not exist: the error must come from the config check, before it
-    run = run_tool(
-        "train_net.py",
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "TEST.CTC.LINKING",
-        "overlapp",
-        "DATASETS.TRAIN",
-        "('NO_SUCH_DATA_01',)",
-        "OUTPUT_DIR",
-        tmp_path,
-    )
+    run = run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                   "TEST.CTC.LINKING",
+                   "overlapp", "DATASETS.TRAIN", "('NO_SUCH_DATA_01',)", "OUTPUT_DIR", tmp_path)
     assert_one_line_error(run, "TEST.CTC.LINKING", "overlapp")
 
 
 def test_no_code_outside_modeling_calls_private_model_methods():
     private = re.compile(
         r"\.(_postprocess|_forward_box|_forward_mask|_move_to_current_device|_batch)\(|"
-        r"\.(proposal_generator|roi_heads)\("
-    )
-    sources = [
-        f
-        for pattern in ("emr_d2/**/*.py", "tools/*.py", "benchmarks/*.py")
-        for f in glob.glob(os.path.join(ROOT, pattern), recursive=True)
-        if os.sep + "modeling" + os.sep not in f
-    ]
-    offenders = [
-        f"{os.path.relpath(f, ROOT)}: {line.strip()}"
-        for f in sources
-        for line in open(f)
-        if private.search(line)
-    ]
+                         r"\.(proposal_generator|roi_heads)\(")
+    sources = [f for pattern in ("emr_d2/**/*.py", "tools/*.py", "benchmarks/*.py")
+               for f in glob.glob(os.path.join(ROOT, pattern), recursive=True)
+               if os.sep + "modeling" + os.sep not in f]
+    offenders = [f"{os.path.relpath(f, ROOT)}: {line.strip()}" for f in sources for line in open(f)
+                 if private.search(line)]
     assert not offenders, offenders

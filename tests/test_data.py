@@ -1,5 +1,4 @@
 """CTC layout, catalog and splits, slice records and their cache, the synthetic generator."""
-
 import json
 import os
 import shutil
@@ -25,31 +24,16 @@ from helpers import ROOT
 def test_make_synthetic_registers_with_detectron2_and_passes_py_ctcmetrics(tmp_path):
     datasets = tmp_path / "datasets"
     out = datasets / "SIM-demo"
-    subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "make_synthetic.py"),
-            "--out",
-            str(out),
-            "--frames",
-            "3",
-            "--scale",
-            "0.25",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    code = (
-        "import emr_d2; from detectron2.data import DatasetCatalog as C; "
-        "print(sorted(n for n in C.list() if n.startswith('SIM-demo')))"
-    )
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_synthetic.py"), "--out",
+                    str(out),
+                    "--frames", "3", "--scale", "0.25"], check=True, capture_output=True)
+    code = ("import emr_d2; from detectron2.data import DatasetCatalog as C; "
+            "print(sorted(n for n in C.list() if n.startswith('SIM-demo')))")
     env = dict(os.environ, EMR_DATASETS=str(datasets))
-    names = subprocess.run(
-        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    names = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                           text=True).stdout.strip()
     assert names == str(
-        sorted(f"SIM-demo_{s}{p}" for s in ("01", "02") for p in ("", "_train", "_val"))
-    )
+        sorted(f"SIM-demo_{s}{p}" for s in ("01", "02") for p in ("", "_train", "_val")))
 
     assert py_ctcmetrics_seg_of_reference(out, tmp_path) == pytest.approx(1.0)
 
@@ -110,11 +94,8 @@ def test_slice_wise_reference(tmp_path):
     plane = np.zeros((8, 8), np.uint16)
     plane[2:5, 2:5] = 7
     tifffile.imwrite(seg / "man_seg_000_002.tif", plane)
-    tifffile.imwrite(
-        seg / "man_seg000.tif".replace("000", "001"),
-        np.zeros((4, 8, 8), np.uint16),
-        photometric="minisblack",
-    )
+    tifffile.imwrite(seg / "man_seg000.tif".replace("000", "001"), np.zeros((4, 8, 8), np.uint16),
+                     photometric="minisblack")
     frames = list_gt(str(seg))
     assert not frames[0].is_3d and frames[1].is_3d
     labels, annotated = read_gt_frame(frames[0], (4, 8, 8))
@@ -129,8 +110,7 @@ def test_records_hold_rle_annotations_of_the_reference(registered_tiny):
     assert len(records) == 6 * depth
     record = next(r for r in records if len(r["annotations"]) >= 2)
     gt = tifffile.imread(
-        os.path.join(registered_tiny, "01_GT", "SEG", f"man_seg{record['frame']:03d}.tif")
-    )
+        os.path.join(registered_tiny, "01_GT", "SEG", f"man_seg{record['frame']:03d}.tif"))
     import pycocotools.mask as mask_util
 
     for ann in record["annotations"]:
@@ -138,12 +118,8 @@ def test_records_hold_rle_annotations_of_the_reference(registered_tiny):
         assert np.array_equal(mask, gt[record["z"]] == ann["instance_id"])
         x, y, w, h = ann["bbox"]
         ys, xs = np.nonzero(mask)
-        assert (x, y, w, h) == (
-            xs.min(),
-            ys.min(),
-            xs.max() - xs.min() + 1,
-            ys.max() - ys.min() + 1,
-        )
+        assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                                ys.max() - ys.min() + 1)
     metadata = MetadataCatalog.get("TINY_01")
     assert metadata.thing_classes == ["nucleus"] and metadata.evaluator_type == "ctc"
     assert metadata.voxel_size == pytest.approx(TINY_PRESET.voxel_um)
@@ -154,12 +130,10 @@ def test_empty_slices_are_kept(tmp_path):
     (tmp_path / "01_GT" / "SEG").mkdir(parents=True)
     labels = np.zeros((3, 8, 8), np.uint16)
     labels[1:, 2:5, 2:5] = 4
-    tifffile.imwrite(
-        tmp_path / "01" / "t000.tif", np.ones((3, 8, 8), np.uint16), photometric="minisblack"
-    )
-    tifffile.imwrite(
-        tmp_path / "01_GT" / "SEG" / "man_seg000.tif", labels, photometric="minisblack"
-    )
+    tifffile.imwrite(tmp_path / "01" / "t000.tif", np.ones((3, 8, 8), np.uint16),
+                     photometric="minisblack")
+    tifffile.imwrite(tmp_path / "01_GT" / "SEG" / "man_seg000.tif", labels,
+                     photometric="minisblack")
     records = load_sequence_records(str(tmp_path), "01", cache_dir=str(tmp_path / "cache"))
     assert [len(r["annotations"]) for r in records] == [0, 1, 1]
     assert [r["annotated"] for r in records] == [True, True, True]
@@ -180,14 +154,13 @@ def test_index_cache_reads_no_image_the_second_time(tiny_dataset, tmp_path, monk
 
 
 @pytest.mark.parametrize(
-    "n_frames,fraction,gap", [(20, 0.2, 5), (150, 0.2, 5), (10, 0.3, 2), (7, 0.1, 0)]
-)
+    "n_frames,fraction,gap", [(20, 0.2, 5), (150, 0.2, 5), (10, 0.3, 2), (7, 0.1, 0)])
 def test_splits_never_share_a_frame_and_keep_the_gap(n_frames, fraction, gap):
     frames = list(range(100, 100 + n_frames))
     train, val = split_frames(frames, fraction, gap)
     assert not set(train) & set(val)
     assert min(val) - max(train) - 1 >= gap
-    assert train == frames[: len(train)] and val == frames[-len(val) :]
+    assert train == frames[: len(train)] and val == frames[-len(val):]
 
 
 def test_split_datasets_follow_the_config(registered_tiny):
@@ -216,10 +189,7 @@ def test_aniso_preset_is_cho_like_and_its_reference_scores_one(tmp_path):
     out = tmp_path / "SIM-aniso"
     preset = write_synthetic_dataset(str(out), "aniso", seed=0, frames=2)
     assert json.load(open(out / "voxel_size.json"))["zyx_um"] == [
-        1.0,
-        0.4,
-        0.4,
-    ]  # CHO's 1 um slice step
+        1.0, 0.4, 0.4]  # CHO's 1 um slice step
     raw = tifffile.imread(out / "01" / "t000.tif")
     labels = tifffile.imread(out / "01_GT" / "SEG" / "man_seg000.tif")
     assert raw.shape == preset.shape == (18, 96, 96)

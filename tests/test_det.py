@@ -1,6 +1,5 @@
 """DET and OP_CSB against py-ctcmetrics (the CTC's Python reference) on hand-made CTC folders,
 and the result folders the project writes as the CTC's tools read them."""
-
 import os
 
 import numpy as np
@@ -17,7 +16,7 @@ SHAPE = (4, 16, 24)
 
 def box(volume, label, z, y, x):
     """Paint label into the box of slices z, y, x (each a (start, stop) pair)."""
-    volume[z[0] : z[1], y[0] : y[1], x[0] : x[1]] = label
+    volume[z[0]:z[1], y[0]:y[1], x[0]:x[1]] = label
     return volume
 
 
@@ -39,22 +38,14 @@ FULL = (0, 4)
 CASES = {  # name: [(markers, result) per frame]
     "perfect": [(two_markers(), two_markers())],
     "merge of two markers": [(two_markers(), result((FULL, (2, 8), (2, 18))))],
-    "split marker": [
-        (
-            two_markers(),
-            result((FULL, (2, 8), (2, 6)), (FULL, (2, 8), (6, 8)), (FULL, (2, 8), (12, 18))),
-        )
-    ],
+    "split marker": [(two_markers(), result((FULL, (2, 8), (2, 6)), (FULL, (2, 8), (6, 8)),
+                                            (FULL, (2, 8), (12, 18))))],
     "missed marker": [(two_markers(), result((FULL, (2, 8), (12, 18))))],
     "false positive": [(two_markers(), box(two_markers(), 3, FULL, (10, 14), (20, 23)))],
-    "empty reference frame": [
-        (two_markers(), two_markers()),
-        (np.zeros(SHAPE, np.uint16), result((FULL, (2, 8), (2, 8)))),
-    ],
-    "empty result frame": [
-        (two_markers(), two_markers()),
-        (two_markers(), np.zeros(SHAPE, np.uint16)),
-    ],
+    "empty reference frame": [(two_markers(), two_markers()),
+                              (np.zeros(SHAPE, np.uint16), result((FULL, (2, 8), (2, 8))))],
+    "empty result frame": [(two_markers(), two_markers())
+                           , (two_markers(), np.zeros(SHAPE, np.uint16))],
 }
 
 
@@ -82,8 +73,7 @@ def reference_scores(res, gt):
 
 
 @pytest.mark.filterwarnings(
-    "ignore:Empty frame:UserWarning"
-)  # py-ctcmetrics on the empty result frame
+    "ignore:Empty frame:UserWarning")  # py-ctcmetrics on the empty result frame
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_det_equals_py_ctcmetrics(tmp_path, case):
     res, gt = write_sequence(tmp_path, CASES[case])
@@ -106,37 +96,24 @@ def test_operations_of_the_hand_made_cases():
 
 
 def test_det_is_zero_when_the_operations_cost_more_than_an_empty_result(tmp_path):
-    frames = [
-        (
-            two_markers(),
-            result(*[(FULL, (y, y + 1), (x, x + 1)) for y in range(9, 16) for x in range(9)]),
-        )
-    ]
+    frames = [(two_markers(),
+               result(*[(FULL, (y, y + 1), (x, x + 1)) for y in range(9, 16) for x in range(9)]))]
     res, gt = write_sequence(tmp_path, frames)
     assert det_of_folders(res, gt).summary()["DET"] == 0.0 == reference_scores(res, gt)["DET"]
 
 
 def test_result_tracks_make_labels_unique_over_the_sequence(tmp_path):
     res, _ = write_sequence(tmp_path, [(two_markers(), two_markers())] * 3)
-    labels = [
-        set(np.unique(tifffile.imread(os.path.join(res, f"mask{t:03d}.tif")))) - {0}
-        for t in range(3)
-    ]
+    labels = [set(np.unique(tifffile.imread(os.path.join(res, f"mask{t:03d}.tif")))) - {0}
+              for t in range(3)]
     assert labels == [{1, 2}, {3, 4}, {5, 6}]
     tracks = np.loadtxt(os.path.join(res, "res_track.txt"), dtype=int)
-    assert tracks.tolist() == [
-        [1, 0, 0, 0],
-        [2, 0, 0, 0],
-        [3, 1, 1, 0],
-        [4, 1, 1, 0],
-        [5, 2, 2, 0],
-        [6, 2, 2, 0],
-    ]
+    assert tracks.tolist() == [[1, 0, 0, 0], [2, 0, 0, 0], [3, 1, 1, 0], [4, 1, 1, 0], [5, 2, 2, 0]
+                               , [6, 2, 2, 0]]
     before = {name: os.path.getmtime(os.path.join(res, name)) for name in os.listdir(res)}
     write_result_tracks(res)  # already unique: no frame is rewritten
-    assert all(
-        os.path.getmtime(os.path.join(res, n)) == t for n, t in before.items() if n.endswith(".tif")
-    )
+    assert all(os.path.getmtime(os.path.join(res, n)) == t for n, t in before.items()
+               if n.endswith(".tif"))
 
 
 def test_missing_result_frame_and_missing_markers_name_the_file(tmp_path):
@@ -149,9 +126,8 @@ def test_missing_result_frame_and_missing_markers_name_the_file(tmp_path):
     with pytest.raises(CTCFormatError, match="no such folder"):
         det_of_folders(res, str(tmp_path / "02_GT"))
     tifffile.imwrite(os.path.join(res, "mask001.tif"), np.zeros((3, 16, 24), np.uint16))
-    with pytest.raises(
-        CTCFormatError, match=r"mask001.tif: result shape \(3, 16, 24\) differs from the markers'"
-    ):
+    with pytest.raises(CTCFormatError,
+                       match=r"mask001.tif: result shape \(3, 16, 24\) differs from the markers'"):
         det_of_folders(res, os.path.join(gt, "SEG"))  # GT_DIR/SEG is taken for GT_DIR
 
 
@@ -163,12 +139,8 @@ def test_the_generators_markers_are_a_valid_ctc_tracking_result(tiny_dataset, tm
     res.mkdir()
     for name in sorted(os.listdir(os.path.join(gt, "TRA"))):
         source = os.path.join(gt, "TRA", name)
-        target = res / (
-            name.replace("man_track", "mask") if name.endswith(".tif") else "res_track.txt"
-        )
+        target = res / (name.replace("man_track", "mask") if name.endswith(".tif")
+                        else "res_track.txt")
         target.write_bytes(open(source, "rb").read())
-    assert (
-        reference_scores(str(res), gt)["DET"]
-        == 1.0
-        == det_of_folders(str(res), gt).summary()["DET"]
-    )
+    assert reference_scores(str(res),
+                            gt)["DET"] == 1.0 == det_of_folders(str(res), gt).summary()["DET"]

@@ -1,5 +1,4 @@
 """z-linking of per-slice instances into 3D label volumes."""
-
 import numpy as np
 import pytest
 
@@ -11,9 +10,8 @@ def ellipsoids(shape=(12, 48, 48)):
     """Three touching-free ellipsoids, the middle one spanning every slice."""
     z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
     labels = np.zeros(shape, np.uint16)
-    for label, (cz, cy, cx, rz, ry) in enumerate(
-        [(5, 12, 12, 4, 9), (6, 34, 14, 7, 10), (4, 24, 36, 3, 8)], 1
-    ):
+    for label, (cz, cy, cx, rz,
+                ry) in enumerate([(5, 12, 12, 4, 9), (6, 34, 14, 7, 10), (4, 24, 36, 3, 8)], 1):
         labels[((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / ry) ** 2 <= 1] = label
     return labels
 
@@ -22,11 +20,8 @@ def per_slice(labels, drop=None):
     """(z, SlicePrediction) of every slice; drop=(label, z) removes one slice of one object."""
     for z in range(labels.shape[0]):
         ids = [i for i in np.unique(labels[z]) if i and (i, z) != drop]
-        masks = (
-            np.stack([labels[z] == i for i in ids])
-            if ids
-            else np.zeros((0,) + labels.shape[1:], bool)
-        )
+        masks = np.stack([labels[z] == i
+                          for i in ids]) if ids else np.zeros((0,) + labels.shape[1:], bool)
         yield z, SlicePrediction(masks, np.linspace(0.9, 0.6, len(ids)))
 
 
@@ -48,27 +43,18 @@ def test_iou_linking_splits_off_only_tiny_poles():
 
 def test_look_back_bridges_a_missed_slice():
     gt = ellipsoids()
-    dropped = link_volume(
-        per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3, look_back=1
-    )
+    dropped = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3,
+                          look_back=1)
     assert score_frame(gt, dropped.labels).scores.mean() >= 0.99
     assert len(set(np.unique(dropped.labels[gt == 2])) - {0}) == 1  # one object
     assert np.count_nonzero(dropped.labels[6][gt[6] == 2]) > 0.9 * np.count_nonzero(
-        gt[6] == 2
-    )  # gap filled
+        gt[6] == 2)  # gap filled
 
-    unfilled = link_volume(
-        per_slice(gt, drop=(2, 6)),
-        gt.shape,
-        strategy="iou",
-        threshold=0.3,
-        look_back=1,
-        fill_gaps=False,
-    )
+    unfilled = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3,
+                           look_back=1, fill_gaps=False)
     assert len(np.unique(unfilled.labels[gt == 2])) == 2  # one object and the empty gap
-    no_bridge = link_volume(
-        per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3, look_back=0
-    )
+    no_bridge = link_volume(per_slice(gt, drop=(2, 6)), gt.shape, strategy="iou", threshold=0.3,
+                            look_back=0)
     assert len(np.unique(no_bridge.labels[gt == 2])) == 3  # split in two objects
 
 
@@ -140,44 +126,36 @@ def stacked_nuclei():
     y, x = np.mgrid[:32, :32]
     gt = np.zeros((12, 32, 32), np.uint16)
     for z, radius in enumerate([3, 5, 7, 7, 5, 3]):
-        gt[z][(y - 16) ** 2 + (x - 16) ** 2 <= radius**2] = 1
-        gt[11 - z][(y - 16) ** 2 + (x - 17) ** 2 <= radius**2] = 2
+        gt[z][(y - 16) ** 2 + (x - 16) ** 2 <= radius ** 2] = 1
+        gt[11 - z][(y - 16) ** 2 + (x - 17) ** 2 <= radius ** 2] = 2
     return gt
 
 
 @pytest.mark.parametrize("strategy", ["iou", "overlap", "connected"])
 def test_the_shape_split_separates_stacked_nuclei_that_linking_merges(strategy):
     gt = stacked_nuclei()
-    merged = link_volume(
-        per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1, split_depth=0.0
-    )
+    merged = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1,
+                         split_depth=0.0)
     assert len(merged.scores) == 1 and score_frame(gt, merged.labels).scores.mean() < 0.6
-    split = link_volume(
-        per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1, split_depth=0.25
-    )
+    split = link_volume(per_slice(gt), gt.shape, strategy=strategy, threshold=0.3, look_back=1,
+                        split_depth=0.25)
     assert len(split.scores) == 2 and score_frame(gt, split.labels).scores.mean() == 1.0
 
 
 def test_the_shape_split_leaves_convex_objects_and_shallow_dips_whole():
     gt = ellipsoids()
-    linked = link_volume(
-        per_slice(gt), gt.shape, strategy="overlap", threshold=0.3, look_back=1, split_depth=0.25
-    )
+    linked = link_volume(per_slice(gt), gt.shape, strategy="overlap", threshold=0.3, look_back=1,
+                         split_depth=0.25)
     assert len(linked.scores) == 3 and score_frame(
         gt, linked.labels
     ).scores.mean() == pytest.approx(1.0)
     y, x = np.mgrid[:32, :32]
     dented = np.zeros((7, 32, 32), np.uint16)
     for z, radius in enumerate([3, 5, 7, 6.3, 7, 5, 3]):  # a waist of 0.81 of the widest area
-        dented[z][(y - 16) ** 2 + (x - 16) ** 2 <= radius**2] = 1
-    linked = link_volume(
-        per_slice(dented),
-        dented.shape,
-        strategy="overlap",
-        threshold=0.3,
-        look_back=1,
-        split_depth=0.25,
-    )
+        dented[z][(y - 16) ** 2 + (x - 16) ** 2 <= radius ** 2] = 1
+    linked = link_volume(per_slice(dented), dented.shape, strategy="overlap", threshold=0.3,
+                         look_back=1,
+                         split_depth=0.25)
     assert len(linked.scores) == 1
 
 
@@ -186,7 +164,6 @@ def test_necks_are_found_deepest_first():
 
     assert deepest_neck(np.array([9.0, 25, 49, 49, 25, 9, 9, 25, 49]), 0.25) == 5
     assert deepest_neck(np.array([9.0, 25, 49, 40, 49]), 0.25) is None  # 40 / 49 = 0.82
-    assert (
-        deepest_neck(np.array([9.0, 25, 49, 30, 49, 10, 49]), 0.25) == 5
-    )  # 10 / 49 before 30 / 49
+    assert deepest_neck(np.array([9.0, 25, 49, 30, 49, 10, 49]),
+                        0.25) == 5  # 10 / 49 before 30 / 49
     assert deepest_neck(np.array([49.0, 9]), 0.25) is None

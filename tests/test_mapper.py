@@ -1,6 +1,5 @@
-"""SliceStackMapper: N-slice windows, edge padding, augmentation applied alike to image and
-masks."""
-
+"""SliceStackMapper: N-slice windows, edge padding, augmentation applied alike to image and masks.
+"""
 import numpy as np
 import pytest
 import tifffile
@@ -10,24 +9,15 @@ from detectron2.data import transforms as T
 
 from emr_d2.data.augment import IntensityAugmentation, RandomRot90, Rot90Transform
 from emr_d2.data.mapper import SliceStackMapper
-from emr_d2.data.window import (
-    SliceWindow,
-    normalise,
-    percentile_range,
-    window_indices,
-    window_offsets,
-)
+from emr_d2.data.window import (SliceWindow, normalise, percentile_range, window_indices,
+                                window_offsets)
 from emr_d2.engine import setup_config
 
 
 def mapper(num_slices=5, padding="replicate", augmentations=(), intensity=None, is_train=True):
-    return SliceStackMapper(
-        is_train,
-        augmentations=list(augmentations),
-        window=SliceWindow(num_slices, padding),
-        percentiles=(1.0, 99.8),
-        intensity_augmentation=intensity,
-    )
+    return SliceStackMapper(is_train, augmentations=list(augmentations),
+                            window=SliceWindow(num_slices, padding),
+                            percentiles=(1.0, 99.8), intensity_augmentation=intensity)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +30,9 @@ def normalised_volume(record):
     return normalise(raw, *percentile_range(raw, (1.0, 99.8)))
 
 
-@pytest.mark.parametrize(
-    "padding,expected",
-    [
-        ("replicate", [0, 0, 0, 1, 2]),
-        ("reflect", [2, 1, 0, 1, 2]),
-        ("zero", [None, None, 0, 1, 2]),
-    ],
-)
+@pytest.mark.parametrize("padding,expected", [
+    ("replicate", [0, 0, 0, 1, 2]), ("reflect", [2, 1, 0, 1, 2]), ("zero", [None, None, 0, 1, 2]),
+])
 def test_window_at_z0_pads_as_configured(records, padding, expected):
     record = next(r for r in records if r["z"] == 0)
     volume = normalised_volume(record)
@@ -77,9 +62,8 @@ def test_window_indices_for_even_n_and_deep_reflection():
 def test_centre_slice_masks_equal_the_reference_slice(records, registered_tiny):
     record = max(records, key=lambda r: len(r["annotations"]))
     out = mapper(3)(record)
-    gt = tifffile.imread(f"{registered_tiny}/01_GT/SEG/man_seg{record['frame']:03d}.tif")[
-        record["z"]
-    ]
+    gt = tifffile.imread(
+        f"{registered_tiny}/01_GT/SEG/man_seg{record['frame']:03d}.tif")[record["z"]]
     masks = out["instances"].gt_masks.tensor.numpy()
     expected = [gt == i for i in np.unique(gt) if i]
     assert len(masks) == len(expected) >= 2
@@ -91,13 +75,10 @@ def test_centre_slice_masks_equal_the_reference_slice(records, registered_tiny):
         assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
-@pytest.mark.parametrize(
-    "augmentation,apply",
-    [
-        (T.RandomFlip(prob=1.0, horizontal=True, vertical=False), lambda a: a[..., ::-1]),
-        (T.RandomFlip(prob=1.0, horizontal=False, vertical=True), lambda a: a[..., ::-1, :]),
-    ],
-)
+@pytest.mark.parametrize("augmentation,apply", [
+    (T.RandomFlip(prob=1.0, horizontal=True, vertical=False), lambda a: a[..., ::-1]),
+    (T.RandomFlip(prob=1.0, horizontal=False, vertical=True), lambda a: a[..., ::-1, :]),
+])
 def test_flip_moves_image_and_masks_together(records, augmentation, apply):
     record = max(records, key=lambda r: len(r["annotations"]))
     plain = mapper(3)(record)
@@ -116,9 +97,8 @@ def test_rot90_moves_image_masks_and_coordinates_together(records):
     np.random.seed(0)
     rotated = mapper(3, augmentations=[RandomRot90()])(record)
     np.random.set_state(rng_state)
-    np.testing.assert_array_equal(
-        rotated["image"].numpy(), np.rot90(plain["image"].numpy(), k, axes=(1, 2))
-    )
+    np.testing.assert_array_equal(rotated["image"].numpy(),
+                                  np.rot90(plain["image"].numpy(), k, axes=(1, 2)))
     transform = Rot90Transform(1, 4, 6)
     point = np.array([[1.0, 0.0]])  # x=1, y=0 in a 4 x 6 image
     image = np.zeros((4, 6))

@@ -35,11 +35,8 @@ def batch(cfg, count=2):
 def test_forward_backward_and_inference(registered_tiny, variant, num_slices):
     torch.manual_seed(0)
     # every anchor in the RPN loss, so that every FPN level (and its fusion module) gets a gradient
-    cfg = tiny_cfg(
-        variant,
-        num_slices,
-        ["MODEL.INTENSITY.NAME", "gamma_contrast", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096"],
-    )
+    cfg = tiny_cfg(variant, num_slices, ["MODEL.INTENSITY.NAME", "gamma_contrast",
+                                         "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096"])
     model = build_model(cfg)
     inputs = batch(cfg)
     assert inputs[0]["image"].shape[0] == num_slices
@@ -49,19 +46,12 @@ def test_forward_backward_and_inference(registered_tiny, variant, num_slices):
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
-    fusion_params = [
-        (f"{type(m).__name__}.{n}", p)
-        for m in model.modules()
-        if isinstance(m, (SliceFusion, IntensityFrontEnd))
-        for n, p in m.named_parameters()
-        if p.requires_grad
-    ]
-    if variant.removeprefix("pointrend_") not in (
-        "baseline_2d",
-        "channel_fusion",
-        "late_fusion_mean",
-        "late_fusion_center",
-    ):
+    fusion_params = [(f"{type(m).__name__}.{n}", p) for m in model.modules()
+                     if isinstance(m, (SliceFusion, IntensityFrontEnd))
+                     for n, p in m.named_parameters() if p.requires_grad]
+    if variant.removeprefix("pointrend_") not in ("baseline_2d", "channel_fusion",
+                                                  "late_fusion_mean",
+                                                  "late_fusion_center"):
         assert len(fusion_params) > 2, "the variant should have fusion parameters"
     for name, p in fusion_params:
         # with one slice, softmax weights are constant: their parameters get zero gradients
@@ -76,11 +66,11 @@ def test_forward_backward_and_inference(registered_tiny, variant, num_slices):
 
 
 def only_center_cfg(variant, extra=()):
-    return tiny_cfg(
-        variant,
-        5,
-        ["MODEL.FUSION.STATIC_INIT", "only_center", "MODEL.FUSION.FREEZE_STATIC", "True", *extra],
-    )
+    return tiny_cfg(variant,
+                    5
+                    , ["MODEL.FUSION.STATIC_INIT", "only_center", "MODEL.FUSION.FREEZE_STATIC",
+                       "True",
+                                 *extra])
 
 
 @pytest.mark.parametrize("fusion", ["MLPFusion", "WindowedFusion", "PixelAttentionFusion"])
@@ -127,9 +117,8 @@ def test_channel_fusion_adapts_a_pretrained_stem(tmp_path, in_channels):
     # equal inputs on all channels respond as before
     ones = torch.ones(1, 5, 7, 7)
     response = torch.nn.functional.conv2d(ones, expected)
-    torch.testing.assert_close(
-        response, torch.nn.functional.conv2d(torch.ones(1, in_channels, 7, 7), stem)
-    )
+    torch.testing.assert_close(response,
+                               torch.nn.functional.conv2d(torch.ones(1, in_channels, 7, 7), stem))
 
 
 def test_shared_backbone_adapts_a_three_channel_stem_to_one(tmp_path):
@@ -167,18 +156,12 @@ def test_fusion_weights_are_observable():
 PRIOR = {"static_init": "gaussian", "gaussian_sigma": 1.0, "freeze_static": False}
 
 
-@pytest.mark.parametrize(
-    "name, extra",
-    [
-        ("MeanFusion", {}),
-        ("CenterFusion", {}),
-        ("Conv3dFusion", {}),
-        ("MLPFusion", {"hidden_dim": 4}),
-        ("PixelAttentionFusion", {"hidden_dim": 4}),
-        ("WindowedFusion", {"hidden_dim": 4, "window": 2}),
-        ("CrossSliceAttentionFusion", {"num_heads": 2}),
-    ],
-)
+@pytest.mark.parametrize("name, extra", [
+    ("MeanFusion", {}), ("CenterFusion", {}), ("Conv3dFusion", {}), ("MLPFusion", {"hidden_dim": 4})
+    ,
+    ("PixelAttentionFusion", {"hidden_dim": 4}), ("WindowedFusion", {"hidden_dim": 4, "window": 2}),
+    ("CrossSliceAttentionFusion", {"num_heads": 2}),
+])
 def test_fusion_modules_build_from_plain_arguments(name, extra):
     """Every fusion module is built without a config, and from_config gives the config's values."""
     from emr_d2.modeling.fusion import FUSION_REGISTRY
@@ -202,20 +185,8 @@ def test_static_priors():
 
 
 def test_mlp_fusion_learns_on_a_tiny_volume(registered_tiny):
-    cfg = tiny_cfg(
-        "mlp_fusion",
-        3,
-        [
-            "DATASETS.TRAIN",
-            "('TINY_01',)",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "SOLVER.BASE_LR",
-            "0.001",
-            "INPUT.RANDOM_ROT90",
-            "False",
-        ],
-    )
+    cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
+                                     "SOLVER.BASE_LR", "0.001", "INPUT.RANDOM_ROT90", "False"])
     losses = [sum(step.values()) for step in train_tiny(cfg, 40)[1]]
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.6 * first, (first, last)
@@ -225,9 +196,8 @@ def test_fusion_parameters_get_no_weight_decay():
     cfg = tiny_cfg("mlp_fusion", 3, ["SOLVER.WEIGHT_DECAY", "0.01"])
     model = build_model(cfg)
     optimizer = Trainer.build_optimizer(cfg, model)
-    fusion_ids = {
-        id(p) for m in model.modules() if isinstance(m, SliceFusion) for p in m.parameters()
-    }
+    fusion_ids = {id(p) for m in model.modules() if isinstance(m, SliceFusion)
+                  for p in m.parameters()}
     for group in optimizer.param_groups:
         for p in group["params"]:
             if id(p) in fusion_ids:

@@ -2,7 +2,6 @@
 and "Save as CTC result", in a real napari viewer on a virtual X server (pytest-xvfb; OpenGL
 through Mesa). Without napari or an X server these tests skip, unless EMR_D2_REQUIRE_NAPARI=1
 (CI), where they fail instead."""
-
 import json
 import os
 import shutil
@@ -22,8 +21,7 @@ except ImportError:
 if not os.environ.get("DISPLAY"):
     if REQUIRED:
         raise RuntimeError(
-            "the napari tests need an X server: install Xvfb (Debian: xvfb), pytest-xvfb starts it"
-        )
+            "the napari tests need an X server: install Xvfb (Debian: xvfb), pytest-xvfb starts it")
     pytest.skip("no X server for napari's OpenGL canvas (install Xvfb)", allow_module_level=True)
 
 from napari.layers import Image, Labels  # noqa: E402
@@ -69,15 +67,13 @@ def run_widget(widget: SegmentWidget, qtbot) -> None:
 
 
 def test_the_reader_opens_a_ctc_sequence_with_its_reference_and_result(
-    make_napari_viewer, tiny_dataset, tmp_path
-):
+    make_napari_viewer, tiny_dataset, tmp_path):
     root = tmp_path / "TINY"
     shutil.copytree(tiny_dataset, root)
     os.makedirs(root / "02_RES")
     for name in os.listdir(root / "02_GT" / "SEG"):
-        shutil.copy(
-            root / "02_GT" / "SEG" / name, root / "02_RES" / name.replace("man_seg", "mask")
-        )
+        shutil.copy(root / "02_GT" / "SEG" / name,
+                    root / "02_RES" / name.replace("man_seg", "mask"))
     viewer = make_napari_viewer()
     layers = viewer.open(str(root / "02"), plugin="emr_d2")
     image, reference, result = layers
@@ -86,9 +82,8 @@ def test_the_reader_opens_a_ctc_sequence_with_its_reference_and_result(
     assert np.array_equal(image.data[1], raw)
     assert tuple(image.scale) == (1.0, *voxel_of(tiny_dataset))
     assert isinstance(reference, Labels) and isinstance(result, Labels)
-    assert np.array_equal(
-        reference.data[2], tifffile.imread(root / "02_GT" / "SEG" / "man_seg002.tif")
-    )
+    assert np.array_equal(reference.data[2],
+                          tifffile.imread(root / "02_GT" / "SEG" / "man_seg002.tif"))
     assert np.array_equal(result.data, reference.data) and tuple(result.scale) == tuple(image.scale)
     assert image.metadata["ctc_files"] == ["t000.tif", "t001.tif", "t002.tif"]
 
@@ -97,10 +92,8 @@ def test_the_widgets_open_from_the_plugins_menu(make_napari_viewer):
     from npe2 import PluginManager
 
     manifest = PluginManager.instance().get_manifest("emr_d2")
-    assert {w.display_name for w in manifest.contributions.widgets} == {
-        "Segment nuclei",
-        "Save as CTC result",
-    }
+    assert {w.display_name
+            for w in manifest.contributions.widgets} == {"Segment nuclei", "Save as CTC result"}
     viewer = make_napari_viewer()
     assert isinstance(plugin_widget(viewer, "Segment nuclei"), SegmentWidget)
     assert isinstance(plugin_widget(viewer, "Save as CTC result"), SaveWidget)
@@ -110,60 +103,41 @@ def test_the_widgets_open_from_the_plugins_menu(make_napari_viewer):
 
 def test_the_reader_takes_the_voxel_size_a_tiff_carries_and_leaves_2d_tiffs(tmp_path):
     stack = str(tmp_path / "stack.tif")
-    tifffile.imwrite(
-        stack,
-        np.zeros((4, 16, 16), np.uint16),
-        imagej=True,
-        resolution=(4.0, 4.0),
-        metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"},
-    )
+    tifffile.imwrite(stack, np.zeros((4, 16, 16), np.uint16), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
     assert tiff_voxel_size(stack) == pytest.approx((0.5, 0.25, 0.25))
     ((data, meta, kind),) = get_reader(stack)(stack)
-    assert (
-        kind == "image"
-        and data.shape == (4, 16, 16)
-        and meta["scale"] == pytest.approx((0.5, 0.25, 0.25))
-    )
+    assert kind == "image" and data.shape == (4, 16,
+                                              16) and meta["scale"] == pytest.approx((
+                                                  0.5, 0.25, 0.25))
     flat = str(tmp_path / "flat.tif")
     tifffile.imwrite(flat, np.zeros((16, 16), np.uint16))
     assert get_reader(flat) is None
     assert get_reader(str(tmp_path)) is None  # a folder without CTC frames
 
 
-def test_segment_equals_predict_py_and_saves_a_ctc_result(
-    make_napari_viewer, qtbot, trained, tiny_dataset, tmp_path, notifications
-):
+def test_segment_equals_predict_py_and_saves_a_ctc_result(make_napari_viewer, qtbot, trained,
+                                                          tiny_dataset,
+                                                          tmp_path, notifications):
     model_dir, _ = trained
     voxel = voxel_of(tiny_dataset)
     stacks = tmp_path / "stacks"
     stacks.mkdir()
     shutil.copy(os.path.join(tiny_dataset, "02", "t001.tif"), stacks / "stack.tif")
-    tool(
-        "predict.py",
-        "--config-file",
-        os.path.join(model_dir, "config.yaml"),
-        "--input",
-        str(stacks / "stack.tif"),
-        "--output",
-        str(tmp_path / "predicted"),
-        "--voxel-size",
-        *map(str, voxel),
-        "MODEL.WEIGHTS",
-        os.path.join(model_dir, "model_final.pth"),
-        dataset_root=tiny_dataset,
-    )
+    tool("predict.py", "--config-file", os.path.join(model_dir, "config.yaml"), "--input",
+         str(stacks / "stack.tif"),
+         "--output", str(tmp_path / "predicted"), "--voxel-size", *map(str, voxel),
+         "MODEL.WEIGHTS", os.path.join(model_dir, "model_final.pth"), dataset_root=tiny_dataset)
     expected = tifffile.imread(tmp_path / "predicted" / "stack_labels.tif")
-    assert (
-        expected.max() > 0
-    )  # the tiny model finds nuclei: the comparison is not between empty volumes
+    # the tiny model finds nuclei: the comparison is not between empty volumes
+    assert expected.max() > 0
 
     viewer = make_napari_viewer()
     viewer.add_image(tifffile.imread(stacks / "stack.tif"), name="stack", scale=voxel)
     widget = plugin_widget(viewer, "Segment nuclei")
     widget.model_dir.value = model_dir
-    assert [box.value for box in widget.voxel] == pytest.approx(
-        voxel
-    )  # prefilled from the layer's scale
+    assert [box.value
+            for box in widget.voxel] == pytest.approx(voxel)  # prefilled from the layer's scale
     run_widget(widget, qtbot)
     labels = viewer.layers["stack labels"]
     assert np.array_equal(labels.data, expected) and tuple(labels.scale) == pytest.approx(voxel)
@@ -178,8 +152,9 @@ def test_segment_equals_predict_py_and_saves_a_ctc_result(
 
 
 def test_a_4d_layer_segments_every_frame_or_the_current_one_and_cancels(
-    make_napari_viewer, qtbot, trained, tiny_dataset, tmp_path, notifications
-):
+    make_napari_viewer, qtbot, trained,
+                                                                        tiny_dataset, tmp_path,
+    notifications):
     model_dir, _ = trained
     viewer = make_napari_viewer()
     image, reference = viewer.open(os.path.join(tiny_dataset, "02"), plugin="emr_d2")
@@ -191,26 +166,20 @@ def test_a_4d_layer_segments_every_frame_or_the_current_one_and_cancels(
     run_widget(widget, qtbot)
     labels = viewer.layers[f"{image.name} labels"]
     assert save.layer.value is labels  # the new result, not the reference
-    assert (
-        viewer.dims.axis_labels == ("t", "z", "y", "x")
-        and tuple(map(str, labels.units))[1:] == ("micrometer",) * 3
-    )
+    assert viewer.dims.axis_labels == ("t", "z", "y",
+                                       "x") and tuple(map(str, labels.units))[1:] == (
+                                           "micrometer",) * 3
     predictor = load_predictor(model_dir)
     for t in range(3):
-        assert np.array_equal(
-            labels.data[t],
-            predictor(np.asarray(image.data[t]), voxel_um=voxel_of(tiny_dataset)).labels,
-        )
+        assert np.array_equal(labels.data[t],
+                              predictor(np.asarray(image.data[t]),
+                                        voxel_um=voxel_of(tiny_dataset)).labels)
     assert labels.data.max() > 0 and widget.progress.value == 3 * image.data.shape[1]
 
     save.folder.value = str(tmp_path / "02_RES")
     save.save()
-    seg = tool(
-        "ctc_seg.py",
-        str(tmp_path / "02_RES"),
-        os.path.join(tiny_dataset, "02_GT"),
-        dataset_root=tiny_dataset,
-    )
+    seg = tool("ctc_seg.py", str(tmp_path / "02_RES"), os.path.join(tiny_dataset, "02_GT"),
+               dataset_root=tiny_dataset)
     assert seg.stdout.startswith("SEG measure: ")
 
     viewer.layers.remove(labels)
@@ -230,9 +199,8 @@ def test_a_4d_layer_segments_every_frame_or_the_current_one_and_cancels(
     assert not [m for m in notifications if "rror" in m]
 
 
-def test_each_error_is_one_notification(
-    make_napari_viewer, qtbot, trained, tiny_dataset, tmp_path, notifications
-):
+def test_each_error_is_one_notification(make_napari_viewer, qtbot, trained, tiny_dataset, tmp_path,
+                                        notifications):
     model_dir, _ = trained
     viewer = make_napari_viewer()
     widget = plugin_widget(viewer, "Segment nuclei")
@@ -242,9 +210,8 @@ def test_each_error_is_one_notification(
     widget.model_dir.value = str(tmp_path / "nowhere")
     notifications.clear()
     widget.run()
-    assert (
-        len(notifications) == 1 and "no model folder" in notifications[0] and widget.worker is None
-    )
+    assert len(
+        notifications) == 1 and "no model folder" in notifications[0] and widget.worker is None
 
     widget.model_dir.value = model_dir
     viewer.layers.clear()
@@ -258,9 +225,8 @@ def test_each_error_is_one_notification(
     )
 
     viewer.layers.clear()
-    viewer.add_image(
-        tifffile.imread(os.path.join(tiny_dataset, "02_GT", "SEG", "man_seg000.tif")), name="gt"
-    )
+    viewer.add_image(tifffile.imread(os.path.join(tiny_dataset, "02_GT", "SEG", "man_seg000.tif")),
+                     name="gt")
     notifications.clear()
     widget.run()
     assert (

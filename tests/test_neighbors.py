@@ -1,6 +1,5 @@
 """Neighbour slices that pay: windows by physical distance, neighbour-mask targets and head,
 linking by predicted neighbour masks, centre-slice degradation."""
-
 import json
 import os
 
@@ -30,9 +29,8 @@ def test_slice_spacing_in_micrometres_gives_offsets_per_dataset():
 
 
 @pytest.mark.parametrize(
-    "offsets,message",
-    [("[-1, 1, 0]", "SLICE_OFFSETS"), ("[0, 1, 2]", "SLICE_OFFSETS"), ("[-1, 0]", "SLICE_OFFSETS")],
-)
+    "offsets,message", [("[-1, 1, 0]", "SLICE_OFFSETS"), ("[0, 1, 2]", "SLICE_OFFSETS"),
+                                             ("[-1, 0]", "SLICE_OFFSETS")])
 def test_bad_slice_offsets_fail_at_setup(offsets, message):
     with pytest.raises(ValueError, match=message):
         tiny_cfg("mlp_fusion", 3, ["INPUT.SLICE_OFFSETS", offsets])
@@ -60,13 +58,9 @@ def phantom(tmp_path_factory):
 @pytest.mark.parametrize("padding", ["replicate", "zero"])
 def test_neighbor_targets_are_the_reference_slices_at_the_offsets(phantom, padding):
     labels, records = phantom
-    mapper = SliceStackMapper(
-        True,
-        augmentations=[],
-        window=SliceWindow(3, padding, spacing_um=2.0),
-        percentiles=(1.0, 99.8),
-        neighbor_masks=True,
-    )  # 2 um = 2 slices
+    mapper = SliceStackMapper(True, augmentations=[],
+                              window=SliceWindow(3, padding, spacing_um=2.0),
+                              percentiles=(1.0, 99.8), neighbor_masks=True)  # 2 um = 2 slices
     for z in range(6):
         instances = mapper(records[z])["instances"]
         ids = [i for i in (1, 2) if (labels[z] == i).any()]
@@ -77,9 +71,8 @@ def test_neighbor_targets_are_the_reference_slices_at_the_offsets(phantom, paddi
                 inside = 0 <= z + dz < 6
                 assert bool(neighbors.valid[k, m]) == inside  # the padded edge has no target
                 if inside:
-                    assert torch.equal(
-                        neighbors.masks[k, m], torch.from_numpy(labels[z + dz] == label)
-                    )
+                    assert torch.equal(neighbors.masks[k, m],
+                                       torch.from_numpy(labels[z + dz] == label))
     ends_inside = mapper(records[2])["instances"].gt_neighbor_masks  # object 1 is gone at z = 4
     assert ends_inside.valid[0, 1] and not ends_inside.masks[0, 1].any()
 
@@ -107,8 +100,8 @@ def stacked_objects():
 
 
 def perfect_predictions(gt, offsets, drop=None):
-    """(z, SlicePrediction with neighbour masks) with the reference as predictions; drop =
-    (label, z)."""
+    """(z, SlicePrediction with neighbour masks) with the reference as predictions; drop = (label,
+    z)."""
     for z in range(gt.shape[0]):
         ids = [i for i in np.unique(gt[z]) if i and (i, z) != drop]
         masks = np.stack([gt[z] == i for i in ids]) if ids else np.zeros((0, *gt.shape[1:]), bool)
@@ -129,39 +122,20 @@ def seg_of(gt, labels):
 @pytest.mark.parametrize("drop", [None, (3, 5)])
 def test_predicted_linking_of_perfect_neighbor_masks_reproduces_the_reference(drop):
     gt = stacked_objects()
-    linked = link_volume(
-        perfect_predictions(gt, [-1, 1], drop),
-        gt.shape,
-        window_offsets=[-1, 0, 1],
-        strategy="predicted",
-        threshold=0.5,
-        look_back=1,
-    )
+    linked = link_volume(perfect_predictions(gt, [-1, 1], drop), gt.shape,
+                         window_offsets=[-1, 0, 1],
+                         strategy="predicted", threshold=0.5, look_back=1)
     assert seg_of(gt, linked.labels) == 1.0  # a missed slice is bridged and filled by prediction
     assert linked.labels.max() == 3
-    iou = link_volume(
-        perfect_predictions(gt, [-1, 1], drop), gt.shape, strategy="iou", threshold=0.5, look_back=1
-    )
+    iou = link_volume(perfect_predictions(gt, [-1, 1], drop), gt.shape, strategy="iou",
+                      threshold=0.5, look_back=1)
     assert seg_of(gt, iou.labels) < 0.9  # IoU linking merges the objects touching along z
 
 
 def test_neighbor_head_learns_the_neighbor_masks(registered_tiny):
-    cfg = tiny_cfg(
-        "mlp_fusion",
-        3,
-        [
-            "DATASETS.TRAIN",
-            "('TINY_01',)",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "SOLVER.BASE_LR",
-            "0.002",
-            "INPUT.RANDOM_ROT90",
-            "False",
-            "MODEL.ROI_MASK_HEAD.NAME",
-            "NeighborMaskHead",
-        ],
-    )
+    cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
+                                     "SOLVER.BASE_LR", "0.002", "INPUT.RANDOM_ROT90", "False",
+                                     "MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead"])
     model, history = train_tiny(cfg, 40)
     assert model.roi_heads.mask_head.predictor.out_channels == 3
     losses = [step["loss_neighbor_mask"] for step in history]

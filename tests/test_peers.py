@@ -1,7 +1,6 @@
 """The benchmark's peers (benchmarks/peers): each adapter trains briefly on the tiny dataset in its
 own environment, predicts, and is scored into the same results.csv as emr_d2's configs. Skipped
 when `make peers` was not run, unless EMR_D2_REQUIRE_PEERS=1."""
-
 import csv
 import json
 import math
@@ -21,26 +20,9 @@ SPLIT = ["DATASETS.SPLIT.GAP", "1"]  # TINY_01's 6 frames: 4 train, 1 val
 
 def run_peers(dataset_root: str, out: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, EMR_DATASETS=os.path.dirname(dataset_root), PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [
-            sys.executable,
-            RUN_PEERS,
-            "--datasets",
-            "TINY",
-            "--output",
-            out,
-            "--threads",
-            "2",
-            "--patch-px",
-            "64",
-            *args,
-            *SPLIT,
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    return subprocess.run([sys.executable, RUN_PEERS, "--datasets", "TINY", "--output", out,
+                           "--threads", "2", "--patch-px", "64",
+                           *args, *SPLIT], env=env, cwd=ROOT, capture_output=True, text=True)
 
 
 def fake_cellpose_env(dataset_root: str, tmp_path) -> dict:
@@ -48,36 +30,31 @@ def fake_cellpose_env(dataset_root: str, tmp_path) -> dict:
     fake = tmp_path / "peers" / "cellpose" / "bin"
     fake.mkdir(parents=True)
     os.symlink(sys.executable, fake / "python")
-    return dict(
-        os.environ, EMR_DATASETS=os.path.dirname(dataset_root), EMR_D2_PEERS=str(tmp_path / "peers")
-    )
+    return dict(os.environ, EMR_DATASETS=os.path.dirname(dataset_root),
+                EMR_D2_PEERS=str(tmp_path / "peers"))
 
 
 def require_env(name: str) -> None:
     if not os.path.isfile(os.path.join(PEERS_ROOT, name, "bin", "python")):
         if REQUIRED:
             pytest.fail(
-                f"EMR_D2_REQUIRE_PEERS=1 but {PEERS_ROOT}/{name} is missing: run `make peers`"
-            )
+                f"EMR_D2_REQUIRE_PEERS=1 but {PEERS_ROOT}/{name} is missing: run `make peers`")
         pytest.skip(f"the peers are not installed ({PEERS_ROOT}/{name}): run `make peers`")
 
 
 @pytest.mark.parametrize(
-    "peer,env,budget",
-    [("classical", "cellpose", 0), ("cellpose", "cellpose", 40), ("stardist3d", "stardist", 40)],
-)
+    "peer,env,budget", [("classical", "cellpose", 0), ("cellpose", "cellpose", 40),
+                                             ("stardist3d", "stardist", 40)])
 def test_peer_trains_predicts_and_is_scored(tiny_dataset, tmp_path, peer, env, budget):
     require_env(env)
     out = str(tmp_path / "out")
-    run = run_peers(
-        tiny_dataset, out, "--peers", peer, "--seeds", "1", "--time-budget-s", str(budget)
-    )
+    run = run_peers(tiny_dataset, out, "--peers", peer, "--seeds", "1", "--time-budget-s",
+                    str(budget))
     assert run.returncode == 0, run.stdout + run.stderr
     run_dir = os.path.join(out, "TINY", f"peer_{peer}", "seed0")
     for settings in ("default", "calibrated"):
         assert sorted(os.listdir(os.path.join(run_dir, f"RES_{settings}"))) == [
-            f"mask{t:03d}.tif" for t in range(3)
-        ]
+            f"mask{t:03d}.tif" for t in range(3)]
     with open(os.path.join(out, "TINY", "results.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [r["config"] for r in rows] == [f"peer/{peer}"]
@@ -94,83 +71,41 @@ def test_peer_trains_predicts_and_is_scored(tiny_dataset, tmp_path, peer, env, b
         assert record["epochs"] >= 2
         assert record["loss_last_epoch"] < record["loss_first_epoch"], record
     written = os.path.getmtime(os.path.join(run_dir, "peer.json"))
-    again = run_peers(
-        tiny_dataset, out, "--peers", peer, "--seeds", "1", "--time-budget-s", str(budget)
-    )
+    again = run_peers(tiny_dataset, out, "--peers", peer, "--seeds", "1", "--time-budget-s",
+                      str(budget))
     assert again.returncode == 0 and f"peer/{peer} seed 0: SEG" in again.stdout
-    assert (
-        os.path.getmtime(os.path.join(run_dir, "peer.json")) == written
-    )  # read back, not run again
+    assert os.path.getmtime(
+        os.path.join(run_dir, "peer.json")) == written  # read back, not run again
 
 
 def test_missing_peer_environment_is_one_line(tiny_dataset, tmp_path):
-    env = dict(
-        os.environ, EMR_DATASETS=os.path.dirname(tiny_dataset), EMR_D2_PEERS=str(tmp_path / "none")
-    )
-    run = subprocess.run(
-        [
-            sys.executable,
-            RUN_PEERS,
-            "--datasets",
-            "TINY",
-            "--peers",
-            "cellpose",
-            "--output",
-            str(tmp_path / "out"),
-            *SPLIT,
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    env = dict(os.environ, EMR_DATASETS=os.path.dirname(tiny_dataset),
+               EMR_D2_PEERS=str(tmp_path / "none"))
+    run = subprocess.run([sys.executable, RUN_PEERS, "--datasets", "TINY", "--peers", "cellpose",
+                          "--output",
+                          str(tmp_path / "out"), *SPLIT], env=env, cwd=ROOT, capture_output=True,
+                         text=True)
     assert run.returncode != 0
     assert run.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "run `make peers` first" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_equal_time_needs_emr_d2_rows(tiny_dataset, tmp_path):
-    """Without --time-budget-s, equal time is that of the emr_d2 runs in the table: none, one
-    line."""
+    """Without --time-budget-s, equal time is that of the emr_d2 runs in the table: none, one line.
+    """
     env = fake_cellpose_env(tiny_dataset, tmp_path)
-    run = subprocess.run(
-        [
-            sys.executable,
-            RUN_PEERS,
-            "--datasets",
-            "TINY",
-            "--peers",
-            "cellpose",
-            "--output",
-            str(tmp_path / "out"),
-            *SPLIT,
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    run = subprocess.run([sys.executable, RUN_PEERS, "--datasets", "TINY", "--peers", "cellpose",
+                          "--output",
+                          str(tmp_path / "out"), *SPLIT], env=env, cwd=ROOT, capture_output=True,
+                         text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "has no emr_d2 run to match the training time of" in run.stderr.strip().splitlines()[-1]
 
 
 def test_unknown_dataset_is_one_line(tiny_dataset, tmp_path):
     env = fake_cellpose_env(tiny_dataset, tmp_path)
-    run = subprocess.run(
-        [
-            sys.executable,
-            RUN_PEERS,
-            "--datasets",
-            "NOSUCH",
-            "--peers",
-            "classical",
-            "--output",
-            str(tmp_path / "out"),
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    run = subprocess.run([sys.executable, RUN_PEERS, "--datasets", "NOSUCH", "--peers", "classical",
+                          "--output",
+                          str(tmp_path / "out")], env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "dataset 'NOSUCH_01' is not registered" in run.stderr.strip().splitlines()[-1]

@@ -1,5 +1,4 @@
 """Data from another microscope: models work at a physical pixel size (INPUT.PIXEL_SIZE_UM)."""
-
 import numpy as np
 import pytest
 import tifffile
@@ -12,14 +11,8 @@ from emr_d2.predictor import VolumePredictor
 from helpers import tiny_cfg, train_tiny
 
 TINY_VOXEL = (0.4, 0.25, 0.25)  # conftest's TINY_PRESET at scale 0.5
-AT_QUARTER_UM = [
-    "INPUT.PIXEL_SIZE_UM",
-    "0.25",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    "0.0",
-    "TEST.CTC.SCORE_THRESHOLD",
-    "0.0",
-]
+AT_QUARTER_UM = ["INPUT.PIXEL_SIZE_UM", "0.25", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                 "TEST.CTC.SCORE_THRESHOLD", "0.0"]
 
 
 @pytest.mark.parametrize("pixel_um", [0.125, 0.5])
@@ -35,8 +28,8 @@ def test_predictions_come_back_at_the_native_shape(tiny_dataset, pixel_um):
 
 
 def block_majority(labels: np.ndarray) -> np.ndarray:
-    """(Z, 2H, 2W) labels -> (Z, H, W): each 2 x 2 block takes a label covering at least 2
-    pixels."""
+    """(Z, 2H, 2W) labels -> (Z, H, W): each 2 x 2 block takes a label covering at least 2 pixels.
+    """
     z, h, w = labels.shape
     out = np.zeros((z, h // 2, w // 2), labels.dtype)
     for label in np.unique(labels[labels > 0]):
@@ -46,20 +39,8 @@ def block_majority(labels: np.ndarray) -> np.ndarray:
 
 
 def test_a_volume_at_twice_the_pixel_count_gives_the_same_objects(registered_tiny, tiny_dataset):
-    cfg = tiny_cfg(
-        "mlp_fusion",
-        3,
-        [
-            "DATASETS.TRAIN",
-            "('TINY_01',)",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "SOLVER.BASE_LR",
-            "0.002",
-            "INPUT.PIXEL_SIZE_UM",
-            "0.25",
-        ],
-    )
+    cfg = tiny_cfg("mlp_fusion", 3, ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
+                                     "SOLVER.BASE_LR", "0.002", "INPUT.PIXEL_SIZE_UM", "0.25"])
     model, _ = train_tiny(cfg, 160)
     predictor = VolumePredictor(cfg, model)
     volume = tifffile.imread(f"{tiny_dataset}/02/t000.tif")

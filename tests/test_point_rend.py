@@ -1,6 +1,5 @@
 """PointRend mask heads in every fusion family: build, train, reach the fusion, predict at the
 native size; the config check names unsupported combinations."""
-
 import numpy as np
 import pytest
 import tifffile
@@ -21,32 +20,19 @@ FAMILIES = [v for v in VARIANTS if not v.startswith("pointrend_") and v != "neig
 
 def point_rend(late: bool) -> list[str]:
     """Overrides that give a tiny model PointRend's mask head (the late-fusion one if late)."""
-    return [
-        "MODEL.ROI_MASK_HEAD.NAME",
-        "SliceFusionPointRendMaskHead" if late else "PointRendMaskHead",
-        "MODEL.ROI_MASK_HEAD.POOLER_TYPE",
-        "",
-        "MODEL.ROI_MASK_HEAD.POINT_HEAD_ON",
-        "True",
-        "MODEL.ROI_MASK_HEAD.FC_DIM",
-        "64",
-        "MODEL.POINT_HEAD.NUM_CLASSES",
-        "1",
-        "MODEL.POINT_HEAD.FC_DIM",
-        "32",
-    ]
+    return ["MODEL.ROI_MASK_HEAD.NAME",
+            "SliceFusionPointRendMaskHead" if late else "PointRendMaskHead",
+            "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "", "MODEL.ROI_MASK_HEAD.POINT_HEAD_ON", "True",
+            "MODEL.ROI_MASK_HEAD.FC_DIM", "64", "MODEL.POINT_HEAD.NUM_CLASSES", "1",
+            "MODEL.POINT_HEAD.FC_DIM", "32"]
 
 
 @pytest.mark.parametrize("variant", FAMILIES)
 def test_every_fusion_family_trains_with_point_rend_and_the_z_extent_head(registered_tiny, variant):
     torch.manual_seed(0)
     n = 1 if variant == "baseline_2d" else 3
-    cfg = tiny_cfg(
-        variant,
-        n,
-        point_rend(variant.startswith("late_fusion"))
-        + ["MODEL.Z_EXTENT.ENABLED", "True", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096"],
-    )
+    cfg = tiny_cfg(variant, n, point_rend(variant.startswith("late_fusion")) + [
+        "MODEL.Z_EXTENT.ENABLED", "True", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096"])
     model = build_model(cfg)
     mapper = SliceStackMapper(cfg, is_train=True)
     records = sorted(DatasetCatalog.get("TINY_01"), key=lambda r: -len(r["annotations"]))[:2]
@@ -54,13 +40,8 @@ def test_every_fusion_family_trains_with_point_rend_and_the_z_extent_head(regist
         losses = model([mapper(r) for r in records])
     assert {"loss_mask", "loss_mask_point", "loss_z_extent"} <= set(losses)
     (losses["loss_mask"] + losses["loss_mask_point"]).backward()  # the mask losses alone
-    fusion = [
-        p
-        for m in model.modules()
-        if isinstance(m, SliceFusion)
-        for p in m.parameters()
-        if p.requires_grad
-    ]
+    fusion = [p for m in model.modules() if isinstance(m, SliceFusion) for p in m.parameters()
+              if p.requires_grad]
     if variant == "channel_fusion":
         fusion = [model.backbone.bottom_up.stem.conv1.weight]
     if variant == "cross_slice_attention":
@@ -75,63 +56,35 @@ def test_every_fusion_family_trains_with_point_rend_and_the_z_extent_head(regist
 
 
 def test_point_rend_learns_the_masks(registered_tiny):
-    cfg = tiny_cfg(
-        "mlp_fusion",
-        3,
-        point_rend(False)
-        + [
-            "DATASETS.TRAIN",
-            "('TINY_01',)",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "SOLVER.BASE_LR",
-            "0.002",
-            "INPUT.RANDOM_ROT90",
-            "False",
-        ],
-    )
+    cfg = tiny_cfg("mlp_fusion", 3,
+                   point_rend(False)
+                   + ["DATASETS.TRAIN", "('TINY_01',)", "SOLVER.IMS_PER_BATCH", "2",
+                                                         "SOLVER.BASE_LR", "0.002",
+                      "INPUT.RANDOM_ROT90", "False"])
     _, history = train_tiny(cfg, 40)
-    for key in (
-        "loss_mask",
-        "loss_mask_point",
-    ):  # the point loss sits at the uncertain points: it falls less
+    for key in ("loss_mask",
+                "loss_mask_point"):  # the point loss sits at the uncertain points: it falls less
         losses = [step[key] for step in history]
         assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), (key, losses[:5], losses[-5:])
 
 
 def test_point_rend_predictions_have_the_native_shape(tiny_dataset):
     torch.manual_seed(0)
-    cfg = tiny_cfg(
-        "pointrend_mlp_fusion",
-        3,
-        [
-            "MODEL.ROI_MASK_HEAD.FC_DIM",
-            "64",
-            "MODEL.POINT_HEAD.FC_DIM",
-            "32",
-            "INPUT.PIXEL_SIZE_UM",
-            "0.4",
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-            "0.0",
-            "TEST.CTC.SCORE_THRESHOLD",
-            "0.0",
-        ],
-    )
+    cfg = tiny_cfg("pointrend_mlp_fusion",
+                   3, ["MODEL.ROI_MASK_HEAD.FC_DIM", "64", "MODEL.POINT_HEAD.FC_DIM", "32",
+                                               "INPUT.PIXEL_SIZE_UM", "0.4",
+                       "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                                               "TEST.CTC.SCORE_THRESHOLD", "0.0"])
     volume = tifffile.imread(
-        f"{tiny_dataset}/02/t000.tif"
-    )  # 0.25 um pixels: the model sees 40 x 40
+        f"{tiny_dataset}/02/t000.tif")  # 0.25 um pixels: the model sees 40 x 40
     predictor = VolumePredictor(cfg, build_model(cfg))
     masks = [i.pred_masks for _, i in predictor.slice_instances(volume, voxel_um=(0.4, 0.25, 0.25))]
     assert all(m.shape[1:] == volume.shape[1:] for m in masks) and sum(len(m) for m in masks) > 0
     assert predictor(volume, voxel_um=(0.4, 0.25, 0.25)).labels.shape == volume.shape
 
 
-CENTER_POINTS = [
-    "MODEL.FUSION.CENTER_OUTPUTS",
-    "['p2']",
-    "MODEL.POINT_HEAD.IN_FEATURES",
-    "['p2_center']",
-]
+CENTER_POINTS = ["MODEL.FUSION.CENTER_OUTPUTS", "['p2']", "MODEL.POINT_HEAD.IN_FEATURES",
+                 "['p2_center']"]
 
 
 def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_dataset):
@@ -143,9 +96,8 @@ def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_datase
     volume = tifffile.imread(f"{tiny_dataset}/02/t000.tif")
     image = torch.from_numpy(volume[2:5].astype(np.float32) / volume.max() * 255)
     features = model.backbone(image[None])
-    assert torch.equal(
-        features["p2_center"], model.backbone.forward_slices(image[None])["p2"][:, 1]
-    )
+    assert torch.equal(features["p2_center"],
+                       model.backbone.forward_slices(image[None])["p2"][:, 1])
     assert not torch.equal(features["p2_center"], features["p2"])
     mapper = SliceStackMapper(cfg, is_train=True)
     records = sorted(DatasetCatalog.get("TINY_01"), key=lambda r: -len(r["annotations"]))[:2]
@@ -153,8 +105,7 @@ def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_datase
         losses = model([mapper(r) for r in records])
     head = model.roi_heads.mask_head
     assert list(head.roi_pooler_in_features) == ["p2"] and list(head.mask_point_in_features) == [
-        "p2_center"
-    ]
+        "p2_center"]
     losses["loss_mask_point"].backward()
     assert model.backbone.slice_backbone.bottom_up.stem.conv1.weight.grad.abs().sum() > 0
     model.eval()
@@ -175,20 +126,13 @@ def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_datase
         tiny_cfg("channel_fusion", 3, point_rend(False) + CENTER_POINTS)
 
 
-@pytest.mark.parametrize(
-    "variant,head,extra,message",
-    [
-        ("late_fusion_mlp", "PointRendMaskHead", [], "late fusion"),
-        ("mlp_fusion", "SliceFusionPointRendMaskHead", [], "late fusion"),
-        (
-            "mlp_fusion",
-            "PointRendMaskHead",
-            ["MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignV2"],
-            "POOLER_TYPE",
-        ),
-        ("mlp_fusion", "PointRendMaskHead", ["MODEL.POINT_HEAD.NUM_CLASSES", "80"], "NUM_CLASSES"),
-    ],
-)
+@pytest.mark.parametrize("variant,head,extra,message", [
+    ("late_fusion_mlp", "PointRendMaskHead", [], "late fusion"),
+    ("mlp_fusion", "SliceFusionPointRendMaskHead", [], "late fusion"),
+    ("mlp_fusion", "PointRendMaskHead", ["MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignV2"],
+     "POOLER_TYPE"),
+    ("mlp_fusion", "PointRendMaskHead", ["MODEL.POINT_HEAD.NUM_CLASSES", "80"], "NUM_CLASSES"),
+])
 def test_the_config_check_names_unsupported_point_rend_combinations(variant, head, extra, message):
     opts = point_rend(False)
     opts[1] = head

@@ -42,36 +42,16 @@ def our_seg(pairs):
 
 CASES = {
     "uint8 small": (np.uint8, lambda r: list(range(1, 30)), np.uint8, lambda r: list(range(1, 30))),
-    "non-consecutive": (
-        np.uint16,
-        lambda r: list(r.choice(np.arange(1, 5000), 20, replace=False)),
-        np.uint16,
-        lambda r: list(r.choice(np.arange(1, 9000), 20, replace=False)),
-    ),
-    "gt above 255 and 65535": (
-        np.uint32,
-        lambda r: [300, 70000, 65536, 4_000_000_000, 17, 256],
-        np.uint16,
-        lambda r: list(range(3, 12)),
-    ),
-    "result near dtype max": (
-        np.uint16,
-        lambda r: list(range(1, 12)),
-        np.uint16,
-        lambda r: [65535, 65534, 65533, 65000, 1, 2],
-    ),
-    "result labels uint32 max": (
-        np.int32,
-        lambda r: list(range(5, 14)),
-        np.uint32,
-        lambda r: [2**32 - 1, 2**32 - 2, 2**31, 7],
-    ),
-    "uint64 labels": (
-        np.uint64,
-        lambda r: [2**40, 3, 2**39 + 5, 9, 11],
-        np.uint64,
-        lambda r: [2**41, 1, 2, 3],
-    ),
+    "non-consecutive": (np.uint16, lambda r: list(r.choice(np.arange(1, 5000), 20, replace=False)),
+                        np.uint16, lambda r: list(r.choice(np.arange(1, 9000), 20, replace=False))),
+    "gt above 255 and 65535": (np.uint32, lambda r: [300, 70000, 65536, 4_000_000_000, 17, 256],
+                               np.uint16, lambda r: list(range(3, 12))),
+    "result near dtype max": (np.uint16, lambda r: list(range(1, 12)),
+                              np.uint16, lambda r: [65535, 65534, 65533, 65000, 1, 2]),
+    "result labels uint32 max": (np.int32, lambda r: list(range(5, 14)),
+                                 np.uint32, lambda r: [2**32 - 1, 2**32 - 2, 2**31, 7]),
+    "uint64 labels": (np.uint64, lambda r: [2**40, 3, 2**39 + 5, 9, 11],
+                      np.uint64, lambda r: [2**41, 1, 2, 3]),
 }
 
 
@@ -83,9 +63,8 @@ def test_seg_equals_py_ctcmetrics(tmp_path, case):
     for _ in range(3):
         gt = random_volume(rng, (6, 24, 24), 8, gt_labels(rng), gt_dtype)
         res = random_volume(rng, (6, 24, 24), 6, res_labels(rng), res_dtype)
-        res[gt > 0] = np.where(
-            rng.random(np.count_nonzero(gt)) < 0.7, res_labels(rng)[0], res[gt > 0]
-        )
+        res[gt > 0] = np.where(rng.random(np.count_nonzero(gt)) < 0.7, res_labels(rng)[0],
+                               res[gt > 0])
         pairs.append((gt, res))
     assert our_seg(pairs) == pytest.approx(reference_seg(tmp_path, pairs), abs=1e-9)
 
@@ -134,8 +113,7 @@ def test_jaccard_of_matched_objects_only():
     assert acc.summary()["SEG"] == pytest.approx(0.75 / 2)
     assert acc.summary()["jaccard_matched"] == pytest.approx(0.75)
     assert acc.summary()["jaccard_matched_2D"] == pytest.approx(
-        0.75
-    )  # one slice: the same cross-section
+        0.75)  # one slice: the same cross-section
 
 
 def test_counts_precision_recall():
@@ -202,15 +180,14 @@ def test_pair_counts_equal_a_count_of_every_voxel(monkeypatch, block_voxels, per
     gt[:, -1, -1], gt[:, 0, 0], res[:, -1, -1], res[:, 0, 0] = 9, 9, 2, 2  # runs across planes
     pairs = pair_counts(gt, res, per_plane)
     counted = {}
-    for key in zip(
-        pairs.plane.tolist(), pairs.gt.tolist(), pairs.res.tolist(), pairs.voxels.tolist()
-    ):
+    for key in zip(pairs.plane.tolist(), pairs.gt.tolist(), pairs.res.tolist(),
+                   pairs.voxels.tolist()):
         counted[key[:3]] = counted.get(key[:3], 0) + key[3]
     z = np.broadcast_to(np.arange(5)[:, None, None] if per_plane else 0, gt.shape)
     foreground = (gt != 0) | (res != 0)
-    triples, expected = np.unique(
-        np.stack([z[foreground], gt[foreground], res[foreground]]), axis=1, return_counts=True
-    )
+    triples, expected = np.unique(np.stack([z[foreground], gt[foreground], res[foreground]]),
+                                  axis=1,
+                                  return_counts=True)
     assert counted == {tuple(t): int(n) for t, n in zip(triples.T.tolist(), expected)}
 
 
@@ -241,9 +218,8 @@ def test_a_reference_split_in_two_along_z_is_one_split_and_no_merge():
 
 def test_seg_poles_and_core_of_a_known_ellipsoid():
     z, y, x = np.mgrid[:12, :32, :32]
-    gt = (((z - 5.5) / 4.2) ** 2 + ((y - 16) / 10) ** 2 + ((x - 16) / 10) ** 2 <= 1).astype(
-        np.uint16
-    )
+    gt = (((z - 5.5) / 4.2) ** 2 + ((y - 16) / 10) ** 2 + ((x - 16) / 10) ** 2
+          <= 1).astype(np.uint16)
     planes = np.flatnonzero(gt.any(axis=(1, 2)))
     assert planes.tolist() == list(range(2, 10))  # 8 slices: the outer quarter is 2 at each end
     table = contingency(gt, gt, slice_wise=True)

@@ -1,5 +1,4 @@
 """Streaming linking gives the whole-volume labels, slice by slice, holding only open slices."""
-
 import numpy as np
 import pytest
 
@@ -15,36 +14,24 @@ def noisy_predictions(seed: int = 0, depth: int = 24, size: int = 48):
     (min_slices matters), necks (the shape split matters), neighbour masks and extents."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:size, :size]
-    objects = [
-        (rng.integers(0, depth - 4), rng.integers(4, 9), rng.uniform(10, 38, 2)) for _ in range(12)
-    ]
+    objects = [(rng.integers(0, depth - 4), rng.integers(4, 9), rng.uniform(10, 38, 2))
+               for _ in range(12)]
     for z in range(depth):
         masks, extents = [], []
         for start, length, (cy, cx) in objects:
             if start <= z < start + length and rng.uniform() > 0.1:
                 t = (z - start + 0.5) / length
                 radius = 2 + 7 * np.sin(np.pi * t) + rng.normal(0, 0.5)
-                masks.append((y - cy - 0.3 * z) ** 2 + (x - cx) ** 2 <= radius**2)
-                extents.append(
-                    [
-                        (z - start) * 1.5 + rng.normal(0, 1),
-                        (start + length - 1 - z) * 1.5 + rng.normal(0, 1),
-                    ]
-                )
+                masks.append((y - cy - 0.3 * z) ** 2 + (x - cx) ** 2 <= radius ** 2)
+                extents.append([(z - start) * 1.5 + rng.normal(0, 1), (start + length - 1 - z) * 1.5
+                                + rng.normal(0, 1)])
         if rng.uniform() < 0.3:  # a speck
             masks.append((y - rng.integers(5, 40)) ** 2 + (x - rng.integers(5, 40)) ** 2 <= 2)
             extents.append([0.0, 0.0])
         masks = np.array(masks, bool).reshape(-1, size, size)
         neighbors = np.stack([np.roll(masks, s, axis=1) for s in (-1, 1)], axis=1)  # (K, 2, H, W)
-        yield (
-            z,
-            SlicePrediction(
-                masks,
-                rng.uniform(0.5, 1.0, len(masks)),
-                neighbors,
-                np.clip(np.array(extents).reshape(-1, 2), 0, None),
-            ),
-        )
+        yield z, SlicePrediction(masks, rng.uniform(0.5, 1.0, len(masks)), neighbors,
+                                 np.clip(np.array(extents).reshape(-1, 2), 0, None))
 
 
 def stream(predictions, shape, **options):
@@ -60,38 +47,23 @@ def stream(predictions, shape, **options):
     return labels, np.array(linker.scores), held
 
 
-OPTIONS = [
-    dict(strategy="iou", threshold=0.3, look_back=1),
-    dict(strategy="overlap", threshold=0.5, look_back=2, min_slices=2, split_depth=0.15),
-    dict(
-        strategy="iou",
-        threshold=0.2,
-        look_back=2,
-        fill_gaps=False,
-        extent_gate_um=1.0,
-        extent_trim_um=1.0,
-    ),
-    dict(
-        strategy="predicted",
-        threshold=0.3,
-        look_back=2,
-        min_slices=3,
-        split_depth=0.25,
-        extent_trim_um=0.5,
-    ),
-    dict(strategy="overlap", threshold=0.1, look_back=0, split_depth=0.35, extent_gate_um=2.0),
-]
+OPTIONS = [dict(strategy="iou", threshold=0.3, look_back=1),
+           dict(strategy="overlap", threshold=0.5, look_back=2, min_slices=2, split_depth=0.15),
+           dict(strategy="iou", threshold=0.2, look_back=2, fill_gaps=False, extent_gate_um=1.0,
+                extent_trim_um=1.0),
+           dict(strategy="predicted", threshold=0.3, look_back=2, min_slices=3, split_depth=0.25,
+                extent_trim_um=0.5),
+           dict(strategy="overlap", threshold=0.1, look_back=0, split_depth=0.35,
+                extent_gate_um=2.0)]
 
 
-@pytest.mark.parametrize(
-    "options", OPTIONS, ids=[f"{o['strategy']}-{i}" for i, o in enumerate(OPTIONS)]
-)
+@pytest.mark.parametrize("options", OPTIONS,
+                         ids=[f"{o['strategy']}-{i}" for i, o in enumerate(OPTIONS)])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_streaming_equals_whole_volume_linking(options, seed):
     shape = (24, 48, 48)
-    whole = link_volume(
-        noisy_predictions(seed), shape, window_offsets=[-1, 0, 1], z_spacing_um=1.5, **options
-    )
+    whole = link_volume(noisy_predictions(seed), shape, window_offsets=[-1, 0, 1], z_spacing_um=1.5,
+                        **options)
     labels, scores, held = stream(noisy_predictions(seed), shape, **options)
     assert whole.labels.max() > 5
     np.testing.assert_array_equal(labels, whole.labels)
@@ -101,13 +73,11 @@ def test_streaming_equals_whole_volume_linking(options, seed):
 
 def test_streaming_holds_only_the_slices_of_open_objects():
     one = stacked_nuclei()  # two nuclei of 6 slices, touching along z
-    gt = np.concatenate(
-        [np.where(one > 0, one + 2 * k, 0) for k in range(5)] + [one[:1] * 0]
-    ).astype(np.uint16)
+    gt = np.concatenate([np.where(one > 0, one + 2 * k, 0) for k in range(5)]
+                        + [one[:1] * 0]).astype(np.uint16)
     gt = np.insert(gt, [12, 24, 36, 48], 0, axis=0)  # an empty slice between the pairs: 65 slices
-    labels, _, held = stream(
-        with_extents(gt), gt.shape, strategy="overlap", threshold=0.3, look_back=0, split_depth=0.25
-    )
+    labels, _, held = stream(with_extents(gt), gt.shape,
+                             strategy="overlap", threshold=0.3, look_back=0, split_depth=0.25)
     np.testing.assert_array_equal(labels, gt)
     assert held <= 14  # a linked pair (12 slices) and the look-back, not the 65 slices
 
@@ -126,31 +96,14 @@ def test_streaming_refuses_what_it_cannot_stream():
 
 
 @pytest.mark.parametrize(
-    "extra",
-    [
-        [],
-        [
-            "TEST.CTC.LINKING",
-            "overlap",
-            "TEST.CTC.LINK_THRESHOLD",
-            "0.5",
-            "TEST.CTC.LOOK_BACK",
-            "2",
-            "TEST.CTC.SPLIT_DEPTH",
-            "0.25",
-        ],
-        ["MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead", "TEST.CTC.LINKING", "predicted"],
-        [
-            "MODEL.Z_EXTENT.ENABLED",
-            "True",
-            "TEST.CTC.EXTENT_GATE_UM",
-            "0.5",
-            "TEST.CTC.EXTENT_TRIM_UM",
-            "0.5",
-        ],
-        ["TEST.CTC.LINKING", "connected"],
-    ],
-)
+    "extra", [[], ["TEST.CTC.LINKING", "overlap", "TEST.CTC.LINK_THRESHOLD", "0.5",
+                                        "TEST.CTC.LOOK_BACK", "2", "TEST.CTC.SPLIT_DEPTH", "0.25"],
+                                   ["MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead",
+                                    "TEST.CTC.LINKING", "predicted"],
+                                   ["MODEL.Z_EXTENT.ENABLED", "True", "TEST.CTC.EXTENT_GATE_UM",
+                                    "0.5",
+                                    "TEST.CTC.EXTENT_TRIM_UM", "0.5"],
+                                   ["TEST.CTC.LINKING", "connected"]])
 def test_predict_file_streams_the_whole_volume_labels(tiny_dataset, tmp_path, extra):
     import tifffile
     import torch
@@ -161,11 +114,11 @@ def test_predict_file_streams_the_whole_volume_labels(tiny_dataset, tmp_path, ex
     from helpers import tiny_cfg
 
     torch.manual_seed(0)
-    cfg = tiny_cfg(
-        "mlp_fusion",
-        3,
-        ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.05", *extra],
-    )
+    cfg = tiny_cfg("mlp_fusion",
+                   3
+                   , ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD",
+                      "0.05",
+                                     *extra])
     predictor = VolumePredictor(cfg, build_model(cfg))
     source = f"{tiny_dataset}/02/t000.tif"
     count = predictor.predict_file(source, str(tmp_path / "labels.tif"), voxel_um=(0.4, 0.25, 0.25))
@@ -215,37 +168,20 @@ def predict_tool(tiny_dataset, weights, output, *flags, wait=True):
 
     from helpers import CONFIGS, ROOT, TINY_MODEL
 
-    args = [
-        sys.executable,
-        os.path.join(ROOT, "tools", "predict.py"),
-        "--config-file",
-        os.path.join(CONFIGS, "mlp_fusion.yaml"),
-        "--input",
-        os.path.join(tiny_dataset, "02"),
-        "--output",
-        str(output),
-        *flags,
-        *TINY_MODEL,
-        "INPUT.NUM_SLICES",
-        "3",
-        "MODEL.WEIGHTS",
-        weights,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-        "0.0",
-        "TEST.CTC.SCORE_THRESHOLD",
-        "0.3",
-    ]
+    args = [sys.executable, os.path.join(ROOT, "tools", "predict.py"), "--config-file",
+            os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input", os.path.join(tiny_dataset, "02"),
+            "--output", str(output),
+            *flags, *TINY_MODEL, "INPUT.NUM_SLICES", "3", "MODEL.WEIGHTS", weights,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD", "0.3"]
     env = dict(os.environ, PYTHONWARNINGS="ignore", EMR_DATASETS=os.path.dirname(tiny_dataset))
     if not wait:
-        return subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
 
 
 def test_two_processes_write_what_one_writes_and_resume_skips_finished_volumes(
-    tiny_dataset, random_weights, tmp_path
-):
+    tiny_dataset, random_weights, tmp_path):
     predict_tool(tiny_dataset, random_weights, tmp_path / "one")
     run = predict_tool(tiny_dataset, random_weights, tmp_path / "two", "--num-gpus", "2")
     assert "with 2 process(es)" in run.stdout
@@ -253,17 +189,15 @@ def test_two_processes_write_what_one_writes_and_resume_skips_finished_volumes(
     assert names == ["mask000.tif", "mask001.tif", "mask002.tif", "res_track.txt"]
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
     for name in names:
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), (
-            name
-        )
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two"
+                                                          / name).read_bytes(), name
     (tmp_path / "two" / "mask001.tif").unlink()
     before = (tmp_path / "two" / "mask000.tif").stat().st_mtime_ns
     run = predict_tool(tiny_dataset, random_weights, tmp_path / "two", "--resume")
     assert "Wrote 1 label volume(s)" in run.stdout and "2 already there, skipped" in run.stdout
     assert (tmp_path / "two" / "mask000.tif").stat().st_mtime_ns == before
-    assert (tmp_path / "two" / "mask001.tif").read_bytes() == (
-        tmp_path / "one" / "mask001.tif"
-    ).read_bytes()
+    assert (tmp_path / "two" / "mask001.tif").read_bytes() == (tmp_path / "one"
+                                                               / "mask001.tif").read_bytes()
 
 
 def test_a_kill_during_prediction_leaves_only_whole_volumes(tiny_dataset, random_weights, tmp_path):
@@ -283,11 +217,10 @@ def test_a_kill_during_prediction_leaves_only_whole_volumes(tiny_dataset, random
         assert tifffile.imread(path).shape == (8, 64, 64)
     run = predict_tool(tiny_dataset, random_weights, tmp_path / "out", "--resume")
     assert f"{len(masks)} already there, skipped" in run.stdout
-    assert sorted(p.name for p in (tmp_path / "out").glob("mask*.tif")) == [
-        "mask000.tif",
-        "mask001.tif",
-        "mask002.tif",
-    ]
+    assert sorted(p.name
+                  for p
+                  in (tmp_path / "out").glob("mask*.tif")) == ["mask000.tif", "mask001.tif",
+                                                               "mask002.tif"]
 
 
 def test_a_raw_stack_reads_the_slices_a_memory_map_reads(tmp_path):

@@ -1,5 +1,4 @@
 """Pictures read without the code: physical aspect, labelled axes, honest limits, plain titles."""
-
 import io
 import json
 
@@ -12,9 +11,8 @@ from benchmark_runner import METRICS, plot_results
 
 def ellipsoid_volume():
     z, y, x = np.ogrid[:12, :48, :40]
-    labels = (((z - 6) / 4) ** 2 + ((y - 24) / 12) ** 2 + ((x - 20) / 10) ** 2 <= 1).astype(
-        np.uint16
-    )
+    labels = (((z - 6) / 4) ** 2 + ((y - 24) / 12) ** 2 + ((x - 20) / 10) ** 2
+              <= 1).astype(np.uint16)
     raw = (labels * 500 + 100).astype(np.uint16)
     return raw, labels
 
@@ -23,14 +21,12 @@ def test_orthogonal_views_have_the_physical_aspect_labelled_z_and_cut_lines():
     raw, labels = ellipsoid_volume()
     fig = vis.plot_orthogonal(raw, labels, labels, io.BytesIO(), voxel_size=(1.0, 0.25, 0.2))
     xy, xz, yz = fig.axes[:3]
-    assert xz.get_aspect() == pytest.approx(1.0 / 0.2) and yz.get_aspect() == pytest.approx(
-        1.0 / 0.25
-    )
+    assert xz.get_aspect() == pytest.approx(1.0
+                                            / 0.2) and yz.get_aspect() == pytest.approx(1.0 / 0.25)
     assert xy.get_aspect() == 1.0
     assert "z" in xz.get_ylabel() and "z" in yz.get_ylabel() and "x" in xy.get_xlabel()
-    horizontal = [
-        line.get_ydata()[0] for line in xz.lines if line.get_ydata()[0] == line.get_ydata()[1]
-    ]
+    horizontal = [line.get_ydata()[0] for line in xz.lines
+                  if line.get_ydata()[0] == line.get_ydata()[1]]
     assert len(xy.lines) == 2 and horizontal == [6]  # the XY section's cut, at the centre slice
     assert "1 x 0.25 x 0.2 um" in fig._suptitle.get_text()
     unknown = vis.plot_orthogonal(raw, None, labels, io.BytesIO())
@@ -38,10 +34,8 @@ def test_orthogonal_views_have_the_physical_aspect_labelled_z_and_cut_lines():
 
 
 def test_training_curves_hold_every_value_and_draw_one_evaluation_as_a_point(tmp_path):
-    rows = [
-        {"iteration": i, "total_loss": 2.0 / (i + 1), "loss_mask": 0.5 / (i + 1)}
-        for i in range(0, 300, 20)
-    ]
+    rows = [{"iteration": i, "total_loss": 2.0 / (i + 1), "loss_mask": 0.5 / (i + 1)}
+            for i in range(0, 300, 20)]
     rows.append({"iteration": 299, "ctc/SEG": 0.87})
     path = tmp_path / "metrics.json"
     path.write_text("\n".join(json.dumps(r) for r in rows))
@@ -59,53 +53,31 @@ def test_training_curves_hold_every_value_and_draw_one_evaluation_as_a_point(tmp
 
 
 def test_fusion_weights_are_titled_in_plain_words():
-    assert vis.fusion_title("backbone.fusion.modules_by_level.shared", "MLPFusion").startswith(
-        "early fusion: MLPFusion"
-    )
-    assert "FPN level p3" in vis.fusion_title(
-        "backbone.fusion.modules_by_level.p3", "CrossSliceAttentionFusion"
-    )
+    assert vis.fusion_title("backbone.fusion.modules_by_level.shared",
+                            "MLPFusion").startswith("early fusion: MLPFusion")
+    assert "FPN level p3" in vis.fusion_title("backbone.fusion.modules_by_level.p3",
+                                              "CrossSliceAttentionFusion")
     assert "mask head" in vis.fusion_title("roi_heads.mask_pooler.fusion", "MeanFusion")
-    weights = {
-        "early fusion: MLPFusion\nat every fused FPN level (one module)": {
-            "interior": np.array([0.2, 0.6, 0.2]),
-            "edge": np.array([0.1, 0.8, 0.1]),
-        }
-    }
+    weights = {"early fusion: MLPFusion\nat every fused FPN level (one module)":
+               {"interior": np.array([0.2, 0.6, 0.2]), "edge": np.array([0.1, 0.8, 0.1])}}
     fig = vis.plot_fusion_weights(weights, io.BytesIO())
     ax = fig.axes[0]
-    assert (
-        ax.get_ylim() == (0.0, 1.0) and "centre" in [t.get_text() for t in ax.get_xticklabels()][1]
-    )
+    assert ax.get_ylim() == (0.0,
+                             1.0) and "centre" in [t.get_text() for t in ax.get_xticklabels()][1]
     note = fig._suptitle.get_text()
-    assert (
-        "edge slices" in note and "interior" in note and "INPUT." not in note
-    )  # words, not config keys
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "interior windows",
-        "edge windows",
-    ]
+    # words, not config keys
+    assert "edge slices" in note and "interior" in note and "INPUT." not in note
+    assert [t.get_text()
+            for t in ax.get_legend().get_texts()] == ["interior windows", "edge windows"]
 
 
 def test_benchmark_plot_draws_points_with_error_bars_and_names_the_metric():
     rows = [
-        {
-            "config": c,
-            "seed": s,
-            **{
-                m: v + 0.01 * s
-                for m in (
-                    "SEG",
-                    "SEG_calibrated",
-                    "DET_calibrated",
-                    "OP_CSB_calibrated",
-                    "SEG_oracle_link",
-                )
-            },
-        }
-        for c, v in (("baseline_2d", 0.70), ("mlp_fusion", 0.72))
-        for s in range(3)
-    ]
+        {"config": c, "seed": s,
+         **{m: v + 0.01 * s for m in ("SEG", "SEG_calibrated", "DET_calibrated",
+                                                                  "OP_CSB_calibrated",
+                                      "SEG_oracle_link")}}
+            for c, v in (("baseline_2d", 0.70), ("mlp_fusion", 0.72)) for s in range(3)]
     for row in rows:
         row.update({m: row.get(m, 0.0) for m in METRICS})
     fig = plot_results(rows, io.BytesIO())
@@ -116,10 +88,8 @@ def test_benchmark_plot_draws_points_with_error_bars_and_names_the_metric():
 
 
 def test_benchmark_plot_names_of_many_configs_do_not_overlap():
-    rows = [
-        {"config": f"config_with_a_long_name_{k}", "seed": 0, **{m: 0.8 for m in METRICS}}
-        for k in range(15)
-    ]
+    rows = [{"config": f"config_with_a_long_name_{k}", "seed": 0, **{m: 0.8 for m in METRICS}}
+            for k in range(15)]
     fig = plot_results(rows, io.BytesIO())
     ax = fig.axes[0]
     label = ax.get_xticklabels()[0]

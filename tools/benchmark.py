@@ -13,7 +13,6 @@ trains on <dataset>_01_train, calibrates its linking on <dataset>_01_val and is 
 <dataset>_02. Writes <results>/<dataset>/results.csv, results.md and results.png; finished runs
 are not run again. Each run's CPU work uses --threads threads.
 """
-
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import logging
@@ -54,30 +53,21 @@ def prepare_dataset(name: str) -> BenchDataset:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", required=True)
-    parser.add_argument(
-        "--datasets",
-        nargs="+",
-        default=["bench"],
-        help="synthetic presets, cho, or registered CTC dataset names",
-    )
+    parser.add_argument("--datasets", nargs="+", default=["bench"],
+                        help="synthetic presets, cho, or registered CTC dataset names")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
-    parser.add_argument(
-        "--results", default=None, help="folder of the results tables (default: --output)"
-    )
+    parser.add_argument("--results", default=None,
+                        help="folder of the results tables (default: --output)")
     add_threads_argument(parser)
-    parser.add_argument(
-        "--refresh",
-        action="store_true",
-        help="calibrate and evaluate finished runs again with today's code (weights kept)",
-    )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run"
-    )
+    parser.add_argument("--refresh", action="store_true",
+                        help="calibrate and evaluate finished runs again with today's code "
+                             "(weights kept)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="KEY VALUE config overrides for every run")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
     setup_logger(name="emr_d2")
@@ -88,23 +78,14 @@ def main(argv=None) -> int:
     results = args.results or args.output
     for name in args.datasets:
         dataset = prepare_dataset(name)
-        rows = run_benchmark(
-            args.configs,
-            dataset,
-            args.seeds,
-            args.output,
-            results,
-            args.opts,
-            gpus=torch.cuda.device_count(),
-            refresh=args.refresh,
-            threads=args.threads,
-        )
+        rows = run_benchmark(args.configs, dataset, args.seeds, args.output, results, args.opts,
+                             gpus=torch.cuda.device_count(), refresh=args.refresh,
+                             threads=args.threads)
         with open(os.path.join(results, dataset.name, "results.md")) as f:
             print(f"## {dataset.name}\n{f.read()}")
         print(
             f"{len(rows)} runs; results in {os.path.join(results, dataset.name)}/results.csv, "
-            "results.md, results.png"
-        )
+            "results.md, results.png")
     return 0
 
 

@@ -7,7 +7,6 @@ then ``--eval-only`` of the final weights on the held-out sequence ``_02`` at na
 once with the configured linking and once with the calibrated one. A finished run leaves
 ``<output>/<dataset>/<config>/seed<k>/row.json`` and is not run again.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -29,36 +28,12 @@ from emr_d2.linking import SIMILARITIES
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = [
-    "dataset",
-    "config",
-    "seed",
-    "SEG",
-    "SEG_calibrated",
-    "DET",
-    "DET_calibrated",
-    "OP_CSB",
-    "OP_CSB_calibrated",
-    "SEG_oracle_link",
-    "SEG_2D",
-    "SEG_poles",
-    "SEG_core",
-    "foreground_IoU",
-    "jaccard_matched",
-    "jaccard_matched_2D",
-    "splits",
-    "merges",
-    "splits_calibrated",
-    "merges_calibrated",
-    "z_extent_error_um",
-    "segm_AP",
-    "volume_AP",
-    "count_error",
-    "centre_weight",
-    "train_time_s",
-    "inference_s_per_volume",
-    "linking",
-]
+COLUMNS = ["dataset", "config", "seed", "SEG", "SEG_calibrated", "DET", "DET_calibrated", "OP_CSB",
+           "OP_CSB_calibrated", "SEG_oracle_link", "SEG_2D",
+           "SEG_poles", "SEG_core", "foreground_IoU", "jaccard_matched", "jaccard_matched_2D",
+           "splits", "merges", "splits_calibrated", "merges_calibrated",
+           "z_extent_error_um", "segm_AP", "volume_AP", "count_error",
+           "centre_weight", "train_time_s", "inference_s_per_volume", "linking"]
 METRICS = COLUMNS[3:-1]
 # Columns of the calibrated linking's test result that are scored from its label files, so that
 # runs finished before a column was added get it without running the network again.
@@ -94,32 +69,23 @@ def default_threads() -> int:
 def add_threads_argument(parser) -> None:
     """``--threads`` of a benchmark command: threads per run, at least 1 (default:
     :func:`default_threads`)."""
-
     def positive_int(text: str) -> int:
         if int(text) < 1:
             raise argparse.ArgumentTypeError(f"--threads must be at least 1, got {text}")
         return int(text)
 
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=default_threads(),
-        help="CPU threads per run (default: the cores this process may use); two jobs "
-        "sharing a machine should split its cores",
-    )
+    parser.add_argument("--threads", type=positive_int, default=default_threads(),
+                        help="CPU threads per run (default: the cores this process may use); two "
+                             "jobs "
+                             "sharing a machine should split its cores")
 
 
 def thread_env(threads: int) -> dict[str, str]:
     """Environment variables that hold a subprocess's numerical libraries (PyTorch's OpenMP, MKL,
     OpenBLAS, numba, TensorFlow) to ``threads`` threads: two runs sharing a machine each get
     their share of the cores instead of oversubscribing them (which is 10-20x slower)."""
-    names = (
-        "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-        "NUMBA_NUM_THREADS",
-        "TF_NUM_INTRAOP_THREADS",
-    )
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+             "TF_NUM_INTRAOP_THREADS")
     return {name: str(threads) for name in names} | {"TF_NUM_INTEROP_THREADS": "1"}
 
 
@@ -136,10 +102,8 @@ def linking_label(choice: dict) -> str:
     split += f" trim{choice['EXTENT_TRIM_UM']:g}" if choice.get("EXTENT_TRIM_UM") else ""
     if choice["LINKING"] not in SIMILARITIES:  # no assignment: no threshold or look-back
         return f"{choice['LINKING']} min{choice['MIN_SLICES']}{split}"
-    return (
-        f"{choice['LINKING']} {choice['LINK_THRESHOLD']:g} lb{choice['LOOK_BACK']} "
-        f"min{choice['MIN_SLICES']}{split}"
-    )
+    return (f"{choice['LINKING']} {choice['LINK_THRESHOLD']:g} lb{choice['LOOK_BACK']} "
+            f"min{choice['MIN_SLICES']}{split}")
 
 
 def claim(run_dir: str) -> bool:
@@ -161,15 +125,8 @@ def claim(run_dir: str) -> bool:
     return False
 
 
-def run_one(
-    config: str,
-    seed: int,
-    dataset: BenchDataset,
-    output: str,
-    opts: list[str],
-    env: dict | None = None,
-    refresh: bool = False,
-) -> dict | None:
+def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
+            env: dict | None = None, refresh: bool = False) -> dict | None:
     """Train and evaluate one (config, seed) on a dataset; returns its row (cached in row.json),
     or None when another benchmark process is running it (several may share one output).
     refresh: a finished run is calibrated and evaluated again with today's code (its weights
@@ -187,109 +144,58 @@ def run_one(
         logger.info(f"{run_dir} is being run by another process; skipped")
         return None
     try:
-        return _train_and_evaluate(
-            config,
-            seed,
-            dataset,
-            run_dir,
-            opts,
-            env,
-            None if previous is None else previous["train_time_s"],
-        )
+        return _train_and_evaluate(config, seed, dataset, run_dir, opts, env,
+                                   None if previous is None else previous["train_time_s"])
     finally:
         os.remove(os.path.join(run_dir, "running.lock"))
 
 
-def _train_and_evaluate(
-    config: str,
-    seed: int,
-    dataset: BenchDataset,
-    run_dir: str,
-    opts: list[str],
-    env: dict | None,
-    train_time: float | None = None,
-) -> dict:
+def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: str,
+                        opts: list[str],
+                        env: dict | None, train_time: float | None = None) -> dict:
     """Train (resumable), then evaluate with the configured and the calibrated linking; write
     row.json. train_time: that of a finished training evaluated again (refresh; the row says
     ``refreshed``)."""
     row_file = os.path.join(run_dir, "row.json")
     common = [sys.executable, TRAIN_NET, "--config-file", config]
-    datasets = [
-        "DATASETS.TRAIN",
-        f"('{dataset.train}',)",
-        "DATASETS.VAL",
-        f"('{dataset.val}',)",
-        "TEST.CTC.CALIBRATE_LINKING",
-        "True",
-        "SEED",
-        str(seed),
-        *opts,
-    ]
+    datasets = ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
+                "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", str(seed), *opts]
     weights = os.path.join(run_dir, "model_final.pth")
     results = {}
     with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
         start = time.perf_counter()
-        subprocess.run(
-            common + ["--resume", *datasets, "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
-            check=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        subprocess.run(common
+                       + ["--resume", *datasets, "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
+                       check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         measured = train_time is None
         if measured:
             train_time = time.perf_counter() - start
         for linking, use_calibrated in (("default", "False"), ("calibrated", "True")):
             eval_dir = os.path.join(run_dir, "eval", linking)
-            subprocess.run(
-                common
-                + [
-                    "--eval-only",
-                    *datasets,
-                    "DATASETS.TEST",
-                    f"('{dataset.test}',)",
-                    "MODEL.WEIGHTS",
-                    weights,
-                    "OUTPUT_DIR",
-                    eval_dir,
-                    "TEST.CTC.USE_CALIBRATED_LINKING",
-                    use_calibrated,
-                ],
-                check=True,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            subprocess.run(common
+                           + ["--eval-only", *datasets, "DATASETS.TEST", f"('{dataset.test}',)",
+                                     "MODEL.WEIGHTS", weights, "OUTPUT_DIR", eval_dir,
+                                     "TEST.CTC.USE_CALIBRATED_LINKING", use_calibrated],
+                           check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
             with open(os.path.join(eval_dir, "inference", dataset.test, "results.json")) as f:
                 results[linking] = json.load(f)
     with open(os.path.join(run_dir, "linking.json")) as f:
         choice = json.load(f)["choice"]
     ctc, calibrated = results["default"]["ctc"], results["calibrated"]["ctc"]
     row = {
-        "dataset": dataset.name,
-        "config": config_name(config),
-        "seed": seed,
-        "SEG": ctc["SEG"],
-        "SEG_calibrated": calibrated["SEG"],
-        **{
-            f"{k}{suffix}": m.get(k, float("nan"))
-            for k in ("DET", "OP_CSB")
-            for suffix, m in (("", ctc), ("_calibrated", calibrated))
-        },
-        **{
-            k: ctc[k]
-            for k in ("SEG_oracle_link", "SEG_2D", "SEG_poles", "SEG_core", "splits", "merges")
-        },
+        "dataset": dataset.name, "config": config_name(config), "seed": seed,
+        "SEG": ctc["SEG"], "SEG_calibrated": calibrated["SEG"],
+        **{f"{k}{suffix}": m.get(k, float("nan")) for k in ("DET", "OP_CSB")
+           for suffix, m in (("", ctc), ("_calibrated", calibrated))},
+        **{k: ctc[k]
+           for k in ("SEG_oracle_link", "SEG_2D", "SEG_poles", "SEG_core", "splits", "merges")},
         **{k: calibrated[k] for k in MASK_SCORES},
-        "splits_calibrated": calibrated["splits"],
-        "merges_calibrated": calibrated["merges"],
+        "splits_calibrated": calibrated["splits"], "merges_calibrated": calibrated["merges"],
         "z_extent_error_um": calibrated.get("z_extent_error_um", float("nan")),
         "segm_AP": results["default"].get("segm", {}).get("AP", float("nan")),
-        "volume_AP": ctc["volume_AP"],
-        "count_error": ctc["count_error"],
+        "volume_AP": ctc["volume_AP"], "count_error": ctc["count_error"],
         "train_time_s": train_time,
-        "inference_s_per_volume": ctc["seconds_per_volume"],
-        "linking": linking_label(choice),
+        "inference_s_per_volume": ctc["seconds_per_volume"], "linking": linking_label(choice),
         **({} if measured else {"refreshed": True}),
     }
     atomic_write(row_file, lambda f: json.dump(row, f), "w")
@@ -303,12 +209,8 @@ def centre_weight(run_dir: str) -> float:
     with open(os.path.join(run_dir, "metrics.json")) as f:
         for line in f:
             last.update(
-                {
-                    k: v
-                    for k, v in json.loads(line).items()
-                    if k.startswith("fusion/") and k.endswith("/dz+0")
-                }
-            )
+                {k: v for k, v in json.loads(line).items() if k.startswith("fusion/")
+                 and k.endswith("/dz+0")})
     return float(np.mean(list(last.values()))) if last else float("nan")
 
 
@@ -321,12 +223,10 @@ def mask_scores(run_dir: str, dataset: BenchDataset) -> dict:
     from emr_d2.evaluation.ctc_folders import seg_of_folders
 
     meta = MetadataCatalog.get(dataset.test)
-    res_dir = os.path.join(
-        run_dir, "eval", "calibrated", "inference", dataset.test, f"{meta.sequence}_RES"
-    )
-    summary = seg_of_folders(
-        res_dir, os.path.join(meta.dataset_root, f"{meta.sequence}_GT")
-    ).summary()
+    res_dir = os.path.join(run_dir, "eval", "calibrated", "inference", dataset.test,
+                           f"{meta.sequence}_RES")
+    summary = seg_of_folders(res_dir,
+                             os.path.join(meta.dataset_root, f"{meta.sequence}_GT")).summary()
     return {k: summary[k] for k in MASK_SCORES}
 
 
@@ -378,17 +278,9 @@ def update_tables(output: str, dataset: BenchDataset, results: str) -> list[dict
     return rows
 
 
-def run_benchmark(
-    configs: list[str],
-    dataset: BenchDataset,
-    seeds: int,
-    output: str,
-    results_dir: str,
-    opts: list[str] = (),
-    gpus: int = 0,
-    refresh: bool = False,
-    threads: int | None = None,
-) -> list[dict]:
+def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
+                  results_dir: str, opts: list[str] = (), gpus: int = 0, refresh: bool = False,
+                  threads: int | None = None) -> list[dict]:
     """All configs x seeds on one dataset (one at a time, or one per GPU in parallel; refresh: see
     :func:`run_one`), each run's CPU work held to ``threads`` threads (default: all cores this
     process may use, :func:`default_threads`). After every
@@ -400,14 +292,10 @@ def run_benchmark(
     results = os.path.join(results_dir, dataset.name)
     threads = threads or default_threads()
     if gpus > 1:
-
         def on_gpu(index_job):
             index, (config, seed) = index_job
-            env = dict(
-                os.environ,
-                CUDA_VISIBLE_DEVICES=str(index % gpus),
-                **thread_env(max(threads // gpus, 1)),
-            )
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(index % gpus),
+                       **thread_env(max(threads // gpus, 1)))
             return run_one(config, seed, dataset, output, list(opts), env, refresh)
 
         with ThreadPoolExecutor(gpus) as pool:
@@ -415,15 +303,8 @@ def run_benchmark(
     else:
         for k, (config, seed) in enumerate(jobs, 1):
             logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
-            run_one(
-                config,
-                seed,
-                dataset,
-                output,
-                list(opts),
-                dict(os.environ, **thread_env(threads)),
-                refresh,
-            )
+            run_one(config, seed, dataset, output, list(opts),
+                    dict(os.environ, **thread_env(threads)), refresh)
             update_tables(output, dataset, results)
     return update_tables(output, dataset, results)
 
@@ -435,33 +316,17 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
         mine = [r for r in rows if r["config"] == config]
         summary[config] = {
             m: (float(np.mean([r[m] for r in mine])), float(np.std([r[m] for r in mine])))
-            for m in METRICS
-        }
+                           for m in METRICS}
         summary[config]["seeds"] = len(mine)
     return summary
 
 
-LOWER_IS_BETTER = {
-    "splits",
-    "merges",
-    "splits_calibrated",
-    "merges_calibrated",
-    "z_extent_error_um",
-    "count_error",
-    "train_time_s",
-    "inference_s_per_volume",
-}
+LOWER_IS_BETTER = {"splits", "merges", "splits_calibrated", "merges_calibrated",
+                   "z_extent_error_um",
+                   "count_error", "train_time_s", "inference_s_per_volume"}
 NOT_RANKED = {"centre_weight"}
-ONE_DECIMAL = {
-    "segm_AP",
-    "volume_AP",
-    "splits",
-    "merges",
-    "splits_calibrated",
-    "merges_calibrated",
-    "train_time_s",
-    "inference_s_per_volume",
-}
+ONE_DECIMAL = {"segm_AP", "volume_AP", "splits", "merges", "splits_calibrated", "merges_calibrated",
+               "train_time_s", "inference_s_per_volume"}
 
 
 def results_markdown(rows: list[dict]) -> str:
@@ -473,10 +338,8 @@ def results_markdown(rows: list[dict]) -> str:
         means = {c: s[m][0] for c, s in summary.items() if np.isfinite(s[m][0])}
         choose = min if m in LOWER_IS_BETTER else max
         best[m] = None if m in NOT_RANKED or len(means) < 2 else choose(means, key=means.get)
-    lines = [
-        "| config | seeds | " + " | ".join(METRICS) + " |",
-        "|---|---|" + "---|" * len(METRICS),
-    ]
+    lines = ["| config | seeds | " + " | ".join(METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]
     for config, s in summary.items():
         cells = []
         for m in METRICS:

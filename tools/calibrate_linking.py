@@ -8,7 +8,6 @@ Predicts the validation volumes once, relinks them over the TEST.CTC.CALIBRATION
 the best setting and the whole table to linking.json beside the weights (or in --output), where
 tools/train_net.py --eval-only, tools/predict.py and tools/benchmark.py find it.
 """
-
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import os
@@ -26,16 +25,13 @@ from emr_d2.predictor import VolumePredictor
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument(
-        "--output", default=None, help="folder for linking.json (default: the weights' folder)"
-    )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)"
-    )
+    parser.add_argument("--output", default=None,
+                        help="folder for linking.json (default: the weights' folder)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
     setup_logger(name="emr_d2")
@@ -46,11 +42,9 @@ def main(argv=None) -> int:
     output = args.output or os.path.dirname(os.path.abspath(cfg.MODEL.WEIGHTS))
     os.makedirs(output, exist_ok=True)
     result = calibrate_linking(cfg, VolumePredictor(cfg).model, output)
-    print(
-        f"Best linking on {', '.join(cfg.DATASETS.VAL)}: {result['choice']} "
-        f"(SEG {result['SEG']:.4f}; configured {result['default']['SEG']:.4f}); "
-        f"wrote {os.path.join(output, 'linking.json')}"
-    )
+    print(f"Best linking on {', '.join(cfg.DATASETS.VAL)}: {result['choice']} "
+          f"(SEG {result['SEG']:.4f}; configured {result['default']['SEG']:.4f}); "
+          f"wrote {os.path.join(output, 'linking.json')}")
     return 0
 
 

@@ -9,7 +9,6 @@ table of the AOGM-D operations; --op-csb also scores SEG (GT_DIR/SEG) and prints
 CTC's segmentation ranking (SEG + DET) / 2. Errors are reported in one line; add --debug for
 the Python traceback.
 """
-
 import argparse
 import os
 import sys
@@ -22,29 +21,23 @@ from emr_d2.evaluation.det import op_csb  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("res_dir")
     parser.add_argument("gt_dir")
-    parser.add_argument(
-        "--verbose", action="store_true", help="per-frame markers, result objects and operations"
-    )
-    parser.add_argument(
-        "--op-csb", action="store_true", help="also SEG, and OP_CSB = (SEG + DET) / 2"
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show the Python traceback of an error"
-    )
+    parser.add_argument("--verbose", action="store_true",
+                        help="per-frame markers, result objects and operations")
+    parser.add_argument("--op-csb", action="store_true",
+                        help="also SEG, and OP_CSB = (SEG + DET) / 2")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     accumulator = det_of_folders(args.res_dir, args.gt_dir)
     if args.verbose:
         print(f"{'frame':>6} {'markers':>8} {'results':>8} {'splits':>7} {'FN':>5} {'FP':>5}")
         for name, c in accumulator.per_frame():
-            print(
-                f"{name:>6} {c.markers:8d} {c.results:8d} {c.splits:7d} {c.false_negatives:5d} "
-                f"{c.false_positives:5d}"
-            )
+            print(f"{name:>6} {c.markers:8d} {c.results:8d} {c.splits:7d} {c.false_negatives:5d} "
+                  f"{c.false_positives:5d}")
     det = accumulator.summary()["DET"]
     print(f"DET measure: {det:.6f}")
     if args.op_csb:

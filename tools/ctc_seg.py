@@ -7,7 +7,6 @@ RES_DIR holds maskTTT.tif; GT_DIR holds SEG/man_segTTT.tif (3D) or SEG/man_seg_T
 (single slices, scored in 2D). Prints "SEG measure: 0.xxxxxx"; --verbose adds a per-frame table.
 Errors are reported in one line; add --debug for the Python traceback.
 """
-
 import argparse
 import os
 import sys
@@ -19,17 +18,14 @@ from emr_d2.evaluation.ctc_folders import seg_of_folders  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("res_dir")
     parser.add_argument("gt_dir")
-    parser.add_argument(
-        "--verbose", action="store_true", help="per-frame SEG and reference object counts"
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show the Python traceback of an error"
-    )
+    parser.add_argument("--verbose", action="store_true",
+                        help="per-frame SEG and reference object counts")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     accumulator = seg_of_folders(args.res_dir, args.gt_dir)
     if args.verbose:

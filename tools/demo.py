@@ -10,7 +10,6 @@
 Every stage prints one line with its time; its full output (detectron2's config and log) goes to
 <output>/logs/<stage>.log, and training also writes OUTPUT_DIR/config.yaml and log.txt.
 """
-
 import argparse
 import json
 import os
@@ -30,40 +29,28 @@ def run(stage: str, args: list[str], logs: str) -> None:
     start = time.perf_counter()
     print(f"{stage:<30}", end=" ", flush=True)
     with open(log_file, "w") as log:
-        done = subprocess.run(
-            [sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
+        done = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT)
     if done.returncode:
         with open(log_file) as log:
-            print(
-                f"failed; the end of {log_file}:\n" + "".join(log.readlines()[-20:]),
-                file=sys.stderr,
-            )
+            print(f"failed; the end of {log_file}:\n" + "".join(log.readlines()[-20:]),
+                  file=sys.stderr)
         sys.exit(done.returncode)
     print(f"{time.perf_counter() - start:6.1f} s   ({log_file})", flush=True)
 
 
 def train_and_evaluate(name: str, config: str, output: str, logs: str) -> dict:
     run(
-        f"train + evaluate {name}",
-        [
-            os.path.join("tools", "train_net.py"),
-            "--config-file",
-            config,
-            "--resume",
-            "OUTPUT_DIR",
-            output,
-        ],
-        logs,
-    )
+        f"train + evaluate {name}"
+        , [os.path.join("tools", "train_net.py"), "--config-file", config, "--resume",
+                                     "OUTPUT_DIR", output], logs)
     with open(os.path.join(output, "inference", "SIM-demo_02", "ctc_metrics.json")) as f:
         return json.load(f)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/demo")
     parser.add_argument("--baseline", action="store_true", help="also train the 2D baseline")
     args = parser.parse_args(argv)
@@ -72,103 +59,59 @@ def main(argv=None) -> int:
     logs = os.path.join(args.output, "logs")
     if not os.path.isdir(os.path.join(dataset, "02_GT")):
         run(
-            "make data",
-            [os.path.join("tools", "make_synthetic.py"), "--out", dataset, "--preset", "demo"],
-            logs,
-        )
+            "make data"
+            , [os.path.join("tools", "make_synthetic.py"), "--out", dataset, "--preset", "demo"],
+            logs)
     runs = {"mlp_fusion": "configs/demo/mlp_fusion.yaml"}
     if args.baseline:
         runs["baseline_2d"] = "configs/demo/baseline_2d.yaml"
-    metrics = {
-        name: train_and_evaluate(name, config, os.path.join(args.output, name), logs)
-        for name, config in runs.items()
-    }
+    metrics = {name: train_and_evaluate(name, config, os.path.join(args.output, name), logs)
+               for name, config in runs.items()}
 
     flagship = os.path.join(args.output, "mlp_fusion")
     pictures = os.path.join(args.output, "pictures")
-    raw, gt = (
-        os.path.join(dataset, "02", "t000.tif"),
-        os.path.join(dataset, "02_GT", "SEG", "man_seg000.tif"),
-    )
+    raw, gt = os.path.join(dataset, "02",
+                           "t000.tif"), os.path.join(dataset, "02_GT", "SEG", "man_seg000.tif")
     res = os.path.join(flagship, "inference", "SIM-demo_02", "02_RES", "mask000.tif")
     with open(os.path.join(dataset, "voxel_size.json")) as f:
         voxel_size = [str(v) for v in json.load(f)["zyx_um"]]
     run(
-        "pictures: volume",
-        [
-            os.path.join("tools", "visualize.py"),
-            "volume",
-            "--raw",
-            raw,
-            "--gt",
-            gt,
-            "--pred",
-            res,
-            "--out",
-            pictures,
-            "--voxel-size",
-            *voxel_size,
-        ],
-        logs,
-    )
+        "pictures: volume"
+        , [os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred",
+                             res, "--out", pictures, "--voxel-size", *voxel_size], logs)
     run(
-        "pictures: fusion",
-        [
-            os.path.join("tools", "visualize.py"),
-            "fusion",
-            "--config-file",
-            runs["mlp_fusion"],
-            "--raw",
-            raw,
-            "--out",
-            os.path.join(pictures, "fusion_weights.png"),
-            "--voxel-size",
-            *voxel_size,
-            "MODEL.WEIGHTS",
-            os.path.join(flagship, "model_final.pth"),
-        ],
-        logs,
-    )
-    run(
-        "pictures: curves",
-        [
-            os.path.join("tools", "visualize.py"),
-            "curves",
-            "--metrics",
-            os.path.join(flagship, "metrics.json"),
-            "--out",
-            os.path.join(pictures, "training_curves.png"),
-        ],
-        logs,
-    )
+        "pictures: fusion"
+        , [os.path.join("tools", "visualize.py"), "fusion", "--config-file", runs["mlp_fusion"],
+                             "--raw", raw, "--out", os.path.join(pictures, "fusion_weights.png"),
+           "--voxel-size",
+                             *voxel_size, "MODEL.WEIGHTS",
+           os.path.join(flagship, "model_final.pth")], logs)
+    run("pictures: curves", [os.path.join("tools", "visualize.py"), "curves", "--metrics",
+                             os.path.join(flagship, "metrics.json"), "--out",
+                             os.path.join(pictures, "training_curves.png")], logs)
 
     print(
-        f"\n=== emr_d2 demo finished in {(time.perf_counter() - start) / 60:.1f} min; "
-        "held-out SIM-demo_02 ==="
-    )
+        f"\n=== emr_d2 demo finished in {(time.perf_counter() - start) / 60:.1f} min; held-out "
+        "SIM-demo_02 ===")
     print(
         f"{'config':<12} {'SEG':>6} {'DET':>6} {'OP_CSB':>7} {'SEG_2D':>7} {'volume AP':>10} "
         f"{'precision':>10} "
-        f"{'recall':>7}"
-    )
+          f"{'recall':>7}")
     for name, m in metrics.items():
         print(
             f"{name:<12} {m['SEG']:6.3f} {m['DET']:6.3f} {m['OP_CSB']:7.3f} {m['SEG_2D']:7.3f} "
             f"{m['volume_AP']:10.1f} "
-            f"{m['precision']:10.3f} {m['recall']:7.3f}"
-        )
+              f"{m['precision']:10.3f} {m['recall']:7.3f}")
     print(f"\ndata:         {dataset}")
     for name in runs:
         out = os.path.join(args.output, name)
         print(
             f"{name + ':':<13} model {out}/model_final.pth, metrics "
             f"{out}/inference/SIM-demo_02/ctc_metrics.json,"
-            f" CTC results {out}/inference/SIM-demo_02/02_RES/"
-        )
+              f" CTC results {out}/inference/SIM-demo_02/02_RES/")
     print(
         f"pictures:     {pictures}/slices.png, orthogonal.png, fusion_weights.png, "
-        "training_curves.png"
-    )
+        "training_curves.png")
     print(f"TensorBoard:  tensorboard --logdir {args.output}")
     return 0
 

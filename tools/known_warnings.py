@@ -1,6 +1,5 @@
 """Silences the known third-party warnings in the command-line tools (not in the library): import
 this first in a tool, before torch, detectron2 or emr_d2 are imported."""
-
 import logging
 import warnings
 
@@ -16,6 +15,5 @@ KNOWN_THIRD_PARTY_LOG_LINES = [("torch.fx._symbolic_trace", "is_fx_tracing will 
 for category, message in KNOWN_THIRD_PARTY_WARNINGS:
     warnings.filterwarnings("ignore", message=message, category=category)
 for logger_name, start in KNOWN_THIRD_PARTY_LOG_LINES:
-    logging.getLogger(logger_name).addFilter(
-        lambda record, start=start: not record.getMessage().startswith(start)
-    )
+    logging.getLogger(logger_name).addFilter(lambda record,
+                                             start=start: not record.getMessage().startswith(start))

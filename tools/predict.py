@@ -23,7 +23,6 @@ finished volumes and no half-written one). --resume skips volumes whose output e
 the others the same way. Each volume is predicted streaming: memory grows with a slice, not with
 the stack.
 """
-
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import os
@@ -34,13 +33,8 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from emr_d2.cli import (
-    add_debug_argument,
-    add_voxel_size_argument,
-    check_new_output_folder,
-    run_cli,
-    staged_output,
-)
+from emr_d2.cli import (add_debug_argument, add_voxel_size_argument, check_new_output_folder,
+                        run_cli, staged_output)
 from emr_d2.data.catalog import dataset_voxel_size
 from emr_d2.engine import setup_config
 from emr_d2.modeling.checkpoint import check_weights
@@ -49,42 +43,28 @@ from emr_d2.predictor import VolumePredictor
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config-file",
-        required=True,
-        help="the model's config (the config.yaml saved beside its weights)",
-    )
-    parser.add_argument(
-        "--input", required=True, help="3D TIFF, folder of TIFFs, or CTC sequence folder"
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True,
+                        help="the model's config (the config.yaml saved beside its weights)")
+    parser.add_argument("--input", required=True,
+                        help="3D TIFF, folder of TIFFs, or CTC sequence folder")
     parser.add_argument("--output", required=True, help="folder for the label TIFFs")
     add_voxel_size_argument(parser, "voxel size of the input")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="write into an existing non-empty --output, replacing files of the same name",
-    )
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="predict with an untrained model (no MODEL.WEIGHTS): for testing only",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="skip volumes whose output exists; write every other one when it is finished",
-    )
-    parser.add_argument(
-        "--num-gpus", type=int, default=1, help="processes per machine (GPUs, or CPU processes)"
-    )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing non-empty --output, replacing files of the "
+                             "same name")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="predict with an untrained model (no MODEL.WEIGHTS): for testing only")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip volumes whose output exists; write every other one when it is "
+                             "finished")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="processes per machine (GPUs, or CPU processes)")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
-    parser.add_argument(
-        "--dist-url", default="auto", help="as for tools/train_net.py (multi-machine runs)"
-    )
+    parser.add_argument("--dist-url", default="auto",
+                        help="as for tools/train_net.py (multi-machine runs)")
     add_debug_argument(parser)
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
     args = parser.parse_intermixed_args(argv)  # flags may follow the KEY VALUE pairs too
@@ -92,8 +72,7 @@ def main(argv=None) -> int:
     if args.num_gpus < 1 or args.num_machines < 1:
         raise ValueError(
             f"--num-gpus ({args.num_gpus}) and --num-machines ({args.num_machines}) must be at "
-            "least 1"
-        )
+            "least 1")
     cfg = setup_config(args.config_file, args.opts)
     check_weights(cfg.MODEL.WEIGHTS, args.random_weights)
     pairs = plan_outputs(args.input, args.output)
@@ -102,32 +81,22 @@ def main(argv=None) -> int:
     if not args.resume and processes == 1:
         check_new_output_folder(args.output, args.overwrite)
         with staged_output(args.output) as stage:
-            staged = [
-                (source, os.path.join(stage, os.path.basename(target))) for source, target in pairs
-            ]
+            staged = [(source, os.path.join(stage, os.path.basename(target)))
+                      for source, target in pairs]
             predict_files(VolumePredictor(cfg), staged, voxel)
             finish_result_folders(staged)
         print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
         return 0
-    check_new_output_folder(
-        args.output, args.overwrite or args.resume
-    )  # --resume: a non-empty folder is fine
-    todo = [
-        (source, target) for source, target in pairs if not (args.resume and os.path.isfile(target))
-    ]
-    launch(
-        predict_worker,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args.config_file, args.opts, todo, voxel),
-    )
+    check_new_output_folder(args.output,
+                            args.overwrite or args.resume)  # --resume: a non-empty folder is fine
+    todo = [(source, target) for source, target in pairs
+            if not (args.resume and os.path.isfile(target))]
+    launch(predict_worker, args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args.config_file, args.opts, todo, voxel))
     if args.machine_rank == 0:
-        print(
-            f"Wrote {len(todo)} label volume(s) to {args.output} with {processes} process(es)"
-            + (f"; {len(pairs) - len(todo)} already there, skipped" if args.resume else "")
-        )
+        print(f"Wrote {len(todo)} label volume(s) to {args.output} with {processes} process(es)"
+              + (f"; {len(pairs) - len(todo)} already there, skipped" if args.resume else ""))
     return 0
 
 

@@ -13,7 +13,6 @@ checked before a picture is written (--gt and --pred must be 3D label stacks of 
 shape); pictures are written whole or not at all, and missing output folders are created.
 Errors are reported in one line; add --debug for the Python traceback.
 """
-
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import os
@@ -35,15 +34,14 @@ def read_labels_like(path: str | None, raw: np.ndarray, raw_path: str) -> np.nda
     if squeezed.shape != raw.shape:
         raise CTCFormatError(
             f"{path}: label stack of shape {labels.shape} does not fit the raw stack's "
-            f"{raw.shape} ({raw_path}); expected a 3D label stack of the same shape"
-        )
+                             f"{raw.shape} ({raw_path}); expected a 3D label stack of the same "
+                             "shape")
     return np.asarray(squeezed)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_debug_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     volume = sub.add_parser("volume", help="slice grid and orthogonal views with outlines")
@@ -51,33 +49,26 @@ def main(argv=None) -> int:
     volume.add_argument("--gt", help="reference labels of the same shape")
     volume.add_argument("--pred", help="predicted labels of the same shape")
     volume.add_argument("--out", required=True, help="output folder (created if missing)")
-    add_voxel_size_argument(
-        volume, "voxel size, for the aspect of the side views; default: the dataset's"
-    )
+    add_voxel_size_argument(volume,
+                            "voxel size, for the aspect of the side views; default: the dataset's")
     fusion = sub.add_parser("fusion", help="slice weights of every fusion module of a model")
-    fusion.add_argument(
-        "--config-file", required=True, help="the model's config (config.yaml beside its weights)"
-    )
-    add_voxel_size_argument(
-        fusion, "voxel size (needed with INPUT.SLICE_SPACING_UM); default: the dataset's"
-    )
+    fusion.add_argument("--config-file", required=True,
+                        help="the model's config (config.yaml beside its weights)")
+    add_voxel_size_argument(fusion,
+                            "voxel size (needed with INPUT.SLICE_SPACING_UM); default: the "
+                            "dataset's")
     fusion.add_argument("--raw", required=True, help="raw 3D stack")
-    fusion.add_argument(
-        "--out", required=True, help="output PNG (its folder is created if missing)"
-    )
-    fusion.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="plot an untrained model's weights (no MODEL.WEIGHTS): for testing only",
-    )
-    fusion.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)"
-    )
+    fusion.add_argument("--out", required=True,
+                        help="output PNG (its folder is created if missing)")
+    fusion.add_argument("--random-weights", action="store_true",
+                        help="plot an untrained model's weights (no MODEL.WEIGHTS): for testing "
+                             "only")
+    fusion.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
     curves = sub.add_parser("curves", help="training curves from metrics.json")
     curves.add_argument("--metrics", required=True, help="detectron2's OUTPUT_DIR/metrics.json")
-    curves.add_argument(
-        "--out", required=True, help="output PNG (its folder is created if missing)"
-    )
+    curves.add_argument("--out", required=True,
+                        help="output PNG (its folder is created if missing)")
     for command in (volume, fusion, curves):
         add_debug_argument(command)
     args = parser.parse_args(argv)
@@ -103,13 +94,11 @@ def main(argv=None) -> int:
         raw = read_raw_volume(args.raw)
         model = build_model(cfg)
         SliceStackCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
-        weights, maps = vis.collect_fusion_weights(
-            cfg, model, np.asarray(raw), args.voxel_size or dataset_voxel_size(args.raw)
-        )
+        weights, maps = vis.collect_fusion_weights(cfg, model, np.asarray(raw),
+                                                   args.voxel_size or dataset_voxel_size(args.raw))
         if not weights:
             raise ValueError(
-                f"{args.config_file}: this model has no fusion module with slice weights"
-            )
+                f"{args.config_file}: this model has no fusion module with slice weights")
         atomic_write(args.out, lambda f: vis.plot_fusion_weights(weights, f, maps))
         print(args.out)
     else:

@@ -16,7 +16,6 @@ Schedules: ``equal`` trains for the task's time budget; ``own`` trains Cellpose'
 budget (the cap). One epoch (learning rate 0, Cellpose's warm-up starts there) measures the
 time an epoch takes, and counts towards the budget.
 """
-
 from __future__ import annotations
 
 import logging
@@ -27,14 +26,8 @@ import numpy as np
 import torch
 from cellpose import models, train
 
-from peer_common import (
-    choose_on_val,
-    load_task,
-    predict_test,
-    read_pairs,
-    settings_label,
-    write_record,
-)
+from peer_common import (choose_on_val, load_task, predict_test, read_pairs, settings_label,
+                         write_record)
 
 OWN_EPOCHS = 500
 CELLPOSE_PATCH = 224  # train_seg's default patch (bsize)
@@ -42,12 +35,8 @@ CELLPOSE_PATCH = 224  # train_seg's default patch (bsize)
 DEFAULT = {"mode": "stitch", "flow": 0.4, "cellprob": 0.0, "stitch": 0.5}
 # flow 0 turns off Cellpose's flow-error check, which drops every mask of a network whose flows
 # are still rough (measured on CHO after 11 epochs: 0 masks at 0.4, val SEG 0.20 without it).
-GRID_STITCH = {
-    "mode": ["stitch"],
-    "flow": [0.4, 0.0],
-    "cellprob": [-1.0, 0.0, 1.0],
-    "stitch": [0.1, 0.3, 0.5],
-}
+GRID_STITCH = {"mode": ["stitch"], "flow": [0.4, 0.0], "cellprob": [-1.0, 0.0, 1.0],
+               "stitch": [0.1, 0.3, 0.5]}
 GRID_3D = {"mode": ["3d"], "flow": [0.4], "cellprob": [-1.0, 0.0, 1.0], "stitch": [0.0]}
 
 
@@ -62,31 +51,16 @@ def slices_with_objects(volumes: list[np.ndarray], labels: list[np.ndarray]):
     return images, masks
 
 
-def train_for(
-    model: models.CellposeModel,
-    images,
-    masks,
-    out: str,
-    budget_s: float,
-    max_epochs: int | None,
-    seed: int,
-    patch_px: int,
-) -> tuple[int, np.ndarray]:
+def train_for(model: models.CellposeModel, images, masks, out: str, budget_s: float,
+              max_epochs: int | None,
+              seed: int, patch_px: int) -> tuple[int, np.ndarray]:
     """Train within ``budget_s`` seconds (and at most ``max_epochs``, at least 2 after the timing
     epoch: the first is at learning rate 0) on ``patch_px``-square patches; returns the epochs
     trained and the mean training loss of each epoch after the timing one."""
     torch.manual_seed(seed)
-    common = dict(
-        train_data=images,
-        train_labels=masks,
-        channels=[0, 0],
-        normalize=False,
-        save_path=out,
-        min_train_masks=1,
-        model_name="cellpose_peer",
-        save_every=10**6,
-        bsize=patch_px,
-    )
+    common = dict(train_data=images, train_labels=masks, channels=[0, 0], normalize=False,
+                  save_path=out,
+                  min_train_masks=1, model_name="cellpose_peer", save_every=10**6, bsize=patch_px)
     start = time.perf_counter()
     train.train_seg(model.net, n_epochs=1, **common)
     epoch_s = time.perf_counter() - start
@@ -98,31 +72,16 @@ def train_for(
     return epochs + 1, losses
 
 
-def segment(
-    model: models.CellposeModel,
-    volume: np.ndarray,
-    anisotropy: float,
-    patch_px: int,
-    mode: str,
-    flow: float,
-    cellprob: float,
-    stitch: float,
-) -> np.ndarray:
+def segment(model: models.CellposeModel, volume: np.ndarray, anisotropy: float, patch_px: int,
+            mode: str,
+            flow: float, cellprob: float, stitch: float) -> np.ndarray:
     """Label one normalised (Z, Y, X) volume, in tiles of ``patch_px``; returns (Z, Y, X) int32
     labels."""
-    masks = model.eval(
-        volume,
-        channels=[0, 0],
-        z_axis=0,
-        normalize=False,
-        bsize=patch_px,
-        diameter=float(model.net.diam_labels.item()),
-        flow_threshold=flow,
-        cellprob_threshold=cellprob,
-        do_3D=mode == "3d",
-        anisotropy=anisotropy if mode == "3d" else None,
-        stitch_threshold=stitch if mode == "stitch" else 0.0,
-    )[0]
+    masks = model.eval(volume, channels=[0, 0], z_axis=0, normalize=False, bsize=patch_px,
+                       diameter=float(model.net.diam_labels.item()), flow_threshold=flow,
+                       cellprob_threshold=cellprob, do_3D=mode == "3d",
+                       anisotropy=anisotropy if mode == "3d" else None,
+                       stitch_threshold=stitch if mode == "stitch" else 0.0)[0]
     return np.asarray(masks, dtype=np.int32).reshape(volume.shape)
 
 
@@ -138,16 +97,9 @@ def main(task_path: str) -> None:
     model = models.CellposeModel(gpu=False, pretrained_model=False)
     model.net_ortho = None  # Cellpose 3.1 sets it only when it loads weights, and eval reads it
     patch = task.get("patch_px") or CELLPOSE_PATCH
-    epochs, losses = train_for(
-        model,
-        images,
-        masks,
-        task["out"],
-        task["time_budget_s"],
-        OWN_EPOCHS if task["schedule"] == "own" else None,
-        task["seed"],
-        patch,
-    )
+    epochs, losses = train_for(model, images, masks, task["out"], task["time_budget_s"],
+                               OWN_EPOCHS if task["schedule"] == "own" else None, task["seed"],
+                               patch)
     val_raw, val_gt = read_pairs(task["val"])
 
     def segment_val(**settings):
@@ -159,23 +111,11 @@ def main(task_path: str) -> None:
         if val_seg_3d > val_seg:
             chosen, val_seg = chosen_3d, val_seg_3d
     train_time = time.perf_counter() - start
-    inference = predict_test(
-        task,
-        {"default": DEFAULT, "calibrated": chosen},
-        lambda v, s: segment(model, v, z / y, patch, **s),
-    )
-    write_record(
-        task,
-        train_time,
-        inference,
-        settings_label(DEFAULT),
-        settings_label(chosen),
-        val_SEG=val_seg,
-        epochs=epochs,
-        training_slices=len(images),
-        loss_first_epoch=float(losses[0]),
-        loss_last_epoch=float(losses[-1]),
-    )
+    inference = predict_test(task, {"default": DEFAULT, "calibrated": chosen},
+                             lambda v, s: segment(model, v, z / y, patch, **s))
+    write_record(task, train_time, inference, settings_label(DEFAULT), settings_label(chosen),
+                 val_SEG=val_seg, epochs=epochs, training_slices=len(images),
+                 loss_first_epoch=float(losses[0]), loss_last_epoch=float(losses[-1]))
 
 
 if __name__ == "__main__":

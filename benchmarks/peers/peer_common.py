@@ -17,7 +17,6 @@ A peer writes ``<out>/RES_default/maskTTT.tif`` (its library's default settings)
 ``<out>/RES_calibrated/maskTTT.tif`` (the settings chosen on ``val``) and ``<out>/peer.json``
 (:func:`write_record`).
 """
-
 from __future__ import annotations
 
 import itertools
@@ -49,10 +48,8 @@ def normalize(volume: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nd
 
 def read_pairs(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(normalised raw volumes, label volumes) of task items with "raw" and "gt"."""
-    return (
-        [normalize(read_raw_volume(i["raw"], memmap=False)) for i in items],
-        [np.asarray(read_label_volume(i["gt"], memmap=False), dtype=np.int32) for i in items],
-    )
+    return ([normalize(read_raw_volume(i["raw"], memmap=False)) for i in items],
+            [np.asarray(read_label_volume(i["gt"], memmap=False), dtype=np.int32) for i in items])
 
 
 def seg(predictions: Iterable[np.ndarray], references: Iterable[np.ndarray]) -> float:
@@ -63,12 +60,8 @@ def seg(predictions: Iterable[np.ndarray], references: Iterable[np.ndarray]) -> 
     return accumulator.summary()["SEG"]
 
 
-def choose_on_val(
-    grid: dict[str, list],
-    segment: Callable[..., list[np.ndarray]],
-    references: list[np.ndarray],
-    log=print,
-) -> tuple[dict, float]:
+def choose_on_val(grid: dict[str, list], segment: Callable[..., list[np.ndarray]],
+                  references: list[np.ndarray], log=print) -> tuple[dict, float]:
     """The settings of ``grid`` (every combination) whose segmentation of the validation volumes
     scores the highest SEG against ``references``; ``segment(**settings)`` returns the label
     volumes. Returns (settings, SEG)."""
@@ -90,15 +83,13 @@ def write_result_folder(folder: str, frames_and_labels: Iterable[tuple[int, np.n
         write_label_volume(os.path.join(folder, f"mask{frame:03d}.tif"), labels)
 
 
-def predict_test(
-    task: dict, settings: dict[str, dict], segment: Callable[[np.ndarray, dict], np.ndarray]
-) -> float:
+def predict_test(task: dict, settings: dict[str, dict],
+                 segment: Callable[[np.ndarray, dict], np.ndarray]) -> float:
     """Segment every test frame with each named settings (``{"default": {...}, "calibrated":
     {...}}``) into ``<out>/RES_<name>``; ``segment(normalised volume, settings)`` returns its
     labels. Returns the seconds per volume of the calibrated settings."""
     seconds = []
     for name, chosen in settings.items():
-
         def labelled():
             for item in task["test"]:
                 volume = normalize(read_raw_volume(item["raw"], memmap=False))
@@ -107,29 +98,22 @@ def predict_test(
                 if name == "calibrated":
                     seconds.append(time.perf_counter() - start)
                 yield item["frame"], labels
-
         write_result_folder(os.path.join(task["out"], f"RES_{name}"), labelled())
     return float(np.mean(seconds))
 
 
-def write_record(
-    task: dict, train_time_s: float, inference_s: float, default: dict, calibrated: dict, **extra
-) -> None:
+def write_record(task: dict, train_time_s: float, inference_s: float, default: dict,
+                 calibrated: dict,
+                 **extra) -> None:
     """``<out>/peer.json``: training time (fitting and choosing the settings), seconds per test
     volume and both settings."""
-    record = dict(
-        train_time_s=train_time_s,
-        inference_s_per_volume=inference_s,
-        default=default,
-        calibrated=calibrated,
-        **extra,
-    )
+    record = dict(train_time_s=train_time_s, inference_s_per_volume=inference_s, default=default,
+                  calibrated=calibrated, **extra)
     with open(os.path.join(task["out"], "peer.json"), "w") as f:
         json.dump(record, f, indent=1)
 
 
 def settings_label(settings: dict) -> str:
     """``prob 0.5 nms 0.4`` from ``{"prob": 0.5, "nms": 0.4}``."""
-    return " ".join(
-        f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items()
-    )
+    return " ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in settings.items())

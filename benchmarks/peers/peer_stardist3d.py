@@ -14,7 +14,6 @@ are the untuned row.
 Schedules: ``equal`` trains until the task's time budget is spent; ``own`` trains StarDist's
 default 400 epochs x 100 steps, stopped at the budget (the cap) if it does not fit.
 """
-
 from __future__ import annotations
 
 import logging
@@ -24,14 +23,8 @@ import time
 
 import numpy as np
 
-from peer_common import (
-    choose_on_val,
-    load_task,
-    predict_test,
-    read_pairs,
-    settings_label,
-    write_record,
-)
+from peer_common import (choose_on_val, load_task, predict_test, read_pairs, settings_label,
+                         write_record)
 
 PATCH = (48, 128, 128)  # largest training patch (Z, Y, X), cut to the data and the net's divisors
 BATCH_SIZE = 2
@@ -63,9 +56,8 @@ def typical_diameter_px(labels: list[np.ndarray]) -> float:
     (Y, X) cross-section."""
     diameters = []
     for label in labels:
-        areas = np.stack(
-            [np.bincount(plane.ravel(), minlength=label.max() + 1) for plane in label]
-        )[:, 1:]
+        areas = np.stack([np.bincount(plane.ravel(), minlength=label.max() + 1)
+                          for plane in label])[:, 1:]
         largest = areas.max(axis=0)
         diameters += list(2 * np.sqrt(largest[largest > 0] / np.pi))
     return float(np.median(diameters))
@@ -117,22 +109,14 @@ def main(task_path: str) -> None:
     anisotropy, grid, border = geometry(task["voxel_size"], typical_diameter_px(train_gt))
     sparse = {"b": border}
     divisors = tuple(g * g**2 for g in grid)  # grid x pooling^depth, with pooling = grid, depth 2
-    config = Config3D(
-        rays=Rays_GoldenSpiral(96, anisotropy=anisotropy),
-        grid=grid,
-        anisotropy=anisotropy,
-        n_channel_in=1,
-        unet_pool=grid,
-        use_gpu=False,
-        train_patch_size=patch_size(
-            [v.shape for v in train_raw + val_raw], divisors, task.get("patch_px")
-        ),
-        train_batch_size=BATCH_SIZE,
-    )
-    logging.info(
-        f"StarDist-3D: anisotropy {anisotropy}, grid {grid}, border {border}, "
-        f"patch {config.train_patch_size}"
-    )
+    config = Config3D(rays=Rays_GoldenSpiral(96, anisotropy=anisotropy), grid=grid,
+                      anisotropy=anisotropy,
+                      n_channel_in=1, unet_pool=grid, use_gpu=False,
+                      train_patch_size=patch_size([v.shape for v in train_raw + val_raw], divisors,
+                                                   task.get("patch_px")),
+                      train_batch_size=BATCH_SIZE)
+    logging.info(f"StarDist-3D: anisotropy {anisotropy}, grid {grid}, border {border}, "
+                 f"patch {config.train_patch_size}")
     model = StarDist3D(config, name="stardist", basedir=task["out"])
     model.prepare_for_training()
     model.callbacks.append(StopAtBudget())
@@ -140,45 +124,25 @@ def main(task_path: str) -> None:
         epochs, steps = config.train_epochs, config.train_steps_per_epoch
     else:
         epochs, steps = 10**6, EQUAL_STEPS_PER_EPOCH
-    history = model.train(
-        train_raw,
-        train_gt,
-        validation_data=(val_raw, val_gt),
-        augmenter=augment,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        seed=task["seed"],
-    )
+    history = model.train(train_raw, train_gt, validation_data=(val_raw, val_gt), augmenter=augment,
+                          epochs=epochs, steps_per_epoch=steps, seed=task["seed"])
     default = {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}
 
     def segment(volume, settings):
-        return model.predict_instances(
-            volume,
-            prob_thresh=settings["prob"],
-            nms_thresh=settings["nms"],
-            show_tile_progress=False,
-            verbose=False,
-            predict_kwargs=sparse,
-        )[0].astype(np.int32)
+        return model.predict_instances(volume, prob_thresh=settings["prob"],
+                                       nms_thresh=settings["nms"],
+                                       show_tile_progress=False, verbose=False,
+                                       predict_kwargs=sparse)[0].astype(np.int32)
 
-    chosen, val_seg = choose_on_val(
-        THRESHOLDS, lambda **t: [segment(v, t) for v in val_raw], val_gt, logging.info
-    )
+    chosen, val_seg = choose_on_val(THRESHOLDS, lambda **t: [segment(v, t) for v in val_raw],
+                                    val_gt, logging.info)
     train_time = time.perf_counter() - start
 
     inference = predict_test(task, {"default": default, "calibrated": chosen}, segment)
-    write_record(
-        task,
-        train_time,
-        inference,
-        settings_label(default),
-        settings_label(chosen),
-        val_SEG=val_seg,
-        epochs=len(history.history["loss"]),
-        steps_per_epoch=steps,
-        loss_first_epoch=history.history["loss"][0],
-        loss_last_epoch=history.history["loss"][-1],
-    )
+    write_record(task, train_time, inference, settings_label(default), settings_label(chosen),
+                 val_SEG=val_seg, epochs=len(history.history["loss"]), steps_per_epoch=steps,
+                 loss_first_epoch=history.history["loss"][0],
+                 loss_last_epoch=history.history["loss"][-1])
 
 
 if __name__ == "__main__":

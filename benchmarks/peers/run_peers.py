@@ -19,7 +19,6 @@ capped at 30 minutes of CPU time: 1800 s / --threads of training).
 The classical peer has nothing to train and runs once, at equal time. Finished runs are not run
 again. KEY VALUE options set DATASETS.SPLIT as for the emr_d2 runs they are compared with.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -39,16 +38,9 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from benchmark_runner import (  # noqa: E402
-    COLUMNS,
-    MASK_SCORES,
-    BenchDataset,
-    add_threads_argument,
-    claim,  # noqa: E402
-    published_rows,
-    thread_env,
-    update_tables,
-)
+from benchmark_runner import (COLUMNS, MASK_SCORES, BenchDataset,  # noqa: E402
+                              add_threads_argument, claim, published_rows, thread_env,
+                              update_tables)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
 from emr_d2.data.catalog import check_datasets_registered  # noqa: E402
@@ -58,12 +50,10 @@ from emr_d2.evaluation.ctc_folders import det_of_folders, seg_of_folders  # noqa
 from emr_d2.evaluation.det import op_csb  # noqa: E402
 
 PEER_ENVS = {"stardist3d": "stardist", "cellpose": "cellpose", "classical": "cellpose"}
-OWN_CAP_CPU_S = (
-    1800.0  # the peers' own schedules stop at 30 minutes of CPU time (wall time x threads)
-)
-PEERS_ROOT = os.environ.get(
-    "EMR_D2_PEERS", os.path.join(REPO, ".peers")
-)  # where `make peers` installs
+# the peers' own schedules stop at 30 minutes of CPU time (wall time x threads)
+OWN_CAP_CPU_S = 1800.0
+PEERS_ROOT = os.environ.get("EMR_D2_PEERS",
+                            os.path.join(REPO, ".peers"))  # where `make peers` installs
 
 
 def peer_python(peer: str) -> str:
@@ -71,8 +61,7 @@ def peer_python(peer: str) -> str:
     python = os.path.join(PEERS_ROOT, PEER_ENVS[peer], "bin", "python")
     if not os.path.isfile(python):
         raise FileNotFoundError(
-            f"{python}: the {peer} peer is not installed; run `make peers` first"
-        )
+            f"{python}: the {peer} peer is not installed; run `make peers` first")
     return python
 
 
@@ -80,13 +69,11 @@ def frame_items(dataset: BenchDataset, val_fraction: float, gap: int) -> dict[st
     """{"train": [...], "val": [...], "test": [...]} task items of a registered CTC dataset: the
     split of sequence 01 the emr_d2 runs use (frames with a full-volume reference) and every
     frame of the test sequence."""
-
     def sequence(name):
         meta = MetadataCatalog.get(name)
         raw = list_frames(os.path.join(meta.dataset_root, meta.sequence))
-        gt = {
-            t: g for t, g in list_gt(gt_folder(meta.dataset_root, meta.sequence)).items() if g.is_3d
-        }
+        gt = {t: g for t, g in list_gt(gt_folder(meta.dataset_root, meta.sequence)).items()
+              if g.is_3d}
         return raw, gt, meta
 
     raw, gt, meta = sequence(f"{dataset.name}_01")
@@ -103,16 +90,12 @@ def frame_items(dataset: BenchDataset, val_fraction: float, gap: int) -> dict[st
 
 def equal_time_budget(results_dir: str) -> float:
     """The median ``train_time_s`` of the emr_d2 rows of a dataset's published table."""
-    times = [
-        r["train_time_s"]
-        for r in published_rows(results_dir)
-        if not r["config"].startswith("peer/")
-    ]
+    times = [r["train_time_s"] for r in published_rows(results_dir)
+             if not r["config"].startswith("peer/")]
     if not times:
         raise ValueError(
             f"{results_dir}/results.csv has no emr_d2 run to match the training time of; run "
-            "tools/benchmark.py on this dataset first or give --time-budget-s"
-        )
+                         "tools/benchmark.py on this dataset first or give --time-budget-s")
     return float(statistics.median(times))
 
 
@@ -132,15 +115,11 @@ def peer_row(dataset: BenchDataset, config: str, seed: int, run_dir: str, gt_dir
     calibrated = score(os.path.join(run_dir, "RES_calibrated"), gt_dir)
     row = {c: float("nan") for c in COLUMNS}
     row.update(
-        dataset=dataset.name,
-        config=config,
-        seed=seed,
+        dataset=dataset.name, config=config, seed=seed,
         **{k: default[k] for k in ("SEG", "DET", "OP_CSB", "splits", "merges")},
         **{f"{k}_calibrated": calibrated[k] for k in ("SEG", "DET", "OP_CSB", "splits", "merges")},
-        **{
-            k: calibrated[k]
-            for k in ("SEG_2D", "SEG_poles", "SEG_core", "count_error", *MASK_SCORES)
-        },
+        **{k: calibrated[k]
+           for k in ("SEG_2D", "SEG_poles", "SEG_core", "count_error", *MASK_SCORES)},
         train_time_s=record["train_time_s"],
         inference_s_per_volume=record["inference_s_per_volume"],
         linking=record["calibrated"],
@@ -148,17 +127,9 @@ def peer_row(dataset: BenchDataset, config: str, seed: int, run_dir: str, gt_dir
     return row
 
 
-def run_peer(
-    peer: str,
-    schedule: str,
-    seed: int,
-    dataset: BenchDataset,
-    items: dict,
-    budget_s: float,
-    threads: int,
-    output: str,
-    patch_px: int | None = None,
-) -> dict | None:
+def run_peer(peer: str, schedule: str, seed: int, dataset: BenchDataset, items: dict,
+             budget_s: float,
+             threads: int, output: str, patch_px: int | None = None) -> dict | None:
     """Run one peer (cached in row.json like the emr_d2 runs); None if another process holds it."""
     config = f"peer/{peer}" + ("_own" if schedule == "own" else "")
     run_dir = os.path.join(output, dataset.name, config.replace("/", "_"), f"seed{seed}")
@@ -170,39 +141,24 @@ def run_peer(
     if not claim(run_dir):
         return None
     try:
-        task = dict(
-            peer=peer,
-            dataset=dataset.name,
-            seed=seed,
-            threads=threads,
-            time_budget_s=budget_s,
-            schedule=schedule,
-            out=os.path.abspath(run_dir),
-            patch_px=patch_px,
-            **{k: v for k, v in items.items() if k != "gt_dir"},
-        )
+        task = dict(peer=peer, dataset=dataset.name, seed=seed, threads=threads,
+                    time_budget_s=budget_s,
+                    schedule=schedule, out=os.path.abspath(run_dir), patch_px=patch_px,
+                    **{k: v for k, v in items.items() if k != "gt_dir"})
         task_file = os.path.join(run_dir, "task.json")
         with open(task_file, "w") as f:
             json.dump(task, f, indent=1)
         env = dict(os.environ, **thread_env(threads))
         log_file = os.path.join(run_dir, "peer.log")
         with open(log_file, "a") as log:
-            result = subprocess.run(
-                [
-                    peer_python(peer),
-                    os.path.join(REPO, "benchmarks", "peers", f"peer_{peer}.py"),
-                    task_file,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            result = subprocess.run([peer_python(peer),
+                                     os.path.join(REPO, "benchmarks", "peers", f"peer_{peer}.py"),
+                                     task_file], stdout=log, stderr=subprocess.STDOUT, env=env)
         if result.returncode:
             with open(log_file) as f:
                 last = (f.read().strip().splitlines() or [""])[-1]
             raise RuntimeError(
-                f"{config} seed {seed} failed (exit {result.returncode}; {log_file}): {last}"
-            )
+                f"{config} seed {seed} failed (exit {result.returncode}; {log_file}): {last}")
         row = peer_row(dataset, config, seed, run_dir, items["gt_dir"])
         with open(row_file, "w") as f:
             json.dump(row, f)
@@ -212,34 +168,26 @@ def run_peer(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", nargs="+", choices=sorted(PEER_ENVS), default=sorted(PEER_ENVS))
-    parser.add_argument(
-        "--datasets", nargs="+", default=["bench"], help="as tools/benchmark.py --datasets"
-    )
+    parser.add_argument("--datasets", nargs="+", default=["bench"],
+                        help="as tools/benchmark.py --datasets")
     parser.add_argument("--schedule", choices=["equal", "own"], default="equal")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument(
-        "--time-budget-s",
-        type=float,
-        default=None,
-        help="training time at --schedule equal (default: the median train_time_s of the "
-        "emr_d2 rows of the dataset's table); the cap at --schedule own (default 1800 / --threads)",
-    )
-    parser.add_argument(
-        "--patch-px",
-        type=int,
-        default=None,
-        help="Y and X size of the learned peers' training patches (default: each peer's own: "
-        "StarDist-3D 128, Cellpose 224)",
-    )
+    parser.add_argument("--time-budget-s", type=float, default=None,
+                        help="training time at --schedule equal (default: the median train_time_s "
+                             "of the "
+                             "emr_d2 rows of the dataset's table); the cap at --schedule own "
+                             "(default 1800 / --threads)")
+    parser.add_argument("--patch-px", type=int, default=None,
+                        help="Y and X size of the learned peers' training patches (default: each "
+                             "peer's own: "
+                             "StarDist-3D 128, Cellpose 224)")
     add_threads_argument(parser)
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
-    parser.add_argument(
-        "--results", default=None, help="folder of the results tables (default: --output)"
-    )
+    parser.add_argument("--results", default=None,
+                        help="folder of the results tables (default: --output)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="DATASETS.SPLIT.* KEY VALUE pairs")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
@@ -264,32 +212,20 @@ def main(argv=None) -> int:
         print(
             f"{dataset.name}: {len(items['train'])} train, {len(items['val'])} val, "
             f"{len(items['test'])} test "
-            f"frames; training budget {budget:.0f} s, {args.threads} threads per run",
-            flush=True,
-        )
+              f"frames; training budget {budget:.0f} s, {args.threads} threads per run", flush=True)
         for peer in args.peers:
             if peer == "classical" and args.schedule == "own":
                 continue
             for seed in range(1 if peer == "classical" else args.seeds):
                 start = time.perf_counter()
-                row = run_peer(
-                    peer,
-                    args.schedule,
-                    seed,
-                    dataset,
-                    items,
-                    budget,
-                    args.threads,
-                    args.output,
-                    args.patch_px,
-                )
+                row = run_peer(peer, args.schedule, seed, dataset, items, budget, args.threads,
+                               args.output,
+                               args.patch_px)
                 if row:
                     print(
                         f"{row['config']} seed {seed}: SEG {row['SEG']:.3f}, calibrated "
                         f"{row['SEG_calibrated']:.3f} "
-                        f"({row['linking']}), {time.perf_counter() - start:.0f} s",
-                        flush=True,
-                    )
+                          f"({row['linking']}), {time.perf_counter() - start:.0f} s", flush=True)
                 update_tables(args.output, dataset, table)
         print(f"results in {table}/results.csv, results.md, results.png")
     return 0

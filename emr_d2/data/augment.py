@@ -4,7 +4,6 @@ Geometric ones are detectron2 / fvcore transforms on (H, W, N) float arrays, so 
 through ``apply_segmentation`` of the very same transform; intensity ones act on the normalised
 window as a whole.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +49,8 @@ class RandomRot90(T.Augmentation):
 
 
 class RandomRelativeScale(T.Augmentation):
-    """Resize by a factor drawn uniformly in [min_scale, max_scale] (bilinear image, nearest
-    masks)."""
+    """Resize by a factor drawn uniformly in [min_scale, max_scale] (bilinear image, nearest masks).
+    """
 
     def __init__(self, min_scale: float, max_scale: float):
         super().__init__()

@@ -5,7 +5,6 @@
 ``<dataset>_<seq>_train`` and ``<dataset>_<seq>_val``: a leading and a trailing block of frames,
 separated by DATASETS.SPLIT.GAP frames (see :func:`configure_splits`).
 """
-
 from __future__ import annotations
 
 import functools
@@ -35,8 +34,8 @@ _split = {"val_fraction": 0.2, "gap": 5}
 
 
 def configure_splits(cfg) -> None:
-    """Use the config's DATASETS.SPLIT for every ``_train`` / ``_val`` dataset loaded from now
-    on."""
+    """Use the config's DATASETS.SPLIT for every ``_train`` / ``_val`` dataset loaded from now on.
+    """
     _split["val_fraction"] = float(cfg.DATASETS.SPLIT.VAL_FRACTION)
     _split["gap"] = int(cfg.DATASETS.SPLIT.GAP)
 
@@ -58,9 +57,8 @@ def voxel_size(root: str) -> tuple[float, float, float] | None:
             check_voxel_size(size, path)
         except (ValueError, TypeError, KeyError) as e:
             raise CTCFormatError(
-                f'{path}: expected {{"zyx_um": [z, y, x]}} with three positive numbers '
-                f"in micrometres ({one_line(e)})"
-            ) from e
+                f"{path}: expected {{\"zyx_um\": [z, y, x]}} with three positive numbers "
+                                 f"in micrometres ({one_line(e)})") from e
         return size
     return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
 
@@ -69,9 +67,8 @@ def dataset_voxel_size(path: str) -> tuple[float, float, float] | None:
     """The voxel size of the dataset an input belongs to: a raw frame ``<dataset>/<seq>/tTTT.tif``,
     a sequence folder, a folder of stacks or a stack in it (the folder's, else its parent's
     voxel_size.json or known CTC name); None if unknown."""
-    folder = os.path.abspath(
-        path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    )
+    folder = os.path.abspath(path if os.path.isdir(path)
+                             else os.path.dirname(os.path.abspath(path)))
     return voxel_size(folder) or voxel_size(os.path.dirname(folder))
 
 
@@ -82,9 +79,8 @@ def record_voxel_size(record: dict) -> tuple[float, float, float] | None:
 
 def _load_split(root: str, seq: str, part: str) -> list[dict]:
     records = load_sequence_records(root, seq)
-    train, val = split_frames(
-        sorted({r["frame"] for r in records}), _split["val_fraction"], _split["gap"]
-    )
+    train, val = split_frames(sorted({r["frame"] for r in records}), _split["val_fraction"],
+                              _split["gap"])
     keep = set(train if part == "train" else val)
     return [r for r in records if r["frame"] in keep]
 
@@ -99,19 +95,14 @@ def _register(name: str, load, metadata: dict) -> None:
 
 
 def register_ctc_sequence(name: str, root: str, seq: str, frames: list[int] | None = None) -> None:
-    """Register one sequence of a CTC dataset folder under ``name`` (frames: default all with
-    GT)."""
+    """Register one sequence of a CTC dataset folder under ``name`` (frames: default all with GT).
+    """
     _register(name, lambda: load_sequence_records(root, seq, frames), _metadata(root, seq))
 
 
 def _metadata(root: str, seq: str) -> dict:
-    return dict(
-        thing_classes=["nucleus"],
-        evaluator_type="ctc",
-        dataset_root=os.path.abspath(root),
-        sequence=seq,
-        voxel_size=voxel_size(root),
-    )
+    return dict(thing_classes=["nucleus"], evaluator_type="ctc", dataset_root=os.path.abspath(root),
+                sequence=seq, voxel_size=voxel_size(root))
 
 
 def register_ctc_dataset(root: str, name: str | None = None) -> list[str]:
@@ -129,11 +120,8 @@ def register_ctc_dataset(root: str, name: str | None = None) -> list[str]:
         register_ctc_sequence(base, root, seq)
         registered.append(base)
         for part in ("train", "val"):
-            _register(
-                f"{base}_{part}",
-                lambda part=part, seq=seq: _load_split(root, seq, part),
-                _metadata(root, seq),
-            )
+            _register(f"{base}_{part}", lambda part=part, seq=seq: _load_split(root, seq, part),
+                      _metadata(root, seq))
             registered.append(f"{base}_{part}")
     return registered
 
@@ -164,8 +152,7 @@ def check_splits(names) -> None:
             continue
         seq_dir = os.path.join(meta.dataset_root, meta.sequence)
         frames = set(list_frames(seq_dir)) & set(
-            list_gt(gt_folder(meta.dataset_root, meta.sequence))
-        )
+            list_gt(gt_folder(meta.dataset_root, meta.sequence)))
         try:
             split_frames(sorted(frames), _split["val_fraction"], _split["gap"])
         except ValueError as e:
@@ -184,8 +171,7 @@ def check_datasets_registered(names) -> None:
         if folder and os.path.isdir(folder) and not find_sequences(folder):
             raise ValueError(
                 f"{folder}: no sequence folders (01, 02, ...) with raw frames tTTT.tif, "
-                f"so dataset '{name}' is not registered"
-            )
+                             f"so dataset '{name}' is not registered")
         ctc = sorted(n for n in registered if MetadataCatalog.get(n).get("evaluator_type") == "ctc")
         raise ValueError(
             f"dataset '{name}' is not registered: no CTC folder for it under '{root}' "

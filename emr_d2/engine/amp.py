@@ -1,6 +1,5 @@
 """Mixed-precision training on any device: detectron2's AMPTrainer with torch.autocast for the
 model's device type, bfloat16 where the device supports it, gradient scaling only for float16."""
-
 from __future__ import annotations
 
 import time
@@ -15,9 +14,8 @@ def resolve_precision(name: str, device_type: str) -> torch.dtype:
     """SOLVER.AMP.PRECISION -> dtype; "auto" is bfloat16 on the CPU and on GPUs that support it
     (no gradient scaling needed, float32's range), else float16."""
     if name == "auto":
-        supported = device_type == "cpu" or (
-            device_type == "cuda" and torch.cuda.is_bf16_supported()
-        )
+        supported = device_type == "cpu" or (device_type == "cuda"
+                                             and torch.cuda.is_bf16_supported())
         return torch.bfloat16 if supported else torch.float16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 

@@ -1,5 +1,4 @@
 """Training hooks: fusion-weight logging, validation loss, early stopping, linking calibration."""
-
 from __future__ import annotations
 
 import logging
@@ -63,9 +62,8 @@ class ValidationLoss(HookBase):
                 losses = self.trainer.model(next(self._iterator))
                 total += sum(float(v) for v in losses.values())
         loss = comm.all_gather(total / self.num_batches)
-        self.trainer.storage.put_scalar(
-            "validation_loss", sum(loss) / len(loss), smoothing_hint=False
-        )
+        self.trainer.storage.put_scalar("validation_loss", sum(loss) / len(loss),
+                                        smoothing_hint=False)
 
 
 class EarlyStop(Exception):
@@ -99,10 +97,8 @@ class EarlyStopping(HookBase):
             return
         self.stale += 1
         if self.stale >= self.patience:
-            logger.info(
-                f"Early stopping at iteration {iteration}: {self.metric} has not improved "
-                f"for {self.patience} evaluations (best {self.best:.4f})"
-            )
+            logger.info(f"Early stopping at iteration {iteration}: {self.metric} has not improved "
+                        f"for {self.patience} evaluations (best {self.best:.4f})")
             raise EarlyStop()
 
 
@@ -125,9 +121,8 @@ class LinkingCalibration(HookBase):
         cfg.freeze()
         self.trainer.storage.put_scalar("linking/val_SEG", result["SEG"], smoothing_hint=False)
         if comm.is_main_process():
-            atomic_write(
-                os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump()), "w"
-            )
+            atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump()),
+                         "w")
 
     def after_step(self):
         next_iter = self.trainer.iter + 1

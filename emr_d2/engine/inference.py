@@ -1,5 +1,4 @@
 """Whole-volume inference over a registered slice dataset, feeding DatasetEvaluators."""
-
 from __future__ import annotations
 
 import logging
@@ -21,9 +20,8 @@ from .hooks import unwrap_ddp
 logger = logging.getLogger(__name__)
 
 
-def inference_on_volumes(
-    model: torch.nn.Module, cfg, dataset_name: str, evaluator: DatasetEvaluator
-) -> dict:
+def inference_on_volumes(model: torch.nn.Module, cfg, dataset_name: str,
+                         evaluator: DatasetEvaluator) -> dict:
     """Predict every volume of a slice dataset and evaluate.
 
     Volumes are split across processes (DDP), each predicted whole by :class:`VolumePredictor`
@@ -35,21 +33,15 @@ def inference_on_volumes(
     volumes: OrderedDict[str, list[dict]] = OrderedDict()
     for record in DatasetCatalog.get(dataset_name):
         volumes.setdefault(record["volume_id"], []).append(record)
-    mine = list(volumes.values())[comm.get_rank() :: comm.get_world_size()]
+    mine = list(volumes.values())[comm.get_rank()::comm.get_world_size()]
     predictor = VolumePredictor(cfg, model)
-    logger.info(
-        f"Inference on {len(volumes)} volumes of {dataset_name} "
-        f"({'cached' if predictor.use_cache else 'per-window'} slice features)"
-    )
+    logger.info(f"Inference on {len(volumes)} volumes of {dataset_name} "
+                f"({'cached' if predictor.use_cache else 'per-window'} slice features)")
     evaluator.reset()
     start = time.perf_counter()
     with inference_context(model), torch.no_grad():
-        for records in tqdm(
-            mine,
-            desc=f"predicting {dataset_name}",
-            unit="volume",
-            disable=not comm.is_main_process(),
-        ):
+        for records in tqdm(mine, desc=f"predicting {dataset_name}", unit="volume",
+                            disable=not comm.is_main_process()):
             by_z = {r["z"]: r for r in records}
             volume = read_raw_volume(records[0]["file_name"])
             voxel = record_voxel_size(records[0])

@@ -1,7 +1,6 @@
 """What a training run checks and records in its OUTPUT_DIR before it writes anything: that it
 does not silently replace an earlier run, the pixel size its model will work at, and plain-text
 log files."""
-
 from __future__ import annotations
 
 import glob
@@ -14,16 +13,9 @@ from detectron2.data import MetadataCatalog
 
 # Files and folders of a finished or interrupted training run (train_net.py, Trainer's hooks).
 RUN_MARKERS = ("last_checkpoint", "model_final.pth", "metrics.json")
-RUN_OUTPUTS = (
-    "model_*.pth",
-    "last_checkpoint",
-    "metrics.json",
-    "events.out.tfevents.*",
-    "linking.json",
-    "config.yaml",
-    "log.txt",
-    "inference",
-)
+RUN_OUTPUTS = ("model_*.pth", "last_checkpoint", "metrics.json", "events.out.tfevents.*",
+               "linking.json",
+               "config.yaml", "log.txt", "inference")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -36,8 +28,7 @@ def check_training_folder(output_dir: str, resume: bool, overwrite: bool) -> Non
     if found:
         raise FileExistsError(
             f"{output_dir}: holds a training run ({', '.join(found)}); pass --resume to continue "
-            "it, --overwrite to replace it, or choose another OUTPUT_DIR"
-        )
+                              "it, --overwrite to replace it, or choose another OUTPUT_DIR")
 
 
 def clear_training_folder(output_dir: str) -> None:
@@ -60,14 +51,12 @@ def record_training_pixel_size(cfg, logger: logging.Logger) -> None:
         logger.warning(
             "The model will not know the pixel size it is trained at (training datasets' voxel "
             "sizes: "
-            + ", ".join(f"{n} {s or 'unknown'}" for n, s in sizes.items())
-            + "): set INPUT.PIXEL_SIZE_UM so that prediction can rescale other data"
-        )
+                       + ", ".join(f"{n} {s or 'unknown'}" for n, s in sizes.items())
+                       + "): set INPUT.PIXEL_SIZE_UM so that prediction can rescale other data")
         return
     cfg.INPUT.PIXEL_SIZE_UM = pixels.pop()
     logger.info(
-        f"Trained at the training data's pixel size: INPUT.PIXEL_SIZE_UM {cfg.INPUT.PIXEL_SIZE_UM}"
-    )
+        f"Trained at the training data's pixel size: INPUT.PIXEL_SIZE_UM {cfg.INPUT.PIXEL_SIZE_UM}")
 
 
 class _StripColour(logging.Filter):

@@ -1,5 +1,4 @@
 """Config setup shared by the command-line tools."""
-
 from __future__ import annotations
 
 import torch
@@ -10,12 +9,8 @@ from ..config import add_emr_config, check_config
 from ..data.catalog import configure_splits
 
 
-def setup_config(
-    config_file: str | None = None,
-    opts: list[str] | None = None,
-    freeze: bool = True,
-    calibrated_linking: bool = True,
-) -> CfgNode:
+def setup_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True,
+                 calibrated_linking: bool = True) -> CfgNode:
     """detectron2 config with the emr_d2 keys, a YAML file (with ``_BASE_``) and KEY VALUE
     overrides; the linking calibrated for MODEL.WEIGHTS applied (unless ``calibrated_linking`` is
     False; see :func:`apply_calibrated_linking`), every key checked (:func:`check_config`), dataset

@@ -1,5 +1,4 @@
 """Trainer(DefaultTrainer) for slice-stack models on CTC datasets."""
-
 from __future__ import annotations
 
 import logging
@@ -8,12 +7,9 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import (MetadataCatalog, build_detection_test_loader,
+                             build_detection_train_loader,
+                             get_detection_dataset_dicts)
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, print_csv_format
 from detectron2.solver import get_default_optimizer_params
@@ -50,14 +46,12 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_gpu = cfg.MODEL.DEVICE.startswith("cuda")
-        model = create_ddp_model(
-            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
-        )
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 device_ids=[comm.get_local_rank()] if on_gpu else None)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SliceStackCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = SliceStackCheckpointer(model, cfg.OUTPUT_DIR,
+                                                   trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -81,33 +75,18 @@ class Trainer(DefaultTrainer):
             hook_list.insert(eval_index, LinkingCalibration(cfg.TEST.EVAL_PERIOD))
         extra = [FusionWeightLogger(cfg.MODEL.FUSION.LOG_PERIOD)]
         if cfg.TEST.VAL_LOSS_PERIOD > 0 and cfg.DATASETS.VAL:
-            extra.append(
-                ValidationLoss(
-                    cfg.TEST.VAL_LOSS_PERIOD,
-                    self.build_validation_loader(cfg),
-                    cfg.TEST.VAL_LOSS_BATCHES,
-                )
-            )
+            extra.append(ValidationLoss(cfg.TEST.VAL_LOSS_PERIOD, self.build_validation_loader(cfg),
+                                        cfg.TEST.VAL_LOSS_BATCHES))
         if cfg.TEST.BEST_METRIC and cfg.DATASETS.TEST and comm.is_main_process():
-            extra.append(
-                hooks.BestCheckpointer(
-                    cfg.TEST.EVAL_PERIOD,
-                    self.checkpointer,
-                    cfg.TEST.BEST_METRIC,
-                    cfg.TEST.BEST_METRIC_MODE,
-                )
-            )
+            extra.append(hooks.BestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer,
+                                                cfg.TEST.BEST_METRIC, cfg.TEST.BEST_METRIC_MODE))
         if cfg.TEST.EARLY_STOP_PATIENCE > 0:
-            extra.append(
-                EarlyStopping(
-                    cfg.TEST.BEST_METRIC, cfg.TEST.BEST_METRIC_MODE, cfg.TEST.EARLY_STOP_PATIENCE
-                )
-            )
+            extra.append(EarlyStopping(cfg.TEST.BEST_METRIC, cfg.TEST.BEST_METRIC_MODE,
+                                       cfg.TEST.EARLY_STOP_PATIENCE))
         # After the EvalHook (which writes the metrics) and before the PeriodicWriter.
-        writer_index = next(
-            (i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)),
-            len(hook_list),
-        )
+        writer_index = next((i for i, h in enumerate(hook_list)
+                             if isinstance(h, hooks.PeriodicWriter)),
+                            len(hook_list))
         return hook_list[:writer_index] + extra + hook_list[writer_index:]
 
     def train(self):
@@ -122,27 +101,22 @@ class Trainer(DefaultTrainer):
         """Slices with a reference (slice-wise GT: only the annotated ones); empty slices stay
         unless DATALOADER.FILTER_EMPTY_ANNOTATIONS."""
         records = _annotated_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        return build_detection_train_loader(
-            cfg, mapper=SliceStackMapper(cfg, is_train=True), dataset=records
-        )
+        return build_detection_train_loader(cfg, mapper=SliceStackMapper(cfg, is_train=True),
+                                            dataset=records)
 
     @classmethod
     def build_validation_loader(cls, cfg):
         """Training-mode batches of DATASETS.VAL without augmentation, for the validation loss."""
         records = _annotated_records(cfg.DATASETS.VAL, filter_empty=False)
-        mapper = SliceStackMapper(
-            cfg,
-            is_train=True,
-            augmentations=build_slice_augmentations(cfg, False),
-            intensity_augmentation=None,
-        )
+        mapper = SliceStackMapper(cfg, is_train=True,
+                                  augmentations=build_slice_augmentations(cfg, False),
+                                  intensity_augmentation=None)
         return build_detection_train_loader(cfg, mapper=mapper, dataset=records)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=SliceStackMapper(cfg, is_train=False)
-        )
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=SliceStackMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -170,15 +144,11 @@ class Trainer(DefaultTrainer):
         """SGD or AdamW (SOLVER.OPTIMIZER) over detectron2's parameter groups; parameters of
         fusion modules get no weight decay."""
         groups = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        fusion_ids = {
-            id(p) for m in model.modules() if isinstance(m, SliceFusion) for p in m.parameters()
-        }
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
+        fusion_ids = {id(p) for m in model.modules() if isinstance(m, SliceFusion)
+                      for p in m.parameters()}
         split = []
         for group in groups:
             rest = [p for p in group["params"] if id(p) not in fusion_ids]
@@ -189,17 +159,12 @@ class Trainer(DefaultTrainer):
                 split.append({**group, "params": fused, "weight_decay": 0.0})
         name = cfg.SOLVER.OPTIMIZER.upper()
         if name == "SGD":
-            optimizer = torch.optim.SGD(
-                split,
-                lr=cfg.SOLVER.BASE_LR,
-                momentum=cfg.SOLVER.MOMENTUM,
-                nesterov=cfg.SOLVER.NESTEROV,
-                weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-            )
+            optimizer = torch.optim.SGD(split, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                                        nesterov=cfg.SOLVER.NESTEROV,
+                                        weight_decay=cfg.SOLVER.WEIGHT_DECAY)
         elif name == "ADAMW":
-            optimizer = torch.optim.AdamW(
-                split, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-            )
+            optimizer = torch.optim.AdamW(split, lr=cfg.SOLVER.BASE_LR,
+                                          weight_decay=cfg.SOLVER.WEIGHT_DECAY)
         else:
             raise ValueError(f"SOLVER.OPTIMIZER must be SGD or ADAMW, got {cfg.SOLVER.OPTIMIZER!r}")
         return maybe_add_gradient_clipping(cfg, optimizer)
@@ -216,10 +181,8 @@ class Trainer(DefaultTrainer):
             )
             results[dataset_name] = inference_on_volumes(model, cfg, dataset_name, evaluator)
             if comm.is_main_process():
-                write_json(
-                    os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name, "results.json"),
-                    results[dataset_name],
-                )
+                write_json(os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name, "results.json"),
+                           results[dataset_name])
                 ctc = results[dataset_name].get("ctc", {})
                 if ctc:
                     logger.info(
@@ -235,25 +198,10 @@ class Trainer(DefaultTrainer):
 def _annotated_records(names, filter_empty: bool) -> list[dict]:
     """Slice records of the datasets that have a reference (slice-wise references: only the
     annotated slices)."""
-    return [
-        r
-        for r in get_detection_dataset_dicts(names, filter_empty=filter_empty)
-        if r.get("annotated", True)
-    ]
+    return [r for r in get_detection_dataset_dicts(names, filter_empty=filter_empty)
+            if r.get("annotated", True)]
 
 
-CTC_TABLE_KEYS = (
-    "SEG",
-    "DET",
-    "OP_CSB",
-    "SEG_2D",
-    "SEG_poles",
-    "SEG_core",
-    "SEG_oracle_link",
-    "splits",
-    "merges",
-    "volume_AP",
-    "precision",
-    "recall",
-    "count_error",
-)
+CTC_TABLE_KEYS = ("SEG", "DET", "OP_CSB", "SEG_2D", "SEG_poles", "SEG_core", "SEG_oracle_link",
+                  "splits",
+                  "merges", "volume_AP", "precision", "recall", "count_error")

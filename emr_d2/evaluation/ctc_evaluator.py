@@ -1,5 +1,4 @@
 """CTCEvaluator: per-slice predictions -> linked 3D label volumes -> CTC RES files and SEG."""
-
 from __future__ import annotations
 
 import contextlib
@@ -21,14 +20,8 @@ from ..data.catalog import record_voxel_size
 from ..data.ctc import output_name, write_label_volume, write_result_tracks
 from ..data.slices import read_record_markers, read_record_reference
 from ..data.window import z_spacing_um
-from ..linking import (
-    LinkOptions,
-    SlicePrediction,
-    link_slices,
-    link_with_reference,
-    paste_volume,
-    slice_prediction,
-)
+from ..linking import (LinkOptions, SlicePrediction, link_slices, link_with_reference, paste_volume,
+                       slice_prediction)
 from .det import DETAccumulator, op_csb
 from .z_extent import ZExtentErrors
 from .seg import SEGAccumulator
@@ -43,18 +36,14 @@ def volume_objects(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> dict
 
     gt, pred: (Z, H, W) labels; scores: (K,) scores of the predicted labels 1..K.
     """
-
     def encode(mask):
         return mask_util.encode(
-            np.asfortranarray(mask.reshape(-1, mask.shape[-1]).astype(np.uint8))
-        )
+            np.asfortranarray(mask.reshape(-1, mask.shape[-1]).astype(np.uint8)))
 
-    predicted = [
-        (encode(pred == label), float(scores[label - 1])) for label in range(1, len(scores) + 1)
-    ]
+    predicted = [(encode(pred == label), float(scores[label - 1]))
+                 for label in range(1, len(scores) + 1)]
     return {
-        "height": gt.shape[0] * gt.shape[1],
-        "width": gt.shape[2],
+        "height": gt.shape[0] * gt.shape[1], "width": gt.shape[2],
         "gt": [encode(gt == label) for label in np.unique(gt[gt > 0])],
         "pred": [(rle, score) for rle, score in predicted if mask_util.area(rle) > 0],
     }
@@ -69,32 +58,20 @@ def volume_average_precision(volumes: list[dict]) -> dict:
     for image_id, volume in enumerate(volumes, start=1):
         images.append({"id": image_id, "height": volume["height"], "width": volume["width"]})
         for rle in volume["gt"]:
-            gt_anns.append(
-                {
-                    "id": len(gt_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "segmentation": rle,
-                    "area": float(mask_util.area(rle)),
-                    "bbox": mask_util.toBbox(rle).tolist(),
-                    "iscrowd": 0,
-                }
-            )
+            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": 1,
+                            "segmentation": rle, "area": float(mask_util.area(rle)),
+                            "bbox": mask_util.toBbox(rle).tolist(), "iscrowd": 0})
         for rle, score in volume["pred"]:
             dt_anns.append(
-                {"image_id": image_id, "category_id": 1, "segmentation": rle, "score": score}
-            )
+                {"image_id": image_id, "category_id": 1, "segmentation": rle, "score": score})
     if not gt_anns:
         return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan")}
     if not dt_anns:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = {
-            "images": images,
-            "annotations": gt_anns,
-            "categories": [{"id": 1, "name": "nucleus"}],
-        }
+        coco_gt.dataset = {"images": images, "annotations": gt_anns,
+                           "categories": [{"id": 1, "name": "nucleus"}]}
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(dt_anns)
         evaluation = COCOeval(coco_gt, coco_dt, "segm")
@@ -158,9 +135,8 @@ class CTCEvaluator(DatasetEvaluator):
         self.reset()
 
     @classmethod
-    def from_config(
-        cls, cfg, dataset_name: str, output_dir: str | None = None, distributed: bool = True
-    ):
+    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None,
+                    distributed: bool = True):
         return {
             "dataset_name": dataset_name,
             "link_options": LinkOptions.from_config(cfg),
@@ -172,8 +148,7 @@ class CTCEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._open: dict[str, dict[int, SlicePrediction]] = defaultdict(
-            dict
-        )  # volume -> z -> slice
+            dict)  # volume -> z -> slice
         self._seg, self._oracle, self._det = SEGAccumulator(), SEGAccumulator(), DETAccumulator()
         self._extents = ZExtentErrors()
         self._objects: list[tuple[str, dict]] = []  # (volume id, volume_objects)
@@ -184,30 +159,22 @@ class CTCEvaluator(DatasetEvaluator):
             slices = self._open[record["volume_id"]]
             if record["z"] in slices:
                 raise RuntimeError(
-                    f"slice {record['z']} of {record['volume_id']} was predicted twice"
-                )
+                    f"slice {record['z']} of {record['volume_id']} was predicted twice")
             slices[record["z"]] = slice_prediction(output["instances"], self.score_threshold)
             if len(slices) == record["depth"]:
-                self._finish_volume(
-                    record, self._open.pop(record["volume_id"]), output.get("slice_offsets", ())
-                )
+                self._finish_volume(record, self._open.pop(record["volume_id"]),
+                                    output.get("slice_offsets", ()))
 
-    def _finish_volume(
-        self, record: dict, slices: dict[int, SlicePrediction], window_offsets
-    ) -> None:
+    def _finish_volume(self, record: dict, slices: dict[int, SlicePrediction],
+                       window_offsets) -> None:
         shape = (record["depth"], record["height"], record["width"])
-        regions = paste_volume(
-            ((z, slices[z]) for z in sorted(slices)),
-            shape,
-            window_offsets,
-            z_spacing_um(record_voxel_size(record)),
-        )
+        regions = paste_volume(((z, slices[z]) for z in sorted(slices)), shape, window_offsets,
+                               z_spacing_um(record_voxel_size(record)))
         linked = link_slices(regions, self.link_options)
         if self.write_res and self.output_dir:
             res_dir = os.path.join(self.output_dir, f"{record['sequence']}_RES")
-            write_label_volume(
-                os.path.join(res_dir, output_name(record["file_name"])), linked.labels
-            )
+            write_label_volume(os.path.join(res_dir, output_name(record["file_name"])),
+                               linked.labels)
             self._res_dirs.add(res_dir)
         gt, annotated = read_record_reference(record)
         volume_id = record["volume_id"]
@@ -250,17 +217,12 @@ class CTCEvaluator(DatasetEvaluator):
         for res_dir in sorted(res_dirs):  # every rank has written its frames (synchronize above)
             write_result_tracks(res_dir)
         seg.warn_empty_references(self.dataset_name)
-        volume_ap = volume_average_precision(
-            [o for _, o in sorted(objects, key=lambda item: item[0])]
-        )
-        results = dict(
-            seg.summary(),
-            SEG_oracle_link=oracle.summary()["SEG"],
-            volume_AP=volume_ap["AP"],
-            volume_AP50=volume_ap["AP50"],
-            volume_AP75=volume_ap["AP75"],
-            num_volumes=len(objects),
-        )
+        volume_ap = volume_average_precision([o
+                                              for _, o
+                                              in sorted(objects, key=lambda item: item[0])])
+        results = dict(seg.summary(), SEG_oracle_link=oracle.summary()["SEG"],
+                       volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
+                       volume_AP75=volume_ap["AP75"], num_volumes=len(objects))
         if extents.errors:
             results.update(extents.summary())
         if det.markers:

@@ -1,6 +1,5 @@
 """SEG and DET between a CTC result folder and a reference folder (torch-free, for
 tools/ctc_seg.py and tools/ctc_det.py)."""
-
 from __future__ import annotations
 
 import os
@@ -8,14 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..data.ctc import (
-    CTCFormatError,
-    list_gt,
-    list_markers,
-    list_results,
-    read_gt_frame,
-    read_label_volume,
-)
+from ..data.ctc import (CTCFormatError, list_gt, list_markers, list_results, read_gt_frame,
+                        read_label_volume)
 from .det import DETAccumulator
 from .seg import SEGAccumulator
 
@@ -52,8 +45,7 @@ def seg_of_folders(res_dir: str, gt_dir: str) -> SEGAccumulator:
     references = list_gt(seg_dir)
     if not references:
         raise CTCFormatError(
-            f"{seg_dir}: no reference frames (man_segTTT.tif or man_seg_TTT_ZZZ.tif) found"
-        )
+            f"{seg_dir}: no reference frames (man_segTTT.tif or man_seg_TTT_ZZZ.tif) found")
     accumulator = SEGAccumulator()
     for frame, path, res in _result_frames(res_dir, references):
         if res.ndim == 2:
@@ -81,7 +73,6 @@ def det_of_folders(res_dir: str, gt_dir: str) -> DETAccumulator:
         if np.squeeze(res).shape != np.squeeze(marker).shape:
             raise CTCFormatError(
                 f"{path}: result shape {res.shape} differs from the markers' {marker.shape} "
-                f"({markers[frame]})"
-            )
+                                 f"({markers[frame]})")
         accumulator.add(f"{frame:03d}", marker.squeeze(), res.squeeze())
     return accumulator

@@ -11,7 +11,6 @@ OP_CSB = (SEG + DET) / 2 is the CTC's segmentation ranking.
 
 Torch-free: ``tools/ctc_det.py`` imports this module alone.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,11 +34,8 @@ class DetectionCounts:
 
     @property
     def aogm_d(self) -> int:
-        return (
-            WEIGHT_SPLIT * self.splits
-            + WEIGHT_FALSE_NEGATIVE * self.false_negatives
-            + WEIGHT_FALSE_POSITIVE * self.false_positives
-        )
+        return (WEIGHT_SPLIT * self.splits + WEIGHT_FALSE_NEGATIVE * self.false_negatives
+                + WEIGHT_FALSE_POSITIVE * self.false_positives)
 
 
 def count_detections(markers: np.ndarray, res: np.ndarray) -> DetectionCounts:

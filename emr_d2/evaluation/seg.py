@@ -7,7 +7,6 @@ evaluated frames, pooled. False positives cost nothing in SEG; the counts report
 
 Torch-free: ``tools/ctc_seg.py`` imports this module alone.
 """
-
 from __future__ import annotations
 
 import logging
@@ -15,12 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_DENSE_LIMIT = (
-    1 << 22
-)  # label pair tables up to this size are counted with bincount, larger with a sort
-_BLOCK_VOXELS = (
-    1 << 20
-)  # planes are scanned in blocks of about this many voxels: faster than all at once
+# label pair tables up to this size are counted with bincount, larger with a sort
+_DENSE_LIMIT = 1 << 22
+# planes are scanned in blocks of about this many voxels: faster than all at once
+_BLOCK_VOXELS = 1 << 20
 logger = logging.getLogger(__name__)
 SHARE = 0.2  # share of an object's voxels that makes another object a part of a split or merge
 
@@ -28,14 +25,12 @@ SHARE = 0.2  # share of an object's voxels that makes another object a part of a
 def _label_codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, codes) with ``labels == ids[codes]``; ids keep the labels' dtype. Small non-negative
     labels are their own codes (ids = 0..max, absent labels included); other labels are ranked."""
-    if labels.dtype.kind == "u" or (
-        labels.dtype.kind == "i" and (not labels.size or labels.min() >= 0)
-    ):
+    if labels.dtype.kind == "u" or (labels.dtype.kind == "i"
+                                    and (not labels.size or labels.min() >= 0)):
         top = int(labels.max()) if labels.size else 0
         if top < _DENSE_LIMIT:
-            codes = (
-                labels.astype(np.int64) if labels.dtype == np.uint64 else labels
-            )  # uint64 + int64: float
+            codes = labels.astype(
+                np.int64) if labels.dtype == np.uint64 else labels  # uint64 + int64: float
             return np.arange(top + 1, dtype=labels.dtype), codes
     return np.unique(labels, return_inverse=True)
 
@@ -55,11 +50,8 @@ class PairCounts:
 def _totals(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct keys, index of each key into them, summed count of each distinct key)."""
     distinct, index = np.unique(keys, return_inverse=True)
-    return (
-        distinct,
-        index,
-        np.bincount(index, weights=counts, minlength=len(distinct)).astype(np.int64),
-    )
+    return distinct, index, np.bincount(index, weights=counts,
+                                        minlength=len(distinct)).astype(np.int64)
 
 
 def _count_block(g: np.ndarray, r: np.ndarray, plane_size: int) -> tuple[np.ndarray, ...]:
@@ -110,9 +102,8 @@ def pair_counts(gt: np.ndarray, res: np.ndarray, per_plane: bool = False) -> Pai
     blocks = []
     for first in range(0, rows if plane_size else 0, step):
         plane, g_labels, r_labels, voxels = _count_block(
-            g[first : first + step].ravel(),
-            r[first : first + step].ravel(),
-            plane_size if per_plane else 0,
+            g[first:first + step].ravel(), r[first:first + step].ravel(),
+            plane_size if per_plane else 0
         )
         blocks.append((plane + first if per_plane else plane, g_labels, r_labels, voxels))
     if not blocks:
@@ -142,27 +133,17 @@ class Contingency:
         g_ids, g_codes = np.unique(pairs.gt, return_inverse=True)
         r_ids, r_codes = np.unique(pairs.res, return_inverse=True)
         is_gt, is_res = pairs.gt != 0, pairs.res != 0
-        gt_keys, gt_index, gt_sizes = _totals(
-            (plane * len(g_ids) + g_codes)[is_gt], pairs.voxels[is_gt]
-        )
-        res_keys, res_index, res_sizes = _totals(
-            (plane * len(r_ids) + r_codes)[is_res], pairs.voxels[is_res]
-        )
+        gt_keys, gt_index, gt_sizes = _totals((plane * len(g_ids) + g_codes)[is_gt],
+                                              pairs.voxels[is_gt])
+        res_keys, res_index, res_sizes = _totals((plane * len(r_ids) + r_codes)[is_res],
+                                                 pairs.voxels[is_res])
         both = is_gt & is_res
         overlap_keys, _, overlap = _totals(
             gt_index[both[is_gt]] * len(res_keys) + res_index[both[is_res]], pairs.voxels[both]
         )
         pair_gt, pair_res = np.divmod(overlap_keys, max(len(res_keys), 1))
-        return cls(
-            g_ids[gt_keys % len(g_ids)],
-            r_ids[res_keys % len(r_ids)],
-            gt_sizes,
-            res_sizes,
-            pair_gt,
-            pair_res,
-            overlap,
-            gt_keys // max(len(g_ids), 1),
-        )
+        return cls(g_ids[gt_keys % len(g_ids)], r_ids[res_keys % len(r_ids)], gt_sizes, res_sizes,
+                   pair_gt, pair_res, overlap, gt_keys // max(len(g_ids), 1))
 
     def matched_pairs(self) -> np.ndarray:
         """(P,) bool: the pair satisfies |R & S| > 0.5 |R| (at most one pair per reference; the
@@ -221,9 +202,8 @@ class FrameScores:
     matched_results: int  # result objects matched to some reference object
     fg_intersection: int  # voxels foreground in both
     fg_union: int  # voxels foreground in either
-    splits: (
-        int  # reference objects shared by two or more result objects (Contingency.shared_objects)
-    )
+    # reference objects shared by two or more result objects (Contingency.shared_objects)
+    splits: int
     merges: int  # result objects shared by two or more reference objects
     polar: np.ndarray | None = None  # (G,) bool, slice-wise frames: cross-section near a pole
 
@@ -266,8 +246,7 @@ class SEGAccumulator:
         pairs = pair_counts(gt, res, per_plane=True)
         self.frames_2d[name] = _frame_scores(Contingency.from_pairs(pairs, slice_wise=True), True)
         self.frames[name] = (
-            self.frames_2d[name]
-            if annotated_slices is not None
+            self.frames_2d[name] if annotated_slices is not None
             else _frame_scores(Contingency.from_pairs(pairs))
         )
         return self.frames[name]
@@ -282,9 +261,9 @@ class SEGAccumulator:
         if empty:
             logger.warning(
                 f"{source}: {len(empty)} of {len(self.frames)} reference frames contain no object "
-                f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); they add no "
-                "reference object to SEG, as in the CTC's measure"
-            )
+                           f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); they add "
+                           "no "
+                           "reference object to SEG, as in the CTC's measure")
 
     def merge(self, other: "SEGAccumulator") -> None:
         """Add the frames of another accumulator (e.g. of another process)."""
@@ -314,17 +293,14 @@ class SEGAccumulator:
         frames = list(self.frames.values())
         if frames and len(self.empty_reference_frames()) == len(frames):
             raise ValueError(
-                f"every reference frame is empty ({len(frames)} frames): SEG is undefined"
-            )
+                f"every reference frame is empty ({len(frames)} frames): SEG is undefined")
         n_gt = sum(len(f.scores) for f in frames)
         n_res = sum(f.num_results for f in frames)
         matched_gt = sum(int(np.count_nonzero(f.scores > 0)) for f in frames)
-        matched_scores = (
-            np.concatenate([f.scores[f.scores > 0] for f in frames]) if frames else np.zeros(0)
-        )
-        matched_2d = np.concatenate(
-            [f.scores[f.scores > 0] for f in self.frames_2d.values()] or [np.zeros(0)]
-        )
+        matched_scores = np.concatenate([f.scores[f.scores > 0]
+                                         for f in frames]) if frames else np.zeros(0)
+        matched_2d = np.concatenate([f.scores[f.scores > 0] for f in self.frames_2d.values()]
+                                    or [np.zeros(0)])
         matched_res = sum(f.matched_results for f in frames)
         union = sum(f.fg_union for f in frames)
         return {
@@ -342,10 +318,8 @@ class SEGAccumulator:
             "precision": matched_res / n_res if n_res else float("nan"),
             "recall": matched_gt / n_gt if n_gt else float("nan"),
             "count_error": float(np.mean([abs(f.num_results - len(f.scores)) for f in frames]))
-            if frames
-            else float("nan"),
-            "foreground_IoU": sum(f.fg_intersection for f in frames) / union
-            if union
+            if frames else float("nan"),
+            "foreground_IoU": sum(f.fg_intersection for f in frames) / union if union
             else float("nan"),
             "jaccard_matched": float(matched_scores.mean()) if matched_gt else float("nan"),
             "jaccard_matched_2D": float(matched_2d.mean()) if len(matched_2d) else float("nan"),
@@ -357,3 +331,4 @@ class SEGAccumulator:
             (name, float(f.scores.mean()) if len(f.scores) else float("nan"), len(f.scores))
             for name, f in self.frames.items()
         ]
+

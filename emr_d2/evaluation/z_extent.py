@@ -1,5 +1,4 @@
 """How well the z-extent head predicts where each detected object begins and ends along z."""
-
 from __future__ import annotations
 
 import numpy as np
@@ -30,9 +29,8 @@ class ZExtentErrors:
         for z in range(depth):
             if not regions.maps[z].any():
                 continue
-            inter, area, _ = region_overlaps(
-                regions.maps[z], reference[z]
-            )  # (K, L) without background
+            inter, area, _ = region_overlaps(regions.maps[z],
+                                             reference[z])  # (K, L) without background
             if inter.shape[1] == 0:
                 continue
             best = inter.argmax(axis=1)
@@ -60,8 +58,6 @@ class ZExtentErrors:
         def mean(selected: np.ndarray) -> float:
             return float(selected.mean()) if selected.size else float("nan")
 
-        return {
-            "z_extent_error_um": mean(errors),
-            "z_extent_error_um_caps": mean(errors[distances <= 1]),
-            "z_extent_error_um_core": mean(errors[distances > 1]),
-        }
+        return {"z_extent_error_um": mean(errors),
+                "z_extent_error_um_caps": mean(errors[distances <= 1]),
+                "z_extent_error_um_core": mean(errors[distances > 1])}

@@ -14,7 +14,6 @@ The shared-backbone variants split their work into ``forward_slices`` (per slice
 the window) and ``combine`` (per window), which lets whole-volume inference compute each slice's
 features once.
 """
-
 from __future__ import annotations
 
 import torch
@@ -72,10 +71,8 @@ class SharedSliceBackbone(Backbone):
         """
         b, s, h, w = x.shape
         if self.checkpoint_slices and torch.is_grad_enabled():
-            per_slice = [
-                checkpoint(self.slice_backbone, x[:, n : n + 1], use_reentrant=False)
-                for n in range(s)
-            ]
+            per_slice = [checkpoint(self.slice_backbone, x[:, n : n + 1], use_reentrant=False)
+                         for n in range(s)]
             return {k: torch.stack([f[k] for f in per_slice], dim=1) for k in per_slice[0]}
         features = self.slice_backbone(x.reshape(b * s, 1, h, w))
         return {k: v.reshape(b, s, *v.shape[1:]) for k, v in features.items()}
@@ -95,14 +92,12 @@ class _LevelFusion(nn.Module):
     """Fusion at the given FPN levels: one module per level, or one shared by them all. Levels
     without fusion pass the centre slice's features."""
 
-    def __init__(
-        self, name: str, levels: list[str], channels: int, num_slices: int, cfg, per_level: bool
-    ):
+    def __init__(self, name: str, levels: list[str], channels: int, num_slices: int, cfg,
+                 per_level: bool):
         super().__init__()
         if per_level:
             self.modules_by_level = nn.ModuleDict(
-                {level: build_fusion(name, cfg, channels, num_slices) for level in levels}
-            )
+                {level: build_fusion(name, cfg, channels, num_slices) for level in levels})
         else:
             shared = build_fusion(name, cfg, channels, num_slices)
             self.modules_by_level = nn.ModuleDict({"shared": shared})
@@ -121,14 +116,8 @@ class EarlyFusionBackbone(SharedSliceBackbone):
     """Fuses the N slices' features at the chosen FPN levels; ``center_outputs`` levels are also
     output as the centre slice's own features, ``<level>_center`` (B, C, h, w)."""
 
-    def __init__(
-        self,
-        slice_backbone: Backbone,
-        num_slices: int,
-        fusion: _LevelFusion,
-        checkpoint_slices: bool = False,
-        center_outputs: tuple[str, ...] = (),
-    ):
+    def __init__(self, slice_backbone: Backbone, num_slices: int, fusion: _LevelFusion,
+                 checkpoint_slices: bool = False, center_outputs: tuple[str, ...] = ()):
         super().__init__(slice_backbone, num_slices, checkpoint_slices)
         self.fusion = fusion
         self.center_outputs = tuple(center_outputs)
@@ -148,13 +137,8 @@ class LateFusionBackbone(SharedSliceBackbone):
     """Passes every slice's features on to the ROI heads; the RPN gets the centre slice's
     features, or features fused by ``proposal_fusion`` when given."""
 
-    def __init__(
-        self,
-        slice_backbone: Backbone,
-        num_slices: int,
-        proposal_fusion: _LevelFusion | None = None,
-        checkpoint_slices: bool = False,
-    ):
+    def __init__(self, slice_backbone: Backbone, num_slices: int,
+                 proposal_fusion: _LevelFusion | None = None, checkpoint_slices: bool = False):
         super().__init__(slice_backbone, num_slices, checkpoint_slices)
         self.proposal_fusion = proposal_fusion
 
@@ -185,8 +169,7 @@ def _fusion_levels(cfg, levels: list[str]) -> list[str]:
     unknown = [level for level in wanted if level not in levels]
     if unknown:
         raise ValueError(
-            f"MODEL.FUSION.LEVELS: {unknown} are not among the backbone's levels {levels}"
-        )
+            f"MODEL.FUSION.LEVELS: {unknown} are not among the backbone's levels {levels}")
     return wanted
 
 
@@ -196,26 +179,16 @@ def build_early_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     (MODEL.FUSION.PER_LEVEL), and the centre slice's own features of MODEL.FUSION.CENTER_OUTPUTS."""
     slice_backbone = _slice_backbone(cfg)
     levels, channels = _levels_and_channels(slice_backbone)
-    fusion = _LevelFusion(
-        cfg.MODEL.FUSION.NAME,
-        _fusion_levels(cfg, levels),
-        channels,
-        input_shape.channels,
-        cfg,
-        cfg.MODEL.FUSION.PER_LEVEL,
-    )
+    fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, _fusion_levels(cfg, levels), channels,
+                          input_shape.channels,
+                          cfg, cfg.MODEL.FUSION.PER_LEVEL)
     unknown = [level for level in cfg.MODEL.FUSION.CENTER_OUTPUTS if level not in levels]
     if unknown:
         raise ValueError(
-            f"MODEL.FUSION.CENTER_OUTPUTS: {unknown} are not among the backbone's levels {levels}"
-        )
-    return EarlyFusionBackbone(
-        slice_backbone,
-        input_shape.channels,
-        fusion,
-        cfg.MODEL.FUSION.CHECKPOINT_SLICES,
-        tuple(cfg.MODEL.FUSION.CENTER_OUTPUTS),
-    )
+            f"MODEL.FUSION.CENTER_OUTPUTS: {unknown} are not among the backbone's levels {levels}")
+    return EarlyFusionBackbone(slice_backbone, input_shape.channels, fusion,
+                               cfg.MODEL.FUSION.CHECKPOINT_SLICES,
+                               tuple(cfg.MODEL.FUSION.CENTER_OUTPUTS))
 
 
 @BACKBONE_REGISTRY.register()
@@ -225,14 +198,7 @@ def build_late_fusion_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     fusion = None
     if cfg.MODEL.FUSION.LATE.PROPOSALS_FROM == "fused":
         levels, channels = _levels_and_channels(slice_backbone)
-        fusion = _LevelFusion(
-            cfg.MODEL.FUSION.NAME,
-            _fusion_levels(cfg, levels),
-            channels,
-            input_shape.channels,
-            cfg,
-            cfg.MODEL.FUSION.PER_LEVEL,
-        )
-    return LateFusionBackbone(
-        slice_backbone, input_shape.channels, fusion, cfg.MODEL.FUSION.CHECKPOINT_SLICES
-    )
+        fusion = _LevelFusion(cfg.MODEL.FUSION.NAME, _fusion_levels(cfg, levels), channels,
+                              input_shape.channels, cfg, cfg.MODEL.FUSION.PER_LEVEL)
+    return LateFusionBackbone(slice_backbone, input_shape.channels, fusion,
+                              cfg.MODEL.FUSION.CHECKPOINT_SLICES)

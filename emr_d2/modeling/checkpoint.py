@@ -1,5 +1,4 @@
 """Checkpoint loading that adapts a pretrained stem to the number of input channels."""
-
 from __future__ import annotations
 
 import logging
@@ -35,8 +34,7 @@ def check_weights(weights: str, random_weights: bool | None = None) -> None:
     if random_weights:
         if weights:
             raise ValueError(
-                f"--random-weights and MODEL.WEIGHTS {weights} contradict each other; give one"
-            )
+                f"--random-weights and MODEL.WEIGHTS {weights} contradict each other; give one")
         return
     if not weights:
         alternative = (
@@ -44,8 +42,7 @@ def check_weights(weights: str, random_weights: bool | None = None) -> None:
         )
         raise ValueError(
             f"MODEL.WEIGHTS is empty: give the trained model (MODEL.WEIGHTS DIR/model_final.pth)"
-            f"{alternative}"
-        )
+                         f"{alternative}")
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights}: no such checkpoint file (MODEL.WEIGHTS)")
 
@@ -66,16 +63,14 @@ class SliceStackCheckpointer(DetectionCheckpointer):
         if not path:
             if self.strict:
                 logger.warning(
-                    "MODEL.WEIGHTS is empty: predicting with randomly initialised weights"
-                )
+                    "MODEL.WEIGHTS is empty: predicting with randomly initialised weights")
             return {}
         self._path = path
         return super().load(path, checkpointables)
 
     def _load_model(self, checkpoint):
-        model_stems = {
-            k: v for k, v in self.model.state_dict().items() if k.endswith(STEM_SUFFIXES[0])
-        }
+        model_stems = {k: v for k, v in self.model.state_dict().items()
+                       if k.endswith(STEM_SUFFIXES[0])}
         if len(model_stems) == 1:
             target = next(iter(model_stems.values()))
             weights = checkpoint["model"]
@@ -93,21 +88,14 @@ class SliceStackCheckpointer(DetectionCheckpointer):
                         "channels (mean over channels, repeated and rescaled)"
                     )
         incompatible = super()._load_model(checkpoint)
-        if self.strict and (
-            incompatible.missing_keys
-            or incompatible.incorrect_shapes
-            or incompatible.unexpected_keys
-        ):
-            problems = [
-                f"{k}: shape {tuple(a)} in the checkpoint, {tuple(b)} in the model"
-                for k, a, b in incompatible.incorrect_shapes
-            ]
-            problems += [
-                f"{k}: in the model, missing in the checkpoint" for k in incompatible.missing_keys
-            ]
-            problems += [
-                f"{k}: in the checkpoint, not in the model" for k in incompatible.unexpected_keys
-            ]
+        if self.strict and (incompatible.missing_keys or incompatible.incorrect_shapes
+                            or incompatible.unexpected_keys):
+            problems = [f"{k}: shape {tuple(a)} in the checkpoint, {tuple(b)} in the model"
+                        for k, a, b in incompatible.incorrect_shapes]
+            problems += [f"{k}: in the model, missing in the checkpoint"
+                         for k in incompatible.missing_keys]
+            problems += [f"{k}: in the checkpoint, not in the model"
+                         for k in incompatible.unexpected_keys]
             saved = os.path.join(os.path.dirname(os.path.abspath(self._path)), "config.yaml")
             hint = (
                 f"; its training config is {saved}: pass it as --config-file"
@@ -116,8 +104,7 @@ class SliceStackCheckpointer(DetectionCheckpointer):
             )
             raise CheckpointMismatchError(
                 f"{self._path}: does not match the config's model ({len(problems)} problems, e.g. "
-                f"{'; '.join(problems[:2])}){hint}"
-            )
+                f"{'; '.join(problems[:2])}){hint}")
         return incompatible
 
     def save(self, name: str, **kwargs) -> None:
@@ -135,8 +122,5 @@ class SliceStackCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write(
-            os.path.join(self.save_dir, "last_checkpoint"),
-            lambda f: f.write(last_filename_basename),
-            "w",
-        )
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename), "w")

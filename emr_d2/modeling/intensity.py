@@ -1,5 +1,4 @@
 """Learnable intensity front-end, applied to the normalised input before the backbone."""
-
 from __future__ import annotations
 
 import torch

@@ -7,7 +7,6 @@ SliceFusionPointRendMaskHead fuses the coarse head's N ROI features with MODEL.F
 samples the points from the centre slice's own features, because the boundary is a property of
 the centre slice while the neighbours tell whether and how far the object is there.
 """
-
 from __future__ import annotations
 
 import torch
@@ -17,11 +16,8 @@ from detectron2.projects.point_rend import PointRendMaskHead
 from .fusion import build_fusion
 
 # Mask heads that pool for themselves (MODEL.ROI_MASK_HEAD.POOLER_TYPE "").
-POINT_REND_HEADS = (
-    "PointRendMaskHead",
-    "ImplicitPointRendMaskHead",
-    "SliceFusionPointRendMaskHead",
-)
+POINT_REND_HEADS = ("PointRendMaskHead", "ImplicitPointRendMaskHead",
+                    "SliceFusionPointRendMaskHead")
 
 
 @ROI_MASK_HEAD_REGISTRY.register()

@@ -1,19 +1,14 @@
 """SliceStackRCNN: detectron2's GeneralizedRCNN on N-slice stacks, with an intensity front-end,
 the neighbour-mask head, and inference from per-slice features shared between windows."""
-
 from __future__ import annotations
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.layers.mask_ops import paste_masks_in_image
-from detectron2.modeling import (
-    META_ARCH_REGISTRY,
-    GeneralizedRCNN,
-    build_backbone,
-    build_proposal_generator,
-    build_roi_heads,
-)
+from detectron2.modeling import (META_ARCH_REGISTRY, GeneralizedRCNN, build_backbone,
+                                 build_proposal_generator,
+                                 build_roi_heads)
 from detectron2.structures import ImageList, Instances
 
 from .backbone import SharedSliceBackbone
@@ -28,8 +23,7 @@ def slice_stats(values, num_slices: int, key: str) -> list[float]:
     if len(values) != num_slices:
         raise ValueError(
             f"{key} has {len(values)} values but INPUT.NUM_SLICES is {num_slices}: give one "
-            f"value (used for every slice) or exactly {num_slices}"
-        )
+                         f"value (used for every slice) or exactly {num_slices}")
     return values
 
 
@@ -38,11 +32,9 @@ def paste_neighbor_masks(instances: Instances, threshold: float = 0.5) -> None:
     image of ``instances`` (in place; boxes already at the output size)."""
     probabilities = instances.pred_neighbor_masks
     pasted = [
-        paste_masks_in_image(
-            probabilities[:, m], instances.pred_boxes, instances.image_size, threshold
-        )
-        for m in range(probabilities.shape[1])
-    ]
+        paste_masks_in_image(probabilities[:, m], instances.pred_boxes, instances.image_size,
+                             threshold)
+              for m in range(probabilities.shape[1])]
     instances.pred_neighbor_masks = torch.stack(pasted, dim=1)
 
 
@@ -86,20 +78,17 @@ class SliceStackRCNN(GeneralizedRCNN):
 
     def _batch(self, images: list[torch.Tensor]) -> ImageList:
         return ImageList.from_tensors(
-            images,
-            self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,
+            images, self.backbone.size_divisibility,
+            padding_constraints=self.backbone.padding_constraints
         )
 
-    def inference(
-        self, batched_inputs: list[dict], detected_instances=None, do_postprocess: bool = True
-    ):
+    def inference(self, batched_inputs: list[dict], detected_instances=None,
+                  do_postprocess: bool = True):
         if detected_instances is not None:
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         images = self.preprocess_image(batched_inputs)
-        return self._heads(
-            self.backbone(images.tensor), images.image_sizes, batched_inputs, do_postprocess
-        )
+        return self._heads(self.backbone(images.tensor), images.image_sizes, batched_inputs,
+                           do_postprocess)
 
     # ------------------------------------------------------------------ shared slice features
     @property
@@ -124,12 +113,9 @@ class SliceStackRCNN(GeneralizedRCNN):
         per_slice = [{level: f[k, 0] for level, f in features.items()} for k in range(len(slices))]
         return per_slice, images.image_sizes[0]
 
-    def inference_from_slice_features(
-        self,
-        windows: list[list[dict[str, torch.Tensor]]],
-        image_size: tuple[int, int],
-        batched_inputs: list[dict],
-    ) -> list[dict]:
+    def inference_from_slice_features(self, windows: list[list[dict[str, torch.Tensor]]],
+                                      image_size: tuple[int, int],
+                                      batched_inputs: list[dict]) -> list[dict]:
         """Predict the centre slice of each window from its slices' features (as from
         :meth:`slice_features`): fusion, proposals, heads and postprocessing, as :meth:`inference`.
 
@@ -137,17 +123,13 @@ class SliceStackRCNN(GeneralizedRCNN):
         "height" and "width".
         """
         levels = windows[0][0].keys()
-        stacked = {
-            level: torch.stack([torch.stack([s[level] for s in w]) for w in windows])
-            for level in levels
-        }
-        return self._heads(
-            self.backbone.combine(stacked), [image_size] * len(windows), batched_inputs, True
-        )
+        stacked = {level: torch.stack([torch.stack([s[level] for s in w]) for w in windows])
+                   for level in levels}
+        return self._heads(self.backbone.combine(stacked), [image_size] * len(windows),
+                           batched_inputs, True)
 
-    def _heads(
-        self, features: dict, image_sizes: list, batched_inputs: list[dict], do_postprocess: bool
-    ):
+    def _heads(self, features: dict, image_sizes: list, batched_inputs: list[dict],
+               do_postprocess: bool):
         # the proposal generator and ROI heads read only the image sizes of the ImageList
         device = next(iter(features.values())).device
         images = ImageList(torch.empty((len(image_sizes), 0, 0), device=device), image_sizes)

@@ -2,7 +2,6 @@
 z), late fusion (pool every proposal from every slice and fuse the N ROI features), and the
 neighbour-mask head (every ROI also predicts its object's mask in each neighbour slice, so that
 training needs what the neighbours show)."""
-
 from __future__ import annotations
 
 import torch
@@ -12,13 +11,10 @@ from detectron2.layers import Conv2d, cat
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads.mask_head import (
-    ROI_MASK_HEAD_REGISTRY,
-    MaskRCNNConvUpsampleHead,
-    build_mask_head,
-    mask_rcnn_inference,
-    mask_rcnn_loss,
-)
+from detectron2.modeling.roi_heads.mask_head import (ROI_MASK_HEAD_REGISTRY,
+                                                     MaskRCNNConvUpsampleHead,
+                                                     build_mask_head, mask_rcnn_inference,
+                                                     mask_rcnn_loss)
 from detectron2.structures import Instances
 from torch import nn
 
@@ -57,9 +53,8 @@ class ZExtentHead(nn.Module):
             fc_dim: width of the fully connected layer.
         """
         super().__init__()
-        self.conv = Conv2d(
-            channels, channels, kernel_size=3, stride=2, padding=1, activation=F.relu
-        )
+        self.conv = Conv2d(channels, channels, kernel_size=3, stride=2, padding=1,
+                           activation=F.relu)
         side = (pooler_resolution + 1) // 2
         self.fc = nn.Linear(channels * side * side, fc_dim)
         self.predictor = nn.Linear(fc_dim, 2)
@@ -79,19 +74,16 @@ class ZExtentHead(nn.Module):
         return self.predictor(F.relu(self.fc(self.conv(x).flatten(1))))
 
 
-def z_extent_loss(
-    predicted: torch.Tensor, instances: list[Instances], scale_um: float
-) -> torch.Tensor:
+def z_extent_loss(predicted: torch.Tensor, instances: list[Instances],
+                  scale_um: float) -> torch.Tensor:
     """Smooth L1 between (R, 2) predicted reaches (units of scale_um) of the foreground proposals
     and their ``gt_z_extent`` (um) / scale_um, averaged over the sides in ``gt_z_extent_valid``
     (a side cut by the stack end, or without a 3D reference, is not trained)."""
     instances = [i for i in instances if len(i)]
-    targets = (
-        cat([i.gt_z_extent for i in instances], dim=0) / scale_um if instances else predicted[:0]
-    )
-    valid = (
-        cat([i.gt_z_extent_valid for i in instances], dim=0) if instances else predicted[:0].bool()
-    )
+    targets = cat([i.gt_z_extent for i in instances],
+                  dim=0) / scale_um if instances else predicted[:0]
+    valid = cat([i.gt_z_extent_valid for i in instances],
+                dim=0) if instances else predicted[:0].bool()
     if valid.sum() == 0:
         return predicted.sum() * 0
     return F.smooth_l1_loss(predicted[valid], targets[valid].to(predicted.dtype), beta=0.1)
@@ -116,12 +108,11 @@ class SliceStackROIHeads(StandardROIHeads):
             ret["z_extent_scale_um"] = extent.SCALE_UM
             ret["z_extent_loss_weight"] = extent.LOSS_WEIGHT
             if ret["mask_pooler"] is None:  # a mask head that pools for itself (PointRend)
-                ret["z_extent_pooler"] = ROIPooler(
-                    resolution,
-                    tuple(1.0 / input_shape[k].stride for k in levels),
-                    cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
-                    "ROIAlignV2",
-                )
+                ret["z_extent_pooler"] = ROIPooler(resolution,
+                                                   tuple(1.0 / input_shape[k].stride
+                                                         for k in levels),
+                                                   cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO,
+                                                   "ROIAlignV2")
         return ret
 
     @classmethod
@@ -132,31 +123,20 @@ class SliceStackROIHeads(StandardROIHeads):
         if not cfg.MODEL.MASK_ON or cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE:
             return super()._init_mask_head(cfg, input_shape)
         in_features = list(
-            dict.fromkeys([*cfg.MODEL.ROI_HEADS.IN_FEATURES, *cfg.MODEL.POINT_HEAD.IN_FEATURES])
-        )
+            dict.fromkeys([*cfg.MODEL.ROI_HEADS.IN_FEATURES, *cfg.MODEL.POINT_HEAD.IN_FEATURES]))
         missing = [f for f in in_features if f not in input_shape]
         if missing:
             raise ValueError(
                 f"MODEL.POINT_HEAD.IN_FEATURES: {missing} are not among the backbone's outputs "
-                f"{list(input_shape)}"
-            )
-        return {
-            "mask_in_features": in_features,
-            "mask_pooler": None,
-            "mask_head": build_mask_head(cfg, {f: input_shape[f] for f in in_features}),
-        }
+                             f"{list(input_shape)}")
+        return {"mask_in_features": in_features, "mask_pooler": None,
+                "mask_head": build_mask_head(cfg, {f: input_shape[f] for f in in_features})}
 
     @configurable
-    def __init__(
-        self,
-        *,
-        z_extent_head: nn.Module | None = None,
-        z_extent_pooler: nn.Module | None = None,
-        z_extent_in_features: list[str] | None = None,
-        z_extent_scale_um: float = 4.0,
-        z_extent_loss_weight: float = 1.0,
-        **kwargs,
-    ):
+    def __init__(self, *, z_extent_head: nn.Module | None = None,
+                 z_extent_pooler: nn.Module | None = None,
+                 z_extent_in_features: list[str] | None = None, z_extent_scale_um: float = 4.0,
+                 z_extent_loss_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.z_extent_head = z_extent_head
         self.z_extent_in_features = z_extent_in_features
@@ -178,10 +158,8 @@ class SliceStackROIHeads(StandardROIHeads):
         if self.training and self.z_extent_head is not None:
             foreground, _ = select_foreground_proposals(instances, self.num_classes)
             logits = self._z_extent_logits(features, [x.proposal_boxes for x in foreground])
-            losses["loss_z_extent"] = (
-                z_extent_loss(logits, foreground, self.z_extent_scale_um)
-                * self.z_extent_loss_weight
-            )
+            losses["loss_z_extent"] = (z_extent_loss(logits, foreground, self.z_extent_scale_um)
+                                       * self.z_extent_loss_weight)
         return instances, losses
 
     def forward_with_given_boxes(self, features, instances):
@@ -208,22 +186,18 @@ class SliceFusionROIHeads(SliceStackROIHeads):
         if not cfg.MODEL.MASK_ON:
             raise ValueError("SliceFusionROIHeads needs MODEL.MASK_ON")
         mask_channels = input_shape[ret["mask_in_features"][0]].channels
-        if (
-            ret["mask_pooler"] is not None
-        ):  # else the mask head fuses (SliceFusionPointRendMaskHead)
+        # else the mask head fuses (SliceFusionPointRendMaskHead)
+        if ret["mask_pooler"] is not None:
             ret["mask_pooler"] = SliceFusionPooler(
-                ret["mask_pooler"], build_fusion(late.NAME, cfg, mask_channels, num_slices)
-            )
+                ret["mask_pooler"], build_fusion(late.NAME, cfg, mask_channels, num_slices))
         if ret.get("z_extent_pooler") is not None:
             ret["z_extent_pooler"] = SliceFusionPooler(
-                ret["z_extent_pooler"], build_fusion(late.NAME, cfg, mask_channels, num_slices)
-            )
+                ret["z_extent_pooler"], build_fusion(late.NAME, cfg, mask_channels, num_slices))
         ret["fuse_box"] = late.BOX
         if late.BOX:
             box_channels = input_shape[ret["box_in_features"][0]].channels
             ret["box_pooler"] = SliceFusionPooler(
-                ret["box_pooler"], build_fusion(late.NAME, cfg, box_channels, num_slices)
-            )
+                ret["box_pooler"], build_fusion(late.NAME, cfg, box_channels, num_slices))
         return ret
 
     @configurable
@@ -235,10 +209,8 @@ class SliceFusionROIHeads(SliceStackROIHeads):
     def _slice_features(features: dict[str, torch.Tensor], levels: list[str]) -> dict:
         missing = [f for f in levels if f + SLICES_SUFFIX not in features]
         if missing:
-            raise KeyError(
-                f"late fusion needs per-slice features {missing}; use "
-                "MODEL.BACKBONE.NAME build_late_fusion_backbone"
-            )
+            raise KeyError(f"late fusion needs per-slice features {missing}; use "
+                           "MODEL.BACKBONE.NAME build_late_fusion_backbone")
         return {f: features[f + SLICES_SUFFIX] for f in levels}
 
     def _forward_box(self, features, proposals):
@@ -270,9 +242,8 @@ def neighbor_mask_loss(logits: torch.Tensor, instances: list[Instances]) -> torc
     targets, valid = cat(targets, dim=0), cat(valid, dim=0).to(logits.dtype)
     if valid.sum() == 0:
         return logits.sum() * 0
-    per_mask = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(
-        dim=(2, 3)
-    )
+    per_mask = F.binary_cross_entropy_with_logits(logits, targets,
+                                                  reduction="none").mean(dim=(2, 3))
     return (per_mask * valid).sum() / valid.sum()
 
 
@@ -296,15 +267,9 @@ class NeighborMaskHead(MaskRCNNConvUpsampleHead):
     """
 
     @configurable
-    def __init__(
-        self,
-        input_shape,
-        *,
-        num_classes: int,
-        num_neighbors: int,
-        neighbor_loss_weight: float,
-        **kwargs,
-    ):
+    def __init__(self, input_shape, *, num_classes: int, num_neighbors: int,
+                 neighbor_loss_weight: float,
+                 **kwargs):
         super().__init__(input_shape, num_classes=num_classes, **kwargs)
         self.num_classes = num_classes
         self.num_neighbors = num_neighbors
@@ -326,9 +291,8 @@ class NeighborMaskHead(MaskRCNNConvUpsampleHead):
         x = self.layers(x)  # (R, num_classes + M, S, S)
         centre, neighbors = x[:, : self.num_classes], x[:, self.num_classes :]
         if self.training:
-            losses = {
-                "loss_mask": mask_rcnn_loss(centre, instances, self.vis_period) * self.loss_weight
-            }
+            losses = {"loss_mask": mask_rcnn_loss(centre, instances, self.vis_period)
+                      * self.loss_weight}
             if self.num_neighbors:
                 losses["loss_neighbor_mask"] = (
                     neighbor_mask_loss(neighbors, instances) * self.neighbor_loss_weight

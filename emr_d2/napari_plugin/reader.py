@@ -7,7 +7,6 @@ the voxel size in micrometres: the TIFF's own resolution tags (ImageJ or resolut
 the dataset's (voxel_size.json beside or above, or a known CTC dataset). Stacks larger than
 :data:`EAGER_BYTES` are read lazily, frame by frame (dask).
 """
-
 from __future__ import annotations
 
 import os
@@ -16,26 +15,13 @@ import numpy as np
 import tifffile
 
 from ..data.catalog import dataset_voxel_size
-from ..data.ctc import (
-    CTCFormatError,
-    list_frames,
-    list_gt,
-    list_results,
-    read_gt_frame,
-    read_label_volume,
-    read_raw_volume,
-)
+from ..data.ctc import (CTCFormatError, list_frames, list_gt, list_results, read_gt_frame,
+                        read_label_volume,
+                        read_raw_volume)
 
 EAGER_BYTES = 1 << 30  # sequences up to this size are read into memory (editable labels)
-_UM_PER_UNIT = {
-    "um": 1.0,
-    "µm": 1.0,
-    "\\u00B5m": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "nm": 1e-3,
-    "mm": 1e3,
-}
+_UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3,
+                "mm": 1e3}
 
 
 def get_reader(path):
@@ -77,14 +63,11 @@ def tiff_voxel_size(path: str) -> tuple[float, float, float] | None:
 def _geometry(voxel: tuple | None, leading: int = 0) -> dict:
     """Layer keywords: axis labels (t, z, y, x) and, where the voxel size is known, the scale in
     micrometres with its unit (the time axis stays in frames)."""
-    labels = {"axis_labels": ("t", "z", "y", "x")[1 - leading :]}
+    labels = {"axis_labels": ("t", "z", "y", "x")[1 - leading:]}
     if not voxel:
         return labels
-    return {
-        **labels,
-        "scale": (1.0,) * leading + tuple(voxel),
-        "units": ("pixel",) * leading + ("µm",) * 3,
-    }
+    return {**labels, "scale": (1.0,) * leading + tuple(voxel),
+            "units": ("pixel",) * leading + ("µm",) * 3}
 
 
 def _frame_stack(read, count: int, shape: tuple, dtype) -> np.ndarray:
@@ -103,13 +86,9 @@ def read_stack(path: str) -> list[tuple]:
     volume = read_raw_volume(path, memmap=False)
     voxel = tiff_voxel_size(path) or dataset_voxel_size(path)
     name = os.path.splitext(os.path.basename(path))[0]
-    return [
-        (
-            volume,
-            {"name": name, **_geometry(voxel), "metadata": {"ctc_files": [os.path.basename(path)]}},
-            "image",
-        )
-    ]
+    return [(volume,
+             {"name": name, **_geometry(voxel), "metadata": {"ctc_files": [os.path.basename(path)]}}
+             , "image")]
 
 
 def read_ctc_sequence(path: str) -> list[tuple]:
@@ -127,23 +106,17 @@ def read_ctc_sequence(path: str) -> list[tuple]:
         volume = read_raw_volume(frames[i][1], memmap=False)
         if volume.shape != shape:
             raise CTCFormatError(
-                f"{frames[i][1]}: shape {volume.shape} differs from {frames[0][1]}'s {shape}"
-            )
+                f"{frames[i][1]}: shape {volume.shape} differs from {frames[0][1]}'s {shape}")
         return volume
 
     voxel = dataset_voxel_size(path)
     meta = {"ctc_files": [os.path.basename(p) for _, p in frames], "ctc_sequence": path}
     name = f"{os.path.basename(root)}/{seq}"
-    layers = [
-        (
-            _frame_stack(raw, len(frames), shape, first.dtype),
-            {"name": name, **_geometry(voxel, 1), "metadata": meta},
-            "image",
-        )
-    ]
+    layers = [(_frame_stack(raw, len(frames), shape, first.dtype),
+               {"name": name, **_geometry(voxel, 1), "metadata": meta},
+               "image")]
     references = list_gt(os.path.join(root, f"{seq}_GT", "SEG"))
     if references:
-
         def reference(i):
             gt = references.get(frames[i][0])
             return (
@@ -152,20 +125,11 @@ def read_ctc_sequence(path: str) -> list[tuple]:
                 else read_gt_frame(gt, shape, "the raw frame's", frames[i][1])[0]
             )
 
-        layers.append(
-            (
-                _frame_stack(reference, len(frames), shape, np.uint16),
-                {
-                    "name": f"{name} reference",
-                    **_geometry(voxel, 1),
-                    "metadata": {**meta, "ctc_reference": True},
-                },
-                "labels",
-            )
-        )
+        layers.append((_frame_stack(reference, len(frames), shape, np.uint16),
+                       {"name": f"{name} reference", **_geometry(voxel, 1),
+                        "metadata": {**meta, "ctc_reference": True}}, "labels"))
     results = list_results(os.path.join(root, f"{seq}_RES"))
     if results:
-
         def result(i):
             file = results.get(frames[i][0])
             if file is None:
@@ -173,15 +137,10 @@ def read_ctc_sequence(path: str) -> list[tuple]:
             labels = read_label_volume(file, memmap=False)
             if labels.shape != shape:
                 raise CTCFormatError(
-                    f"{file}: shape {labels.shape} differs from the raw frame's {shape}"
-                )
+                    f"{file}: shape {labels.shape} differs from the raw frame's {shape}")
             return labels
 
-        layers.append(
-            (
-                _frame_stack(result, len(frames), shape, np.uint16),
-                {"name": f"{name} result", **_geometry(voxel, 1), "metadata": dict(meta)},
-                "labels",
-            )
-        )
+        layers.append((_frame_stack(result, len(frames), shape, np.uint16),
+                       {"name": f"{name} result", **_geometry(voxel, 1), "metadata": dict(meta)},
+                       "labels"))
     return layers

@@ -7,7 +7,6 @@ is ticked, and the files appear only when all of them are written (a staging fol
 labels unique over the sequence and ``res_track.txt`` (``tools/ctc_seg.py`` / ``ctc_det.py`` and
 the CTC's tools score the folder).
 """
-
 from __future__ import annotations
 
 import os
@@ -40,8 +39,8 @@ def result_names(layer) -> dict[int, str]:
 
 
 def is_result(layer) -> bool:
-    """Whether a labels layer may be saved as a result: not the reference the reader took from
-    _GT."""
+    """Whether a labels layer may be saved as a result: not the reference the reader took from _GT.
+    """
     return not layer.metadata.get("ctc_reference")
 
 
@@ -50,13 +49,11 @@ def save_ctc_result(layer, folder: str, overwrite: bool = False) -> list[str]:
     names."""
     if layer.ndim not in (3, 4):
         raise ValueError(
-            f"{layer.name}: a {layer.ndim}D labels layer; a CTC result is 3D (Z, Y, X) per frame"
-        )
+            f"{layer.name}: a {layer.ndim}D labels layer; a CTC result is 3D (Z, Y, X) per frame")
     if not is_result(layer):
         raise ValueError(
             f"{layer.name}: the reference segmentation read from a _GT folder, not a result; "
-            "save a segmentation (Segment nuclei's labels layer)"
-        )
+                         "save a segmentation (Segment nuclei's labels layer)")
     if not folder:
         raise ValueError("no output folder chosen")
     check_new_output_folder(folder, overwrite, how="tick 'overwrite'")
@@ -64,12 +61,10 @@ def save_ctc_result(layer, folder: str, overwrite: bool = False) -> list[str]:
     with staged_output(folder) as stage:
         for index, name in names.items():
             labels = np.asarray(layer.data[index] if layer.ndim == 4 else layer.data)
-            if labels.dtype.kind not in "ui" or (
-                labels.dtype.kind == "i" and labels.size and labels.min() < 0
-            ):
+            if labels.dtype.kind not in "ui" or (labels.dtype.kind == "i" and labels.size
+                                                 and labels.min() < 0):
                 raise ValueError(
-                    f"{layer.name}: labels must be non-negative integers, got {labels.dtype}"
-                )
+                    f"{layer.name}: labels must be non-negative integers, got {labels.dtype}")
             write_label_volume(os.path.join(stage, name), labels)
         write_result_tracks(stage)
     return sorted(names.values())
@@ -98,8 +93,8 @@ class SaveWidget(Container):
         return [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
 
     def _choose_new_layer(self, event) -> None:
-        """A labels layer added later (a segmentation) becomes the choice; a reference never
-        does."""
+        """A labels layer added later (a segmentation) becomes the choice; a reference never does.
+        """
         self.reset_choices()
         if isinstance(event.value, Labels) and is_result(event.value):
             self.layer.value = event.value

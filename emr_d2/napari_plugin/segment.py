@@ -6,7 +6,6 @@ segmentation runs in a napari thread worker, slice by slice (:meth:`VolumePredic
 the labels equal ``tools/predict.py``'s), with a progress bar over slices and frames, and can
 be cancelled. Errors are one-line napari notifications with the text the tools print.
 """
-
 from __future__ import annotations
 
 import os
@@ -15,16 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    ProgressBar,
-    PushButton,
-)
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
+                              ProgressBar, PushButton)
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
@@ -56,8 +47,7 @@ def check_model_folder(model_dir: str) -> None:
     if not model_dir or not os.path.isdir(model_dir):
         raise FileNotFoundError(
             f"{model_dir or '(none)'}: no model folder; choose the folder that holds "
-            f"{' and '.join(MODEL_FILES)} (tools/train_net.py's OUTPUT_DIR)"
-        )
+                                f"{' and '.join(MODEL_FILES)} (tools/train_net.py's OUTPUT_DIR)")
     for name in MODEL_FILES:
         if not os.path.isfile(os.path.join(model_dir, name)):
             raise FileNotFoundError(
@@ -116,31 +106,19 @@ class SegmentWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.voxel = [
             FloatSpinBox(label=f"voxel {axis} (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
-            for axis in "ZYX"
-        ]
+                      for axis in "ZYX"]
         for box in self.voxel:
             box.native.setDecimals(4)
-        self.score_threshold = FloatSpinBox(
-            label="score threshold", min=0.0, max=1.0, step=0.05, value=0.5
-        )
+        self.score_threshold = FloatSpinBox(label="score threshold", min=0.0, max=1.0, step=0.05,
+                                            value=0.5)
         self.current_frame_only = CheckBox(text="only the current frame (4D)", value=False)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
-        super().__init__(
-            widgets=[
-                self.model_dir,
-                self.image,
-                *self.voxel,
-                self.score_threshold,
-                self.current_frame_only,
-                self.run_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
-            ]
-        )
+        super().__init__(widgets=[self.model_dir, self.image, *self.voxel, self.score_threshold,
+                                  self.current_frame_only, self.run_button, self.cancel_button,
+                                  self.progress, self.status])
         self.worker = None
         self.image.changed.connect(self._prefill_voxel_size)
         self.model_dir.changed.connect(self._prefill_threshold)
@@ -170,29 +148,23 @@ class SegmentWidget(Container):
             from ..engine import setup_config
 
             self.score_threshold.value = setup_config(
-                os.path.join(path, "config.yaml")
-            ).TEST.CTC.SCORE_THRESHOLD
+                os.path.join(path, "config.yaml")).TEST.CTC.SCORE_THRESHOLD
         except Exception:
             return
 
     def job(self) -> SegmentJob:
-        """The run the widget's fields describe; raises with one line if they do not describe
-        one."""
+        """The run the widget's fields describe; raises with one line if they do not describe one.
+        """
         path = str(self.model_dir.value or "")
         check_model_folder(path)
         layer = self.image.value
         if layer is None:
             raise ValueError("no image layer: open a 3D stack or a CTC sequence first")
         if layer.ndim not in (3, 4) or layer.rgb:
-            raise ValueError(
-                f"{layer.name}: a {layer.ndim}D {'RGB ' if layer.rgb else ''}layer; "
-                "segment a 3D (Z, Y, X) or 4D (T, Z, Y, X) image layer"
-            )
-        check_not_labels(
-            layer.data if layer.ndim == 3 else layer.data[0],
-            layer.name,
-            "choose the raw image layer",
-        )
+            raise ValueError(f"{layer.name}: a {layer.ndim}D {'RGB ' if layer.rgb else ''}layer; "
+                             "segment a 3D (Z, Y, X) or 4D (T, Z, Y, X) image layer")
+        check_not_labels(layer.data if layer.ndim == 3 else layer.data[0], layer.name,
+                         "choose the raw image layer")
         voxel = tuple(float(box.value) for box in self.voxel)
         frames = None
         if layer.ndim == 4:
@@ -200,17 +172,12 @@ class SegmentWidget(Container):
             frames = (
                 [current] if self.current_frame_only.value else list(range(layer.data.shape[0]))
             )
-        return SegmentJob(
-            path,
-            layer.data,
-            frames,
-            voxel if all(v > 0 for v in voxel) else None,
-            float(self.score_threshold.value),
-        )
+        return SegmentJob(path, layer.data, frames, voxel if all(v > 0 for v in voxel) else None,
+                          float(self.score_threshold.value))
 
     def run(self, _value=None) -> None:
-        """Start segmenting in a thread worker (one notification and nothing started on an
-        error)."""
+        """Start segmenting in a thread worker (one notification and nothing started on an error).
+        """
         if self.worker is not None:
             return
         try:
@@ -252,15 +219,9 @@ class SegmentWidget(Container):
             return
         metadata = {k: v for k, v in layer.metadata.items() if k in ("ctc_files", "ctc_sequence")}
         metadata["segmented_frames"] = job.frames
-        self._viewer.add_labels(
-            labels,
-            name=f"{layer.name} labels",
-            scale=layer.scale,
-            translate=layer.translate,
-            axis_labels=layer.axis_labels,
-            units=layer.units,
-            metadata=metadata,
-        )
+        self._viewer.add_labels(labels, name=f"{layer.name} labels", scale=layer.scale,
+                                translate=layer.translate,
+                                axis_labels=layer.axis_labels, units=layer.units, metadata=metadata)
         volumes = [labels] if job.frames is None else [labels[t] for t in job.frames]
         objects = sum(len(np.unique(v)) - 1 for v in volumes)
         self.status.value = f"{objects} objects in {len(volumes)} volume(s)"

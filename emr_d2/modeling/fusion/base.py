@@ -1,5 +1,4 @@
 """The fusion registry, the common base class and the static per-slice prior."""
-
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,4 @@
 """The registered fusion modules. Input (B, N, C, H, W) -> output (B, C, H, W)."""
-
 from __future__ import annotations
 
 import torch
