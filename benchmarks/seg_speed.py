@@ -127,7 +127,7 @@ def main() -> None:
     for measure in ("SEG", "DET"):
         ratio = compare_processes(
             measure, [python, os.path.join(tools, f"ctc_{measure.lower()}.py"), res_dir, gt_dir],
-                                  evaluate + [f"--{measure.lower()}"], args.repeats)
+            evaluate + [f"--{measure.lower()}"], args.repeats)
         print(f"{measure.lower()}_process_speedup={ratio:.1f}")
 
 

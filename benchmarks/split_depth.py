@@ -91,7 +91,7 @@ def main() -> None:
                          "SEG_oracle_link": split["SEG_oracle_link"]})
             print(
                 " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in rows[-1].items()),
+                for k, v in rows[-1].items()),
                   flush=True)
     if not rows:
         sys.exit(f"error: no finished benchmark run of {', '.join(args.configs)} under "

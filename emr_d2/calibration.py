@@ -68,7 +68,7 @@ def linking_grid(cfg, with_extents: bool = False) -> list[dict]:
             extent = {} if trim is None else {"extent_gate_um": gate, "extent_trim_um": trim}
             points.append(
                 dict(strategy=strategy, threshold=float(threshold), look_back=int(look_back),
-                               **common, **extent))
+                **common, **extent))
     return points
 
 

@@ -263,7 +263,7 @@ def _check_linking(cfg: CN) -> None:
     if "predicted" in [cfg.TEST.CTC.LINKING, *grid.LINKERS] and not predicts_neighbor_masks(cfg):
         raise ValueError(
             "TEST.CTC.LINKING: 'predicted' needs MODEL.ROI_MASK_HEAD.NAME NeighborMaskHead "
-                         "and INPUT.NUM_SLICES > 1")
+            "and INPUT.NUM_SLICES > 1")
 
 
 def _check_point_rend(cfg: CN, late_heads: bool) -> None:
@@ -280,11 +280,11 @@ def _check_point_rend(cfg: CN, late_heads: bool) -> None:
     if late_heads != (head.NAME == "SliceFusionPointRendMaskHead"):
         raise ValueError(
             f"{key}: late fusion (SliceFusionROIHeads) takes SliceFusionPointRendMaskHead, "
-                         "every other fusion family PointRendMaskHead or ImplicitPointRendMaskHead")
+            "every other fusion family PointRendMaskHead or ImplicitPointRendMaskHead")
     if head.POINT_HEAD_ON and cfg.MODEL.POINT_HEAD.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
         raise ValueError(
             f"MODEL.POINT_HEAD.NUM_CLASSES: {cfg.MODEL.POINT_HEAD.NUM_CLASSES} must equal "
-                         f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})")
+            f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})")
 
 
 def check_config(cfg: CN) -> None:
@@ -307,7 +307,7 @@ def check_config(cfg: CN) -> None:
     if offsets and (len(offsets) != n or sorted(set(offsets)) != offsets or offsets[n // 2] != 0):
         raise ValueError(
             f"INPUT.SLICE_OFFSETS: {offsets} must be {n} (INPUT.NUM_SLICES) increasing "
-                         f"integers with 0 at position {n // 2}")
+            f"integers with 0 at position {n // 2}")
     if offsets and cfg.INPUT.SLICE_SPACING_UM > 0:
         raise ValueError("INPUT.SLICE_SPACING_UM: give either it or INPUT.SLICE_OFFSETS, not both")
     for key in ("PIXEL_MEAN", "PIXEL_STD"):
@@ -333,9 +333,9 @@ def check_config(cfg: CN) -> None:
     if late_backbone != late_heads:
         raise ValueError(
             f"MODEL.ROI_HEADS.NAME: {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
-                         f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs "
-                         "build_late_fusion_backbone "
-                         "together with SliceFusionROIHeads")
+            f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs "
+            "build_late_fusion_backbone "
+            "together with SliceFusionROIHeads")
     if fusion.CENTER_OUTPUTS and cfg.MODEL.BACKBONE.NAME != "build_early_fusion_backbone":
         raise ValueError(f"MODEL.FUSION.CENTER_OUTPUTS: {list(fusion.CENTER_OUTPUTS)} needs "
                          "build_early_fusion_backbone (other families have no unfused centre "

@@ -167,7 +167,7 @@ def fusion_title(module_name: str, class_name: str) -> str:
 
 EDGE_NOTE = (
     "interior: windows whose slices all lie inside the volume; edge: windows centred on the "
-             "volume's edge slices, whose neighbours beyond the volume are filled in")
+    "volume's edge slices, whose neighbours beyond the volume are filled in")
 
 
 def plot_fusion_weights(weights: dict[str, dict[str, np.ndarray]], path,
@@ -234,12 +234,12 @@ def read_metrics(path: str) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise MetricsFormatError(
                     f"{path}: line {number} is not JSON ({e.msg}); expected detectron2's "
-                                         "metrics.json (one JSON object per line), e.g. "
-                                         "OUTPUT_DIR/metrics.json") from e
+                    "metrics.json (one JSON object per line), e.g. "
+                    "OUTPUT_DIR/metrics.json") from e
             if not isinstance(row, dict) or "iteration" not in row:
                 raise MetricsFormatError(
                     f"{path}: line {number} has no \"iteration\"; expected detectron2's "
-                                         "metrics.json")
+                    "metrics.json")
             rows.append(row)
     if not rows:
         raise MetricsFormatError(f"{path}: no logged iteration")
@@ -272,8 +272,8 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
     modules = {k.rsplit("/", 1)[0] for k in fusion}
     labels = {
         k: (f"{' '.join(fusion_place(k[len('fusion/'):].rsplit('/', 1)[0]))}, " if len(modules) > 1
-            else "")
-              + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
+        else "")
+          + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
     labels.update(EVALUATION_LABELS)
     panels = [(losses, "training losses", "loss (log scale)", True)]
     if extras:

@@ -90,7 +90,7 @@ def test_train_net_rejects_a_misspelt_linking_before_reading_data(tmp_path):
 def test_no_code_outside_modeling_calls_private_model_methods():
     private = re.compile(
         r"\.(_postprocess|_forward_box|_forward_mask|_move_to_current_device|_batch)\(|"
-                         r"\.(proposal_generator|roi_heads)\(")
+        r"\.(proposal_generator|roi_heads)\(")
     sources = [f for pattern in ("emr_d2/**/*.py", "tools/*.py", "benchmarks/*.py")
                for f in glob.glob(os.path.join(ROOT, pattern), recursive=True)
                if os.sep + "modeling" + os.sep not in f]

@@ -153,7 +153,7 @@ def test_segment_equals_predict_py_and_saves_a_ctc_result(make_napari_viewer, qt
 
 def test_a_4d_layer_segments_every_frame_or_the_current_one_and_cancels(
     make_napari_viewer, qtbot, trained,
-                                                                        tiny_dataset, tmp_path,
+    tiny_dataset, tmp_path,
     notifications):
     model_dir, _ = trained
     viewer = make_napari_viewer()

@@ -30,7 +30,7 @@ def test_slice_spacing_in_micrometres_gives_offsets_per_dataset():
 
 @pytest.mark.parametrize(
     "offsets,message", [("[-1, 1, 0]", "SLICE_OFFSETS"), ("[0, 1, 2]", "SLICE_OFFSETS"),
-                                             ("[-1, 0]", "SLICE_OFFSETS")])
+    ("[-1, 0]", "SLICE_OFFSETS")])
 def test_bad_slice_offsets_fail_at_setup(offsets, message):
     with pytest.raises(ValueError, match=message):
         tiny_cfg("mlp_fusion", 3, ["INPUT.SLICE_OFFSETS", offsets])

@@ -44,7 +44,7 @@ def require_env(name: str) -> None:
 
 @pytest.mark.parametrize(
     "peer,env,budget", [("classical", "cellpose", 0), ("cellpose", "cellpose", 40),
-                                             ("stardist3d", "stardist", 40)])
+    ("stardist3d", "stardist", 40)])
 def test_peer_trains_predicts_and_is_scored(tiny_dataset, tmp_path, peer, env, budget):
     require_env(env)
     out = str(tmp_path / "out")

@@ -113,9 +113,9 @@ def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_datase
         VolumePredictor(cfg, model),
         VolumePredictor(
             tiny_cfg(
-                "mlp_fusion",
-                3,
-                point_rend(False) + CENTER_POINTS + ["TEST.CTC.CACHE_FEATURES", "False"],
+            "mlp_fusion",
+            3,
+            point_rend(False) + CENTER_POINTS + ["TEST.CTC.CACHE_FEATURES", "False"],
             ),
             model,
         ),

@@ -97,7 +97,7 @@ def test_streaming_refuses_what_it_cannot_stream():
 
 @pytest.mark.parametrize(
     "extra", [[], ["TEST.CTC.LINKING", "overlap", "TEST.CTC.LINK_THRESHOLD", "0.5",
-                                        "TEST.CTC.LOOK_BACK", "2", "TEST.CTC.SPLIT_DEPTH", "0.25"],
+    "TEST.CTC.LOOK_BACK", "2", "TEST.CTC.SPLIT_DEPTH", "0.25"],
                                    ["MODEL.ROI_MASK_HEAD.NAME", "NeighborMaskHead",
                                     "TEST.CTC.LINKING", "predicted"],
                                    ["MODEL.Z_EXTENT.ENABLED", "True", "TEST.CTC.EXTENT_GATE_UM",

@@ -210,7 +210,7 @@ def centre_weight(run_dir: str) -> float:
         for line in f:
             last.update(
                 {k: v for k, v in json.loads(line).items() if k.startswith("fusion/")
-                 and k.endswith("/dz+0")})
+                and k.endswith("/dz+0")})
     return float(np.mean(list(last.values()))) if last else float("nan")
 
 
@@ -316,7 +316,7 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
         mine = [r for r in rows if r["config"] == config]
         summary[config] = {
             m: (float(np.mean([r[m] for r in mine])), float(np.std([r[m] for r in mine])))
-                           for m in METRICS}
+            for m in METRICS}
         summary[config]["seeds"] = len(mine)
     return summary
 

@@ -34,7 +34,7 @@ def worker(args):
     cfg = setup_config(args.config_file, args.opts, freeze=False, calibrated_linking=False)
     check_datasets_registered([
         *([] if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL]),
-                               *cfg.DATASETS.TEST])
+        *cfg.DATASETS.TEST])
     check_splits([*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL, *cfg.DATASETS.TEST])
     if args.eval_only:  # weights that do not fit fail before the environment and config are logged
         model = build_model(cfg)
@@ -69,7 +69,7 @@ def main(argv) -> int:
     if not args.config_file:
         raise ValueError(
             "no --config-file given: name the model's config (for trained weights, the config.yaml "
-                         "saved beside them)")
+            "saved beside them)")
     cfg = setup_config(args.config_file, args.opts)  # config errors before any process is started
     if args.eval_only and not args.resume:
         check_weights(cfg.MODEL.WEIGHTS)

@@ -34,8 +34,8 @@ def read_labels_like(path: str | None, raw: np.ndarray, raw_path: str) -> np.nda
     if squeezed.shape != raw.shape:
         raise CTCFormatError(
             f"{path}: label stack of shape {labels.shape} does not fit the raw stack's "
-                             f"{raw.shape} ({raw_path}); expected a 3D label stack of the same "
-                             "shape")
+            f"{raw.shape} ({raw_path}); expected a 3D label stack of the same "
+            "shape")
     return np.asarray(squeezed)
 
 

@@ -95,7 +95,7 @@ def equal_time_budget(results_dir: str) -> float:
     if not times:
         raise ValueError(
             f"{results_dir}/results.csv has no emr_d2 run to match the training time of; run "
-                         "tools/benchmark.py on this dataset first or give --time-budget-s")
+            "tools/benchmark.py on this dataset first or give --time-budget-s")
     return float(statistics.median(times))
 
 

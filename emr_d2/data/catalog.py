@@ -58,7 +58,7 @@ def voxel_size(root: str) -> tuple[float, float, float] | None:
         except (ValueError, TypeError, KeyError) as e:
             raise CTCFormatError(
                 f"{path}: expected {{\"zyx_um\": [z, y, x]}} with three positive numbers "
-                                 f"in micrometres ({one_line(e)})") from e
+                f"in micrometres ({one_line(e)})") from e
         return size
     return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
 
@@ -171,7 +171,7 @@ def check_datasets_registered(names) -> None:
         if folder and os.path.isdir(folder) and not find_sequences(folder):
             raise ValueError(
                 f"{folder}: no sequence folders (01, 02, ...) with raw frames tTTT.tif, "
-                             f"so dataset '{name}' is not registered")
+                f"so dataset '{name}' is not registered")
         ctc = sorted(n for n in registered if MetadataCatalog.get(n).get("evaluator_type") == "ctc")
         raise ValueError(
             f"dataset '{name}' is not registered: no CTC folder for it under '{root}' "

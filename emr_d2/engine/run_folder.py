@@ -28,7 +28,7 @@ def check_training_folder(output_dir: str, resume: bool, overwrite: bool) -> Non
     if found:
         raise FileExistsError(
             f"{output_dir}: holds a training run ({', '.join(found)}); pass --resume to continue "
-                              "it, --overwrite to replace it, or choose another OUTPUT_DIR")
+            "it, --overwrite to replace it, or choose another OUTPUT_DIR")
 
 
 def clear_training_folder(output_dir: str) -> None:

@@ -128,13 +128,13 @@ class Trainer(DefaultTrainer):
         if cfg.TEST.CTC.COCO_AP:
             evaluators.append(
                 AnnotatedSlicesOnly(
-                    COCOEvaluator(
-                        dataset_name,
-                        tasks=("bbox", "segm"),
-                        output_dir=output_folder,
-                        use_fast_impl=False,
-                        max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-                    )
+                COCOEvaluator(
+                dataset_name,
+                tasks=("bbox", "segm"),
+                output_dir=output_folder,
+                use_fast_impl=False,
+                max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+                )
                 )
             )
         return DatasetEvaluators(evaluators)

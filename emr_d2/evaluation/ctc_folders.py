@@ -73,6 +73,6 @@ def det_of_folders(res_dir: str, gt_dir: str) -> DETAccumulator:
         if np.squeeze(res).shape != np.squeeze(marker).shape:
             raise CTCFormatError(
                 f"{path}: result shape {res.shape} differs from the markers' {marker.shape} "
-                                 f"({markers[frame]})")
+                f"({markers[frame]})")
         accumulator.add(f"{frame:03d}", marker.squeeze(), res.squeeze())
     return accumulator

@@ -261,9 +261,9 @@ class SEGAccumulator:
         if empty:
             logger.warning(
                 f"{source}: {len(empty)} of {len(self.frames)} reference frames contain no object "
-                           f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); they add "
-                           "no "
-                           "reference object to SEG, as in the CTC's measure")
+                f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); they add "
+                "no "
+                "reference object to SEG, as in the CTC's measure")
 
     def merge(self, other: "SEGAccumulator") -> None:
         """Add the frames of another accumulator (e.g. of another process)."""

@@ -42,7 +42,7 @@ def check_weights(weights: str, random_weights: bool | None = None) -> None:
         )
         raise ValueError(
             f"MODEL.WEIGHTS is empty: give the trained model (MODEL.WEIGHTS DIR/model_final.pth)"
-                         f"{alternative}")
+            f"{alternative}")
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights}: no such checkpoint file (MODEL.WEIGHTS)")
 

@@ -23,7 +23,7 @@ def slice_stats(values, num_slices: int, key: str) -> list[float]:
     if len(values) != num_slices:
         raise ValueError(
             f"{key} has {len(values)} values but INPUT.NUM_SLICES is {num_slices}: give one "
-                         f"value (used for every slice) or exactly {num_slices}")
+            f"value (used for every slice) or exactly {num_slices}")
     return values
 
 
@@ -33,7 +33,7 @@ def paste_neighbor_masks(instances: Instances, threshold: float = 0.5) -> None:
     probabilities = instances.pred_neighbor_masks
     pasted = [
         paste_masks_in_image(probabilities[:, m], instances.pred_boxes, instances.image_size,
-                             threshold)
+        threshold)
               for m in range(probabilities.shape[1])]
     instances.pred_neighbor_masks = torch.stack(pasted, dim=1)
 

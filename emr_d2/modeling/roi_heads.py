@@ -128,7 +128,7 @@ class SliceStackROIHeads(StandardROIHeads):
         if missing:
             raise ValueError(
                 f"MODEL.POINT_HEAD.IN_FEATURES: {missing} are not among the backbone's outputs "
-                             f"{list(input_shape)}")
+                f"{list(input_shape)}")
         return {"mask_in_features": in_features, "mask_pooler": None,
                 "mask_head": build_mask_head(cfg, {f: input_shape[f] for f in in_features})}
 

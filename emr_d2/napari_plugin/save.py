@@ -53,7 +53,7 @@ def save_ctc_result(layer, folder: str, overwrite: bool = False) -> list[str]:
     if not is_result(layer):
         raise ValueError(
             f"{layer.name}: the reference segmentation read from a _GT folder, not a result; "
-                         "save a segmentation (Segment nuclei's labels layer)")
+            "save a segmentation (Segment nuclei's labels layer)")
     if not folder:
         raise ValueError("no output folder chosen")
     check_new_output_folder(folder, overwrite, how="tick 'overwrite'")

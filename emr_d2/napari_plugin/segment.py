@@ -47,7 +47,7 @@ def check_model_folder(model_dir: str) -> None:
     if not model_dir or not os.path.isdir(model_dir):
         raise FileNotFoundError(
             f"{model_dir or '(none)'}: no model folder; choose the folder that holds "
-                                f"{' and '.join(MODEL_FILES)} (tools/train_net.py's OUTPUT_DIR)")
+            f"{' and '.join(MODEL_FILES)} (tools/train_net.py's OUTPUT_DIR)")
     for name in MODEL_FILES:
         if not os.path.isfile(os.path.join(model_dir, name)):
             raise FileNotFoundError(
@@ -106,7 +106,7 @@ class SegmentWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.voxel = [
             FloatSpinBox(label=f"voxel {axis} (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
-                      for axis in "ZYX"]
+            for axis in "ZYX"]
         for box in self.voxel:
             box.native.setDecimals(4)
         self.score_threshold = FloatSpinBox(label="score threshold", min=0.0, max=1.0, step=0.05,
