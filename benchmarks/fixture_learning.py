@@ -71,8 +71,8 @@ def main() -> int:
                 return 1
             row = dict(
                 zip(
-                COLUMNS
-                , [*key, *(f"{metrics[k]:.4f}" for k in ("recall", "precision", "DET", "SEG")),
+                COLUMNS,
+                [*key, *(f"{metrics[k]:.4f}" for k in ("recall", "precision", "DET", "SEG")),
                                  f"{time.time() - start:.0f}"]))
             print(",".join(row.values()), flush=True)
             rows.append(row)

@@ -15,10 +15,10 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tools")]
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
-from benchmark_runner import published_rows, summarise  # noqa: E402  (tools/benchmark_runner.py)
+from benchmark_runner import published_rows, summarise  # noqa: E402  (benchmarks/benchmark_runner.py)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 
 PEERS = ["peer/stardist3d", "peer/cellpose", "peer/classical", "peer/stardist3d_own",

@@ -38,7 +38,7 @@ def main() -> None:
     print(
         f"{len(records)} slice records of {args.frames} frames: first registration "
         f"{seconds[0]:.2f} s, "
-          f"second {seconds[1]:.3f} s")
+        f"second {seconds[1]:.3f} s")
     print(f"cache_speedup={seconds[0] / seconds[1]:.1f}")
 
 

@@ -62,7 +62,7 @@ def main() -> None:
         print(
             f"| {variant} | {n} | {params / 1e6:.2f} | {params / base_params:.3f} | {seconds:.3f} "
             "| "
-              f"{seconds / base_time:.2f} |")
+            f"{seconds / base_time:.2f} |")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def compare_processes(measure: str, ours: list[str], theirs: list[str], repeats:
     print(
         f"{measure} as processes: ours {ours_value:.6f} in {ours_time:.2f} s; py-ctcmetrics "
         f"{theirs_value:.6f} "
-          f"in {theirs_time:.2f} s")
+        f"in {theirs_time:.2f} s")
     assert abs(ours_value - theirs_value) < 1e-6
     return theirs_time / ours_time
 
@@ -119,7 +119,7 @@ def main() -> None:
     print(
         f"SEG ours {ours_summary['SEG']:.6f} (SEG_2D {ours_summary['SEG_2D']:.6f}) in {ours:.3f} "
         "s; "
-          f"py-ctcmetrics {theirs_seg:.6f} in {theirs:.3f} s")
+        f"py-ctcmetrics {theirs_seg:.6f} in {theirs:.3f} s")
     assert abs(ours_summary["SEG"] - theirs_seg) < 1e-9
     print(f"speedup={theirs / ours:.1f}")
     python, tools = sys.executable, os.path.join(ROOT, "tools")

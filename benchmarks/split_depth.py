@@ -92,7 +92,7 @@ def main() -> None:
             print(
                 " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in rows[-1].items()),
-                  flush=True)
+                flush=True)
     if not rows:
         sys.exit(f"error: no finished benchmark run of {', '.join(args.configs)} under "
                  f"{os.path.join(args.output, args.dataset)}")

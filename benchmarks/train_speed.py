@@ -157,7 +157,7 @@ def main() -> None:
         print(
             f"| {r['config']} | {'on' if r['amp'] else 'off'} | {r['precision']} | "
             f"{r['s_per_iter']:.3f} | "
-              f"{r['data_s']:.3f} | {r['peak_mem_gb']:.2f} |")
+            f"{r['data_s']:.3f} | {r['peak_mem_gb']:.2f} |")
     flagship = {r["amp"]: r for r in rows if r["config"] == "mlp_fusion"}
     if len(flagship) == 2:
         print(f"amp_speedup={flagship[0]['s_per_iter'] / flagship[1]['s_per_iter']:.2f}")

@@ -49,8 +49,8 @@ def predictor(variant: str, n: int, cached: bool) -> VolumePredictor:
 def timing() -> None:
     data = volume((32, 256, 256))
     runs = [("baseline_2d", "baseline_2d", 1, True), ("mlp_fusion naive", "mlp_fusion", 5, False),
-            ("mlp_fusion cached", "mlp_fusion", 5, True)
-            , ("late_fusion_center cached", "late_fusion_center", 5, True),
+            ("mlp_fusion cached", "mlp_fusion", 5, True),
+            ("late_fusion_center cached", "late_fusion_center", 5, True),
             ("cross_slice_attention cached", "cross_slice_attention", 5, True)]
     seconds = {}
     for name, variant, n, cached in runs:
@@ -77,7 +77,7 @@ def memory() -> None:
     print(
         f"mlp_fusion N=5, 59 x 512 x 512: {time.perf_counter() - start:.0f} s, peak RSS {peak:.0f} "
         "MiB "
-          f"(model and volume loaded: {before:.0f} MiB)")
+        f"(model and volume loaded: {before:.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -248,11 +248,11 @@ def _check_linking(cfg: CN) -> None:
     except LinkOptionError as e:
         raise ValueError(f"TEST.CTC.{CONFIG_KEYS[e.option]}: {e.message}") from None
     grid = cfg.TEST.CTC.CALIBRATION
-    for key, option in (("LINKERS", "strategy"), ("THRESHOLDS", "threshold")
-                        , ("LOOK_BACKS", "look_back"),
+    for key, option in (("LINKERS", "strategy"), ("THRESHOLDS", "threshold"),
+                        ("LOOK_BACKS", "look_back"),
                         ("MIN_SLICES", "min_slices"), ("SPLIT_DEPTHS", "split_depth"),
-                        ("EXTENT_GATES_UM", "extent_gate_um")
-                        , ("EXTENT_TRIMS_UM", "extent_trim_um")):
+                        ("EXTENT_GATES_UM", "extent_gate_um"),
+                        ("EXTENT_TRIMS_UM", "extent_trim_um")):
         for value in grid[key]:
             try:
                 options.replace(**{option: value})

@@ -111,8 +111,8 @@ class VolumePredictor:
                 logger.warning(
                     "The voxel size of the input is unknown: its pixels are taken to be the "
                     "model's "
-                               f"{self.pixel_size_um:g} um (give --voxel-size Z Y X if they are "
-                               "not)")
+                    f"{self.pixel_size_um:g} um (give --voxel-size Z Y X if they are "
+                    "not)")
                 self._warned_unknown_voxel = True
             return 1.0
         return pixel_scale(self.pixel_size_um, voxel_um)

@@ -134,7 +134,7 @@ def plot_orthogonal(raw: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | N
     scale = (
         f"side views at the physical aspect of {' x '.join(f'{v:g}' for v in voxel_size)} um "
         "voxels (Z x Y x X)"
-             if voxel_size is not None else "voxel size unknown: side views drawn with 1:1 voxels")
+        if voxel_size is not None else "voxel size unknown: side views drawn with 1:1 voxels")
     fig.suptitle(f"orthogonal sections: {_legend(gt, pred)};\n"
                  f"dashed lines: where the other sections cut (frame colours); {scale}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
@@ -273,7 +273,7 @@ def plot_training_curves(metrics_file: str, path) -> Figure:
     labels = {
         k: (f"{' '.join(fusion_place(k[len('fusion/'):].rsplit('/', 1)[0]))}, " if len(modules) > 1
         else "")
-          + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
+        + k.rsplit("/", 1)[1].replace("dz", "dz ") for k in fusion}
     labels.update(EVALUATION_LABELS)
     panels = [(losses, "training losses", "loss (log scale)", True)]
     if extras:

@@ -3,9 +3,9 @@ import os
 import sys
 import tempfile
 
-# The benchmark's runner lives beside the tools that use it (tools/benchmark_runner.py).
-sys.path.insert(0,
-                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+# The benchmark's runner, benchmarks/benchmark_runner.py, is imported by the tests as by the tools.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
 
 # Keep the slice-index cache and dataset discovery of the tests away from the user's.
 os.environ.setdefault("EMR_CACHE", tempfile.mkdtemp(prefix="emr_cache_"))
@@ -64,10 +64,10 @@ def trained(tiny_dataset, tmp_path_factory):
         pytest.fail(
             f"training the tiny model failed (exit {run.returncode}): "
             f"{log.strip().splitlines()[-1]}",
-                    pytrace=False)
+            pytrace=False)
     if metrics["recall"] < LEARNED_RECALL:
         pytest.fail(
             f"the tiny model did not learn: recall {metrics['recall']:.2f} < {LEARNED_RECALL} on "
             "TINY_02 "
-                    f"(SEG {metrics['SEG']:.3f}); log in {out}", pytrace=False)
+            f"(SEG {metrics['SEG']:.3f}); log in {out}", pytrace=False)
     return out, log

@@ -98,8 +98,8 @@ def test_predict_unwritable_output(tmp_path, weights):
 
 def test_num_slices_deeper_than_the_volume_pads_and_warns_once(tmp_path, weights):
     write(
-        str(tmp_path / "thin.tif")
-        , (np.random.default_rng(0).random((2, 64, 64)) * 1000).astype(np.uint16))
+        str(tmp_path / "thin.tif"),
+        (np.random.default_rng(0).random((2, 64, 64)) * 1000).astype(np.uint16))
     run = predict(weights / "mlp.pth", tmp_path / "thin.tif", tmp_path / "out")
     assert run.returncode == 0, run.stderr[-2000:]
     assert (run.stdout + run.stderr).count("exceeds the volume's 2 slices") == 1
@@ -349,8 +349,8 @@ def test_visualize_checks_every_input_before_drawing(tmp_path, weights):
     raw = stack(tmp_path / "raw.tif", depth=10)
     write(str(tmp_path / "flat.tif"), np.zeros((64, 64), np.uint16))
     write(str(tmp_path / "short.tif"), np.zeros((9, 64, 64), np.uint16))
-    cases = [(["--pred", tmp_path / "flat.tif"], "flat.tif")
-             , (["--gt", tmp_path / "short.tif"], "short.tif"),
+    cases = [(["--pred", tmp_path / "flat.tif"], "flat.tif"),
+             (["--gt", tmp_path / "short.tif"], "short.tif"),
              (["--voxel-size", "0", "0", "0"], "--voxel-size")]
     for extra, fragment in cases:
         run = run_tool("visualize.py", "volume", "--raw", raw, "--out", tmp_path / "pics", *extra)

@@ -82,3 +82,13 @@ def test_zero_threads_is_refused_in_one_line():
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith(
         "--threads must be at least 1, got 0")
+
+
+def test_the_benchmark_tool_refuses_an_unknown_dataset_in_one_line(tmp_path):
+    from test_bad_input import assert_one_line_error, run_tool
+
+    run = run_tool("benchmark.py", "--datasets", "NOSUCH", "--configs",
+                   os.path.join(ROOT, "configs", "bench", "baseline_2d.yaml"), "--seeds", "1",
+                   "--output", tmp_path / "out")
+    assert_one_line_error(run, "dataset 'NOSUCH_01' is not registered")
+    assert not (tmp_path / "out").exists()

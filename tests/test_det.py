@@ -44,8 +44,8 @@ CASES = {  # name: [(markers, result) per frame]
     "false positive": [(two_markers(), box(two_markers(), 3, FULL, (10, 14), (20, 23)))],
     "empty reference frame": [(two_markers(), two_markers()),
                               (np.zeros(SHAPE, np.uint16), result((FULL, (2, 8), (2, 8))))],
-    "empty result frame": [(two_markers(), two_markers())
-                           , (two_markers(), np.zeros(SHAPE, np.uint16))],
+    "empty result frame": [(two_markers(), two_markers()),
+                           (two_markers(), np.zeros(SHAPE, np.uint16))],
 }
 
 
@@ -108,8 +108,8 @@ def test_result_tracks_make_labels_unique_over_the_sequence(tmp_path):
               for t in range(3)]
     assert labels == [{1, 2}, {3, 4}, {5, 6}]
     tracks = np.loadtxt(os.path.join(res, "res_track.txt"), dtype=int)
-    assert tracks.tolist() == [[1, 0, 0, 0], [2, 0, 0, 0], [3, 1, 1, 0], [4, 1, 1, 0], [5, 2, 2, 0]
-                               , [6, 2, 2, 0]]
+    assert tracks.tolist() == [[1, 0, 0, 0], [2, 0, 0, 0], [3, 1, 1, 0], [4, 1, 1, 0], [5, 2, 2, 0],
+                               [6, 2, 2, 0]]
     before = {name: os.path.getmtime(os.path.join(res, name)) for name in os.listdir(res)}
     write_result_tracks(res)  # already unique: no frame is rewritten
     assert all(os.path.getmtime(os.path.join(res, n)) == t for n, t in before.items()

@@ -20,8 +20,8 @@ Z_EXTENT = ["MODEL.Z_EXTENT.ENABLED", "True"]
 
 
 @pytest.mark.parametrize("variant,padding,extra", [
-    ("mlp_fusion", "replicate", []), ("windowed_fusion", "zero", [])
-    , ("late_fusion_mlp", "reflect", []),
+    ("mlp_fusion", "replicate", []), ("windowed_fusion", "zero", []),
+    ("late_fusion_mlp", "reflect", []),
     ("late_fusion_center", "replicate", []), ("cross_slice_attention", "zero", []),
     ("mlp_fusion", "reflect", NEIGHBORS), ("late_fusion_center", "zero", NEIGHBORS),
     ("mlp_fusion", "zero", Z_EXTENT), ("late_fusion_mlp", "replicate", Z_EXTENT),
@@ -62,8 +62,8 @@ def test_channel_fusion_cannot_share_features():
 def test_volume_predictor_returns_a_label_volume_of_the_input_shape(tiny_dataset):
     torch.manual_seed(0)
     cfg = tiny_cfg("mlp_fusion",
-                   3
-                   , ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD",
+                   3,
+                   ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD",
                       "0.0"])
     volume = tifffile.imread(f"{tiny_dataset}/02/t001.tif")[:, :48, :56]  # not a multiple of 32
     linked = VolumePredictor(cfg, build_model(cfg))(volume)

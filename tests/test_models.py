@@ -67,8 +67,8 @@ def test_forward_backward_and_inference(registered_tiny, variant, num_slices):
 
 def only_center_cfg(variant, extra=()):
     return tiny_cfg(variant,
-                    5
-                    , ["MODEL.FUSION.STATIC_INIT", "only_center", "MODEL.FUSION.FREEZE_STATIC",
+                    5,
+                    ["MODEL.FUSION.STATIC_INIT", "only_center", "MODEL.FUSION.FREEZE_STATIC",
                        "True",
                                  *extra])
 

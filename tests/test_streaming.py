@@ -115,8 +115,8 @@ def test_predict_file_streams_the_whole_volume_labels(tiny_dataset, tmp_path, ex
 
     torch.manual_seed(0)
     cfg = tiny_cfg("mlp_fusion",
-                   3
-                   , ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD",
+                   3,
+                   ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.CTC.SCORE_THRESHOLD",
                       "0.05",
                                      *extra])
     predictor = VolumePredictor(cfg, build_model(cfg))

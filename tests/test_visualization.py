@@ -77,7 +77,7 @@ def test_benchmark_plot_draws_points_with_error_bars_and_names_the_metric():
         **{m: v + 0.01 * s for m in ("SEG", "SEG_calibrated", "DET_calibrated",
                                                                  "OP_CSB_calibrated",
                                      "SEG_oracle_link")}}
-           for c, v in (("baseline_2d", 0.70), ("mlp_fusion", 0.72)) for s in range(3)]
+        for c, v in (("baseline_2d", 0.70), ("mlp_fusion", 0.72)) for s in range(3)]
     for row in rows:
         row.update({m: row.get(m, 0.0) for m in METRICS})
     fig = plot_results(rows, io.BytesIO())

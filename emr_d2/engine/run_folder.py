@@ -51,8 +51,8 @@ def record_training_pixel_size(cfg, logger: logging.Logger) -> None:
         logger.warning(
             "The model will not know the pixel size it is trained at (training datasets' voxel "
             "sizes: "
-                       + ", ".join(f"{n} {s or 'unknown'}" for n, s in sizes.items())
-                       + "): set INPUT.PIXEL_SIZE_UM so that prediction can rescale other data")
+            + ", ".join(f"{n} {s or 'unknown'}" for n, s in sizes.items())
+            + "): set INPUT.PIXEL_SIZE_UM so that prediction can rescale other data")
         return
     cfg.INPUT.PIXEL_SIZE_UM = pixels.pop()
     logger.info(

