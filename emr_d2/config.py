@@ -7,6 +7,12 @@ from detectron2.config import CfgNode as CN
 from detectron2.projects.point_rend import add_pointrend_config
 
 
+# Switches replaced by another key: {old key: what replaces it}.
+REPLACED_SWITCHES = {
+    "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS": 'MODEL.ROI_MASK_HEAD.NAME "NeighborMaskHead"',
+}
+
+
 def add_emr_config(cfg: CN) -> None:
     """Add the emr_d2 keys to a detectron2 config (in place).
 
@@ -70,12 +76,10 @@ def add_emr_config(cfg: CN) -> None:
     # TEST.CTC.LINKING "predicted". Weight of its neighbour-mask loss (binary cross-entropy, mean
     # over neighbour slices):
     _c.MODEL.ROI_MASK_HEAD.NEIGHBOR_LOSS_WEIGHT = 1.0
-    # The switch this head replaced: a config that still sets it fails with this note.
-    _c.register_renamed_key(
-        "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS",
-        "MODEL.ROI_MASK_HEAD.NAME",
-        message='NEIGHBOR_MASKS: True is now NAME: "NeighborMaskHead"; delete the key',
-    )
+    # Keys that models trained by earlier versions carry in their config.yaml: ignored when off,
+    # refused when on (check_replaced_keys).
+    for key in REPLACED_SWITCHES:
+        _c.register_deprecated_key(key)
 
     # ---------------------------------------------------------------- z-extent head
     # Every detection also predicts how far, in micrometres, its object reaches below and above
@@ -223,6 +227,21 @@ def add_emr_config(cfg: CN) -> None:
     _c.TEST.VAL_LOSS_PERIOD = 0
     # Number of batches of DATASETS.VAL that make one validation-loss estimate.
     _c.TEST.VAL_LOSS_BATCHES = 10
+
+
+def check_replaced_keys(config_file: str | None, opts: list[str]) -> None:
+    """Raise a one-line ValueError where a config file (with its ``_BASE_`` files) or a KEY VALUE
+    override turns on a switch of REPLACED_SWITCHES; off, such a switch is ignored."""
+    on = ("true", "1", "yes")
+    pairs = dict(zip(opts[0::2], opts[1::2]))
+    loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True) if config_file else {}
+    for key, replacement in REPLACED_SWITCHES.items():
+        value = loaded
+        for part in key.split("."):
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        where = f"{config_file}: " if value is True else ""
+        if value is True or str(pairs.get(key, "")).lower() in on:
+            raise ValueError(f"{where}{key} is replaced by {replacement}: set that instead")
 
 
 def config_variants(config_dir: str) -> list[str]:

@@ -11,7 +11,8 @@ from detectron2.modeling import build_model
 from emr_d2.config import add_emr_config
 from emr_d2.modeling.backbone import SharedSliceBackbone
 
-from helpers import CONFIGS, ROOT, tiny_cfg
+from emr_d2.engine import setup_config
+from helpers import CONFIGS, ROOT, TINY_MODEL, tiny_cfg
 from test_bad_input import assert_one_line_error, run_tool
 
 ALL_CONFIGS = sorted(f for f in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
@@ -73,7 +74,17 @@ def test_pairings_are_checked_at_setup():
         tiny_cfg("mlp_fusion", 3, ["TEST.CTC.LINKING", "predicted"])
 
 
-def test_the_replaced_neighbor_masks_key_fails_naming_its_replacement(tmp_path):
+def test_the_replaced_neighbor_masks_switch_is_ignored_off_and_refused_on(tmp_path):
+    """Models trained before NeighborMaskHead was chosen by its name carry the switch in their
+    config.yaml: off it loads, on it is one line naming the file and the replacement."""
+    for value in ("false", "true"):
+        (tmp_path / f"{value}.yaml").write_text(
+            f"_BASE_: {os.path.join(CONFIGS, 'mlp_fusion.yaml')}\n"
+            f"MODEL:\n  ROI_MASK_HEAD:\n    NEIGHBOR_MASKS: {value}\n")
+    off = setup_config(str(tmp_path / "false.yaml"), TINY_MODEL + ["INPUT.NUM_SLICES", "3"])
+    assert off.MODEL.ROI_MASK_HEAD.NAME == tiny_cfg("mlp_fusion", 3).MODEL.ROI_MASK_HEAD.NAME
+    with pytest.raises(ValueError, match="true.yaml: MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS is"):
+        setup_config(str(tmp_path / "true.yaml"))
     run = run_tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"),
                    "MODEL.ROI_MASK_HEAD.NEIGHBOR_MASKS", "True", "OUTPUT_DIR", tmp_path)
     assert_one_line_error(run, "NEIGHBOR_MASKS", "NeighborMaskHead")

@@ -5,7 +5,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from ..calibration import apply_calibrated_linking
-from ..config import add_emr_config, check_config
+from ..config import add_emr_config, check_config, check_replaced_keys
 from ..data.catalog import configure_splits
 
 
@@ -18,6 +18,7 @@ def setup_config(config_file: str | None = None, opts: list[str] | None = None, 
     GPU is present."""
     cfg = get_cfg()
     add_emr_config(cfg)
+    check_replaced_keys(config_file, list(opts or []))
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
