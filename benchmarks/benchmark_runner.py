@@ -24,11 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from emr_d2.atomic import atomic_write
-from emr_d2.data.catalog import check_datasets_registered, datasets_root, register_ctc_dataset
-from emr_d2.data.cho_sample import NAME as CHO_NAME
-from emr_d2.data.cho_sample import WHEEL as CHO_WHEEL
-from emr_d2.data.cho_sample import fetch_wheel, write_cho_sample
-from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 from emr_d2.linking import SIMILARITIES
 
 logger = logging.getLogger(__name__)
@@ -72,6 +67,13 @@ def prepare_dataset(name: str) -> BenchDataset:
     SIM-<preset>, generated (and registered) if missing; "cho" becomes the CHO sample, built (and
     registered) if missing; any other name must be a registered CTC dataset with sequences 01 and
     02 (else a one-line ValueError says why it is not)."""
+    # imported here: they load detectron2 and torch, which the table scripts (headline.py) need not
+    from emr_d2.data.catalog import check_datasets_registered, datasets_root, register_ctc_dataset
+    from emr_d2.data.cho_sample import NAME as CHO_NAME
+    from emr_d2.data.cho_sample import WHEEL as CHO_WHEEL
+    from emr_d2.data.cho_sample import fetch_wheel, write_cho_sample
+    from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
+
     log = logging.getLogger("emr_d2")
     if name == "cho":
         dataset = BenchDataset(CHO_NAME)
