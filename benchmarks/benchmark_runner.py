@@ -4,7 +4,8 @@ headline table): configs x seeds trained and evaluated on one or more datasets.
 Each (dataset, config, seed) runs ``tools/train_net.py`` in subprocesses: training on the
 ``_01_train`` time block (timed), with the linking calibrated on the ``_01_val`` block at the end,
 then ``--eval-only`` of the final weights on the held-out sequence ``_02`` at native resolution,
-once with the configured linking and once with the calibrated one. A finished run leaves
+once with the configured linking and once with the calibrated one (with ``tta``, the same weights
+again with test-time augmentation: config ``<config>_tta``). A finished run leaves
 ``<output>/<dataset>/<config>/seed<k>/row.json`` and is not run again.
 """
 from __future__ import annotations
@@ -38,8 +39,10 @@ METRICS = COLUMNS[3:-1]
 # Columns of the calibrated linking's test result that are scored from its label files, so that
 # runs finished before a column was added get it without running the network again.
 MASK_SCORES = ("foreground_IoU", "jaccard_matched", "jaccard_matched_2D")
-TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
-                         "train_net.py")
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+TRAIN_NET = os.path.join(TOOLS, "train_net.py")
+CALIBRATE_LINKING = os.path.join(TOOLS, "calibrate_linking.py")
+TTA_SUFFIX = "_tta"  # the config name of a run's row with test-time augmentation
 
 
 @dataclass(frozen=True)
@@ -182,39 +185,92 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
         os.remove(os.path.join(run_dir, "running.lock"))
 
 
+def run_tta(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
+            env: dict | None = None) -> dict | None:
+    """Evaluate the weights of a finished (config, seed) run again with test-time augmentation
+    (TEST.AUG.ENABLED, the configured TEST.AUG.TRANSFORMS), its linking calibrated on
+    ``_01_val`` with it (``tools/calibrate_linking.py``). The row, config ``<config>_tta`` with
+    the run's training time, pairs with the run's own; cached in
+    ``<output>/<dataset>/<config>_tta/seed<k>/row.json``. None when another process runs it."""
+    source = os.path.join(output, dataset.name, config_name(config), f"seed{seed}")
+    run_dir = os.path.join(output, dataset.name, config_name(config) + TTA_SUFFIX, f"seed{seed}")
+    row_file = os.path.join(run_dir, "row.json")
+    if os.path.isfile(row_file):
+        with open(row_file) as f:
+            return json.load(f)
+    with open(os.path.join(source, "row.json")) as f:
+        plain = json.load(f)
+    os.makedirs(run_dir, exist_ok=True)
+    if not claim(run_dir):
+        logger.info(f"{run_dir} is being run by another process; skipped")
+        return None
+    try:
+        weights = os.path.join(run_dir, "model_final.pth")
+        if not os.path.lexists(weights):  # linking.json goes beside the weights: link, not copy
+            os.symlink(os.path.abspath(os.path.join(source, "model_final.pth")), weights)
+        datasets = dataset_opts(dataset, seed, [*opts, "TEST.AUG.ENABLED", "True"])
+        with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
+            subprocess.run([sys.executable, CALIBRATE_LINKING, "--config-file", config, *datasets,
+                            "MODEL.WEIGHTS", weights],
+                           check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        row = evaluate_run(config, seed, dataset, run_dir, datasets, env)
+        row.update(config=config_name(config) + TTA_SUFFIX, train_time_s=plain["train_time_s"],
+                   centre_weight=centre_weight(source))
+        atomic_write(row_file, lambda f: json.dump(row, f), "w")
+        return row
+    finally:
+        os.remove(os.path.join(run_dir, "running.lock"))
+
+
+def dataset_opts(dataset: BenchDataset, seed: int, opts: list[str]) -> list[str]:
+    """The config overrides of every subprocess of a run: its datasets, seed and ``opts``."""
+    return ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
+            "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", str(seed), *opts]
+
+
 def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: str,
                         opts: list[str],
                         env: dict | None, train_time: float | None = None) -> dict:
-    """Train (resumable), then evaluate with the configured and the calibrated linking; write
-    row.json. train_time: that of a finished training evaluated again (refresh; the row says
-    ``refreshed``)."""
-    row_file = os.path.join(run_dir, "row.json")
-    common = [sys.executable, TRAIN_NET, "--config-file", config]
-    datasets = ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
-                "TEST.CTC.CALIBRATE_LINKING", "True", "SEED", str(seed), *opts]
-    weights = os.path.join(run_dir, "model_final.pth")
-    results = {}
+    """Train (resumable), then evaluate (:func:`evaluate_run`); write row.json. train_time: that
+    of a finished training evaluated again (refresh; the row says ``refreshed``)."""
+    datasets = dataset_opts(dataset, seed, opts)
     with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
         start = time.perf_counter()
-        subprocess.run(common
-                       + ["--resume", *datasets, "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
+        subprocess.run([sys.executable, TRAIN_NET, "--config-file", config, "--resume", *datasets,
+                        "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
                        check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         measured = train_time is None
         if measured:
             train_time = time.perf_counter() - start
+    row = evaluate_run(config, seed, dataset, run_dir, datasets, env)
+    row["train_time_s"] = train_time
+    if not measured:
+        row["refreshed"] = True
+    atomic_write(os.path.join(run_dir, "row.json"), lambda f: json.dump(row, f), "w")
+    return row
+
+
+def evaluate_run(config: str, seed: int, dataset: BenchDataset, run_dir: str,
+                 datasets: list[str], env: dict | None) -> dict:
+    """``tools/train_net.py --eval-only`` of ``<run_dir>/model_final.pth`` on the test sequence
+    with the configured and with the calibrated linking (``<run_dir>/linking.json``); returns the
+    row of the run without its training time."""
+    weights = os.path.join(run_dir, "model_final.pth")
+    results = {}
+    with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
         for linking, use_calibrated in (("default", "False"), ("calibrated", "True")):
             eval_dir = os.path.join(run_dir, "eval", linking)
-            subprocess.run(common
-                           + ["--eval-only", *datasets, "DATASETS.TEST", f"('{dataset.test}',)",
-                                     "MODEL.WEIGHTS", weights, "OUTPUT_DIR", eval_dir,
-                                     "TEST.CTC.USE_CALIBRATED_LINKING", use_calibrated],
+            subprocess.run([sys.executable, TRAIN_NET, "--config-file", config, "--eval-only",
+                            *datasets, "DATASETS.TEST", f"('{dataset.test}',)",
+                            "MODEL.WEIGHTS", weights, "OUTPUT_DIR", eval_dir,
+                            "TEST.CTC.USE_CALIBRATED_LINKING", use_calibrated],
                            check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
             with open(os.path.join(eval_dir, "inference", dataset.test, "results.json")) as f:
                 results[linking] = json.load(f)
     with open(os.path.join(run_dir, "linking.json")) as f:
         choice = json.load(f)["choice"]
     ctc, calibrated = results["default"]["ctc"], results["calibrated"]["ctc"]
-    row = {
+    return {
         "dataset": dataset.name, "config": config_name(config), "seed": seed,
         "SEG": ctc["SEG"], "SEG_calibrated": calibrated["SEG"],
         **{f"{k}{suffix}": m.get(k, float("nan")) for k in ("DET", "OP_CSB")
@@ -226,12 +282,8 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
         "z_extent_error_um": calibrated.get("z_extent_error_um", float("nan")),
         "segm_AP": results["default"].get("segm", {}).get("AP", float("nan")),
         "volume_AP": ctc["volume_AP"], "count_error": ctc["count_error"],
-        "train_time_s": train_time,
         "inference_s_per_volume": ctc["seconds_per_volume"], "linking": linking_label(choice),
-        **({} if measured else {"refreshed": True}),
     }
-    atomic_write(row_file, lambda f: json.dump(row, f), "w")
-    return row
 
 
 def centre_weight(run_dir: str) -> float:
@@ -312,10 +364,11 @@ def update_tables(output: str, dataset: BenchDataset, results: str) -> list[dict
 
 def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
                   results_dir: str, opts: list[str] = (), gpus: int = 0, refresh: bool = False,
-                  threads: int | None = None) -> list[dict]:
+                  threads: int | None = None, tta: bool = False) -> list[dict]:
     """All configs x seeds on one dataset (one at a time, or one per GPU in parallel; refresh: see
-    :func:`run_one`), each run's CPU work held to ``threads`` threads (default: all cores this
-    process may use, :func:`default_threads`). After every
+    :func:`run_one`; tta: each run also evaluated with test-time augmentation, :func:`run_tta`),
+    each run's CPU work held to ``threads`` threads (default: all cores this process may use,
+    :func:`default_threads`). After every
     run, ``<results_dir>/<dataset>/results.{csv,md,png}`` are rewritten from all finished runs of
     the dataset under ``output`` and the rows published there before of runs not repeated (so
     later calls with other configs add to the same tables, and several processes can share the
@@ -328,15 +381,17 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
             index, (config, seed) = index_job
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(index % gpus),
                        **thread_env(max(threads // gpus, 1)))
-            return run_one(config, seed, dataset, output, list(opts), env, refresh)
+            row = run_one(config, seed, dataset, output, list(opts), env, refresh)
+            return run_tta(config, seed, dataset, output, list(opts), env) if row and tta else row
 
         with ThreadPoolExecutor(gpus) as pool:
             list(pool.map(on_gpu, enumerate(jobs)))
     else:
         for k, (config, seed) in enumerate(jobs, 1):
             logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
-            run_one(config, seed, dataset, output, list(opts),
-                    dict(os.environ, **thread_env(threads)), refresh)
+            env = dict(os.environ, **thread_env(threads))
+            if run_one(config, seed, dataset, output, list(opts), env, refresh) and tta:
+                run_tta(config, seed, dataset, output, list(opts), env)
             update_tables(output, dataset, results)
     return update_tables(output, dataset, results)
 

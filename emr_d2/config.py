@@ -155,6 +155,14 @@ def add_emr_config(cfg: CN) -> None:
     # contrast limits), applied to the normalised input before pixel mean/std and the backbone.
     _c.MODEL.INTENSITY.NAME = "none"
 
+    # ---------------------------------------------------------------- test-time augmentation
+    # TEST.AUG.ENABLED (detectron2's key, off by default) predicts every slice stack under each of
+    # these symmetries of the slice plane and merges them (modeling/tta.py), in evaluation,
+    # tools/predict.py and the napari widget: "identity", "hflip", "vflip", "rot90", "rot180",
+    # "rot270", "transpose", "antitranspose". detectron2's TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP
+    # are not read: a slice is seen at INPUT.PIXEL_SIZE_UM, and hflip is one of these.
+    _c.TEST.AUG.TRANSFORMS = ["identity", "hflip", "vflip", "rot180"]
+
     # ---------------------------------------------------------------- CTC evaluation
     _c.TEST.CTC = CN()
     # z-linking of per-slice instances into 3D objects, named by the similarity that the
@@ -318,6 +326,7 @@ def check_config(cfg: CN) -> None:
     from .modeling.intensity import INTENSITY_MODES
     from .modeling.rcnn import slice_stats
     from .modeling.roi_heads import SliceFusionROIHeads, SliceStackROIHeads
+    from .modeling.tta import plane_symmetries
 
     n = cfg.INPUT.NUM_SLICES
     if n < 1:
@@ -331,6 +340,10 @@ def check_config(cfg: CN) -> None:
         raise ValueError("INPUT.SLICE_SPACING_UM: give either it or INPUT.SLICE_OFFSETS, not both")
     for key in ("PIXEL_MEAN", "PIXEL_STD"):
         slice_stats(cfg.MODEL[key], n, f"MODEL.{key}")
+    try:
+        plane_symmetries(cfg.TEST.AUG.TRANSFORMS)
+    except ValueError as e:
+        raise ValueError(f"TEST.AUG.TRANSFORMS: {e}") from None
     if cfg.INPUT.PIXEL_SIZE_UM < 0:
         raise ValueError(f"INPUT.PIXEL_SIZE_UM: {cfg.INPUT.PIXEL_SIZE_UM} must not be negative")
     if cfg.INPUT.SLICE_SPACING_UM < 0:

@@ -19,6 +19,7 @@ from .data.window import (SliceWindow, normalised_slices, percentile_range, pixe
 from .linking import (LinkedVolume, LinkOptions, SliceRegions, link_slices, open_linker,
                       paste_volume, slice_prediction)
 from .modeling.checkpoint import SliceStackCheckpointer
+from .modeling.tta import PlaneSymmetry, plane_symmetries
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class VolumePredictor:
     TEST.CTC.CACHE_FEATURES and a model that shares slice features, each slice's backbone features
     are computed once (``model.slice_features``) and kept in a rolling cache of the slices the
     current windows need; only fusion and heads run per window
-    (``model.inference_from_slice_features``). Instances come back at the volume's native size;
+    (``model.inference_from_slice_features``). With TEST.AUG.ENABLED every window is predicted
+    under each of TEST.AUG.TRANSFORMS and merged (each transform keeps its own feature cache).
+    Instances come back at the volume's native size;
     :meth:`__call__` links them into a 3D label volume.
     """
 
@@ -55,6 +58,7 @@ class VolumePredictor:
         cache_features: bool,
         link_options: LinkOptions,
         score_threshold: float,
+        transforms: list[PlaneSymmetry],
     ):
         """
         Args:
@@ -67,6 +71,9 @@ class VolumePredictor:
             cache_features: compute each slice's backbone features once where the model can.
             link_options: how the slices' instances are linked into 3D objects.
             score_threshold: instances below this score are dropped before linking.
+            transforms: test-time augmentation: every window is predicted under each of these
+                symmetries of the slice plane and the predictions merged
+                (:meth:`SliceStackRCNN.heads_with_tta`); none: plain prediction.
         """
         self.model = model
         self.window = window
@@ -77,6 +84,7 @@ class VolumePredictor:
         self.use_cache = bool(cache_features) and getattr(model, "shares_slice_features", False)
         self.link_options = link_options
         self.score_threshold = score_threshold
+        self.transforms = list(transforms)
         self._warned_unknown_voxel = False
 
     @classmethod
@@ -95,6 +103,7 @@ class VolumePredictor:
             "cache_features": cfg.TEST.CTC.CACHE_FEATURES,
             "link_options": LinkOptions.from_config(cfg),
             "score_threshold": cfg.TEST.CTC.SCORE_THRESHOLD,
+            "transforms": plane_symmetries(cfg.TEST.AUG.TRANSFORMS) if cfg.TEST.AUG.ENABLED else [],
         }
 
     # ------------------------------------------------------------------ per-slice prediction
@@ -141,11 +150,13 @@ class VolumePredictor:
 
         windows = {z: self.window.indices(z, depth, offsets) for z in range(depth)}
         height, width = scaled_size(*volume.shape[1:], scale)
-        batch = min(self.batch_size, max(1, MAX_BATCH_PIXELS // (height * width)))
+        views = max(len(self.transforms), 1)  # test-time augmentation keeps one set per transform
+        batch = min(self.batch_size, max(1, MAX_BATCH_PIXELS // (height * width * views)))
         batches = [list(range(s, min(s + batch, depth))) for s in range(0, depth, batch)]
         predict = self._predict_cached if self.use_cache else self._predict_windows
-        # slice index -> {level: (C, h, w)}; slices through the backbone per pass
-        cache: dict = {"features": {}, "image_size": None, "chunk": batch}
+        # per transform name: slice index -> {level: (C, h, w)}, and the image size the heads see;
+        # slices through the backbone per pass
+        cache: dict = {"features": {}, "image_size": {}, "chunk": batch}
         self.model.eval()
         with torch.no_grad():
             for zs in tqdm(batches, desc="slices", unit="batch", disable=not progress):
@@ -157,11 +168,29 @@ class VolumePredictor:
         """Every window on its own: the backbone sees each slice N times."""
         for item, window in zip(inputs, windows):
             item["image"] = slices(window)
+        if self.transforms:
+            return self.model.inference_with_tta(inputs, self.transforms)
         return self.model(inputs)
 
     def _predict_cached(self, slices, windows, inputs, cache) -> list[dict]:
-        """Backbone features of each slice once, from a rolling cache; fusion + heads per window."""
-        features = cache["features"]
+        """Backbone features of each slice once, from a rolling cache (one per transform of
+        test-time augmentation); fusion + heads per window."""
+        if not self.transforms:
+            features, image_size = self._cached_windows(slices, windows, cache, "identity", None)
+            return self.model.inference_from_slice_features(features, image_size, inputs)
+        views = []
+        for transform in self.transforms:
+            features, image_size = self._cached_windows(slices, windows, cache, transform.name,
+                                                        transform.apply_image)
+            views.append((transform, self.model.fuse_slice_features(features),
+                          [image_size] * len(windows)))
+        return self.model.heads_with_tta(views, inputs)
+
+    def _cached_windows(self, slices, windows, cache, name: str, transform) -> tuple[list, tuple]:
+        """Per window, its slices' backbone features (slices transformed by ``transform`` unless
+        None) from cache ``name``, computing the missing ones and dropping those no window needs;
+        and the image size the heads see."""
+        features = cache["features"].setdefault(name, {})
         needed = set(np.concatenate(windows).tolist())
         for index in [i for i in features if i not in needed]:
             del features[index]
@@ -170,10 +199,11 @@ class VolumePredictor:
         # group: a pass of one slice whose deepest level is 1 x 1 would fail)
         for part in np.array_split(np.array(missing, dtype=int),
                                    -(-len(missing) // cache["chunk"])) if missing else []:
-            computed, cache["image_size"] = self.model.slice_features(slices(part.tolist()))
+            stack = slices(part.tolist())
+            computed, cache["image_size"][name] = self.model.slice_features(
+                stack if transform is None else transform(stack))
             features.update(zip(part.tolist(), computed))
-        return self.model.inference_from_slice_features(
-            [[features[i] for i in window] for window in windows], cache["image_size"], inputs)
+        return [[features[i] for i in window] for window in windows], cache["image_size"][name]
 
     # ------------------------------------------------------------------ whole volume
     def regions(self, volume: np.ndarray, progress: bool = False,

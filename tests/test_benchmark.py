@@ -3,6 +3,7 @@ columns scored from the saved result masks of runs finished before they existed,
 each run gets."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -92,3 +93,28 @@ def test_the_benchmark_tool_refuses_an_unknown_dataset_in_one_line(tmp_path):
                    "--output", tmp_path / "out")
     assert_one_line_error(run, "dataset 'NOSUCH_01' is not registered")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_is_evaluated_again_with_tta_beside_its_own_row(trained, tiny_dataset,
+                                                                      tmp_path):
+    model_dir, _ = trained
+    run_dir = tmp_path / "TINY" / "mlp_fusion" / "seed0"
+    run_dir.mkdir(parents=True)
+    os.symlink(os.path.join(model_dir, "model_final.pth"), run_dir / "model_final.pth")
+    (run_dir / "row.json").write_text(json.dumps({"dataset": "TINY", "config": "mlp_fusion",
+                                                  "seed": 0, "train_time_s": 12.5}))
+    (run_dir / "metrics.json").write_text(json.dumps({"iteration": 0, "fusion/a/dz+0": 0.6}))
+    env = dict(os.environ, EMR_DATASETS=os.path.dirname(tiny_dataset), PYTHONWARNINGS="ignore",
+               **benchmark.thread_env(1))
+    config = str(tmp_path / "mlp_fusion.yaml")
+    shutil.copy(os.path.join(model_dir, "config.yaml"), config)
+    row = benchmark.run_tta(config, 0, BenchDataset("TINY"), str(tmp_path),
+                            ["DATASETS.SPLIT.GAP", "1"], env)
+    tta_dir = tmp_path / "TINY" / "mlp_fusion_tta" / "seed0"
+    assert row["config"] == "mlp_fusion_tta" and (tta_dir / "linking.json").is_file()
+    assert row["train_time_s"] == 12.5 and row["centre_weight"] == 0.6
+    assert 0 < row["SEG_calibrated"] <= 1 and row["inference_s_per_volume"] > 0
+    log = (tta_dir / "benchmark.log").read_text()
+    assert "test-time augmentation: identity, hflip, vflip, rot180" in log
+    saved = json.loads((tta_dir / "row.json").read_text())
+    assert saved["config"] == row["config"] and saved["SEG"] == row["SEG"]

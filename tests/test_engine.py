@@ -14,7 +14,9 @@ import tifffile
 import torch
 from ctc_metrics.scripts.evaluate import evaluate_sequence
 
+from emr_d2.engine import setup_config
 from emr_d2.evaluation.seg import SEGAccumulator
+from emr_d2.predictor import VolumePredictor
 
 from helpers import CONFIGS, LEARNING_ITERATIONS, ROOT, TINY_MODEL, TRAIN, VAL_LOSS_PERIOD, tool
 
@@ -106,6 +108,13 @@ def test_predict_on_a_raw_stack_without_reference(trained, tiny_dataset, tmp_pat
     assert "Using the linking calibrated in" in run.stdout + run.stderr
     labels = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
     assert labels.shape == raw.shape and labels.dtype == np.uint16
+    opts = [*TINY_MODEL, "INPUT.NUM_SLICES", "3", "MODEL.WEIGHTS",
+            os.path.join(out, "model_final.pth")]
+    tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
+         str(stack), "--output", str(tmp_path / "tta"), "--tta", *opts, dataset_root=tiny_dataset)
+    augmented = VolumePredictor(setup_config(os.path.join(CONFIGS, "mlp_fusion.yaml"),
+                                             opts + ["TEST.AUG.ENABLED", "True"]))(raw).labels
+    assert np.array_equal(tifffile.imread(tmp_path / "tta" / "stack_labels.tif"), augmented)
     tool("predict.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--input",
          os.path.join(tiny_dataset, "02"), "--output", str(tmp_path / "ctc"), *TINY_MODEL,
          "INPUT.NUM_SLICES", "3",

@@ -190,6 +190,15 @@ def test_a_4d_layer_segments_every_frame_or_the_current_one_and_cancels(
     assert np.array_equal(only[1], labels.data[1]) and not only[0].any() and not only[2].any()
 
     viewer.layers.remove(f"{image.name} labels")
+    widget.tta.value = True  # test-time augmentation: the labels of the predictor with it
+    run_widget(widget, qtbot)
+    augmented = viewer.layers[f"{image.name} labels"].data[1]
+    assert np.array_equal(augmented, load_predictor(model_dir, tta=True)(
+        np.asarray(image.data[1]), voxel_um=voxel_of(tiny_dataset)).labels)
+    assert augmented.max() > 0
+    widget.tta.value = False
+
+    viewer.layers.remove(f"{image.name} labels")
     widget.current_frame_only.value = False
     widget.run()
     widget.worker.yielded.connect(lambda done: widget.cancel())  # cancel after the first slice

@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--refresh", action="store_true",
                         help="calibrate and evaluate finished runs again with today's code "
                              "(weights kept)")
+    parser.add_argument("--tta", action="store_true",
+                        help="also evaluate every run with test-time augmentation "
+                             "(TEST.AUG.ENABLED; rows <config>_tta, linking calibrated with it)")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="KEY VALUE config overrides for every run")
     add_debug_argument(parser)
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
         dataset = prepare_dataset(name)
         rows = run_benchmark(args.configs, dataset, args.seeds, args.output, results, args.opts,
                              gpus=torch.cuda.device_count(), refresh=args.refresh,
-                             threads=args.threads)
+                             threads=args.threads, tta=args.tta)
         with open(os.path.join(results, dataset.name, "results.md")) as f:
             print(f"## {dataset.name}\n{f.read()}")
         print(

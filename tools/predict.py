@@ -56,6 +56,10 @@ def main(argv=None) -> int:
                              "same name")
     parser.add_argument("--random-weights", action="store_true",
                         help="predict with an untrained model (no MODEL.WEIGHTS): for testing only")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: predict every slice stack under the "
+                             "symmetries of TEST.AUG.TRANSFORMS and merge (TEST.AUG.ENABLED True; "
+                             "about 4x slower with the default four)")
     parser.add_argument("--resume", action="store_true",
                         help="skip volumes whose output exists; write every other one when it is "
                              "finished")
@@ -73,7 +77,8 @@ def main(argv=None) -> int:
         raise ValueError(
             f"--num-gpus ({args.num_gpus}) and --num-machines ({args.num_machines}) must be at "
             "least 1")
-    cfg = setup_config(args.config_file, args.opts)
+    opts = args.opts + (["TEST.AUG.ENABLED", "True"] if args.tta else [])
+    cfg = setup_config(args.config_file, opts)
     check_weights(cfg.MODEL.WEIGHTS, args.random_weights)
     pairs = plan_outputs(args.input, args.output)
     voxel = args.voxel_size or dataset_voxel_size(args.input)
@@ -93,7 +98,7 @@ def main(argv=None) -> int:
             if not (args.resume and os.path.isfile(target))]
     launch(predict_worker, args.num_gpus, num_machines=args.num_machines,
            machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args.config_file, args.opts, todo, voxel))
+           dist_url=args.dist_url, args=(args.config_file, opts, todo, voxel))
     if args.machine_rank == 0:
         print(f"Wrote {len(todo)} label volume(s) to {args.output} with {processes} process(es)"
               + (f"; {len(pairs) - len(todo)} already there, skipped" if args.resume else ""))

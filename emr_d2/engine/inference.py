@@ -35,8 +35,10 @@ def inference_on_volumes(model: torch.nn.Module, cfg, dataset_name: str,
         volumes.setdefault(record["volume_id"], []).append(record)
     mine = list(volumes.values())[comm.get_rank()::comm.get_world_size()]
     predictor = VolumePredictor(cfg, model)
+    augmentation = ", ".join(t.name for t in predictor.transforms)
     logger.info(f"Inference on {len(volumes)} volumes of {dataset_name} "
-                f"({'cached' if predictor.use_cache else 'per-window'} slice features)")
+                f"({'cached' if predictor.use_cache else 'per-window'} slice features"
+                f"{'; test-time augmentation: ' + augmentation if augmentation else ''})")
     evaluator.reset()
     start = time.perf_counter()
     with inference_context(model), torch.no_grad():

@@ -13,6 +13,7 @@ from detectron2.structures import ImageList, Instances
 
 from .backbone import SharedSliceBackbone
 from .intensity import build_intensity_front_end
+from .tta import PlaneSymmetry, average_mask_outputs, merge_detections
 
 
 def slice_stats(values, num_slices: int, key: str) -> list[float]:
@@ -49,7 +50,9 @@ class SliceStackRCNN(GeneralizedRCNN):
     NeighborMaskHead) outputs carry ``pred_neighbor_masks`` (R, N - 1, H, W). A shared per-slice
     backbone lets whole-volume inference compute each slice's features once
     (:meth:`slice_features`) and run only fusion and heads per window
-    (:meth:`inference_from_slice_features`).
+    (:meth:`inference_from_slice_features`). Test-time augmentation (:meth:`inference_with_tta`,
+    or :meth:`heads_with_tta` from cached features) merges the predictions of the stacks under
+    symmetries of the slice plane (:mod:`.tta`).
     """
 
     @configurable
@@ -86,9 +89,49 @@ class SliceStackRCNN(GeneralizedRCNN):
                   do_postprocess: bool = True):
         if detected_instances is not None:
             return super().inference(batched_inputs, detected_instances, do_postprocess)
+        features, image_sizes = self.fused_features(batched_inputs)
+        return self._heads(features, image_sizes, batched_inputs, do_postprocess)
+
+    def fused_features(self, batched_inputs: list[dict]) -> tuple[dict, list[tuple[int, int]]]:
+        """The backbone's features of the inputs' (N, H, W) stacks and the image sizes the heads
+        see."""
         images = self.preprocess_image(batched_inputs)
-        return self._heads(self.backbone(images.tensor), images.image_sizes, batched_inputs,
-                           do_postprocess)
+        return self.backbone(images.tensor), images.image_sizes
+
+    def inference_with_tta(self, batched_inputs: list[dict],
+                           transforms: list[PlaneSymmetry]) -> list[dict]:
+        """:meth:`inference` of every input stack under every transform, merged
+        (:meth:`heads_with_tta`)."""
+        views = [(t, *self.fused_features([{**x, "image": t.apply_image(x["image"])}
+                                           for x in batched_inputs]))
+                 for t in transforms]
+        return self.heads_with_tta(views, batched_inputs)
+
+    def heads_with_tta(self, views: list[tuple[PlaneSymmetry, dict, list[tuple[int, int]]]],
+                       batched_inputs: list[dict]) -> list[dict]:
+        """Test-time augmentation from fused features (:mod:`.tta`): detections under every
+        transform merged by NMS, then the mask heads' outputs on the merged boxes averaged.
+
+        views: per transform, (transform, fused features of the transformed stacks, their image
+        sizes); batched_inputs: B dicts with the output "height" and "width".
+        """
+        transforms = [t for t, _, _ in views]
+        detections = []
+        for _, features, image_sizes in views:
+            proposals, _ = self.proposal_generator(self._sizes_only(features, image_sizes),
+                                                   features, None)
+            detections.append(self.roi_heads.detect_boxes(features, proposals))
+        first, _, sizes = views[0]
+        image_sizes = [first.output_size(s) for s in sizes]  # back in the untransformed frame
+        predictor = self.roi_heads.box_predictor
+        merged = merge_detections(detections, transforms, image_sizes, predictor.test_nms_thresh,
+                                  predictor.test_topk_per_image)
+        features_of = {t.name: features for t, features, _ in views}
+        results = average_mask_outputs(
+            merged, transforms,
+            lambda t, instances: self.roi_heads.forward_with_given_boxes(features_of[t.name],
+                                                                         instances))
+        return self._postprocess_outputs(results, batched_inputs, image_sizes)
 
     # ------------------------------------------------------------------ shared slice features
     @property
@@ -122,21 +165,37 @@ class SliceStackRCNN(GeneralizedRCNN):
         windows: B lists of N per-slice feature dicts; batched_inputs: B dicts with the output
         "height" and "width".
         """
+        return self._heads(self.fuse_slice_features(windows), [image_size] * len(windows),
+                           batched_inputs, True)
+
+    def fuse_slice_features(self, windows: list[list[dict[str, torch.Tensor]]]) -> dict:
+        """B windows of N per-slice feature dicts (as from :meth:`slice_features`) -> the fused
+        features {level: (B, C, h, w)} the heads read."""
         levels = windows[0][0].keys()
         stacked = {level: torch.stack([torch.stack([s[level] for s in w]) for w in windows])
                    for level in levels}
-        return self._heads(self.backbone.combine(stacked), [image_size] * len(windows),
-                           batched_inputs, True)
+        return self.backbone.combine(stacked)
 
     def _heads(self, features: dict, image_sizes: list, batched_inputs: list[dict],
                do_postprocess: bool):
-        # the proposal generator and ROI heads read only the image sizes of the ImageList
-        device = next(iter(features.values())).device
-        images = ImageList(torch.empty((len(image_sizes), 0, 0), device=device), image_sizes)
+        images = self._sizes_only(features, image_sizes)
         proposals, _ = self.proposal_generator(images, features, None)
         results, _ = self.roi_heads(images, features, proposals, None)
         if not do_postprocess:
             return results
+        return self._postprocess_outputs(results, batched_inputs, image_sizes)
+
+    @staticmethod
+    def _sizes_only(features: dict, image_sizes: list) -> ImageList:
+        # the proposal generator and ROI heads read only the image sizes of the ImageList
+        device = next(iter(features.values())).device
+        return ImageList(torch.empty((len(image_sizes), 0, 0), device=device), image_sizes)
+
+    @staticmethod
+    def _postprocess_outputs(results: list[Instances], batched_inputs: list[dict],
+                             image_sizes: list) -> list[dict]:
+        """Instances at the model's input size -> {"instances"} at each input's output size,
+        masks and neighbour masks pasted into the image."""
         processed = GeneralizedRCNN._postprocess(results, batched_inputs, image_sizes)
         for output in processed:
             if output["instances"].has("pred_neighbor_masks"):

@@ -162,6 +162,13 @@ class SliceStackROIHeads(StandardROIHeads):
                                        * self.z_extent_loss_weight)
         return instances, losses
 
+    def detect_boxes(self, features: dict[str, torch.Tensor],
+                     proposals: list[Instances]) -> list[Instances]:
+        """Inference of the box head alone: per image, ``pred_boxes``, ``scores`` and
+        ``pred_classes`` after its score threshold and NMS (no masks; test-time augmentation
+        merges the boxes of every transform before the mask heads run)."""
+        return self._forward_box(features, proposals)
+
     def forward_with_given_boxes(self, features, instances):
         instances = super().forward_with_given_boxes(features, instances)
         if self.z_extent_head is not None:

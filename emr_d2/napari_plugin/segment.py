@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 MODEL_FILES = ("config.yaml", "model_final.pth")
 
 
-def load_predictor(model_dir: str, score_threshold: float | None = None):
+def load_predictor(model_dir: str, score_threshold: float | None = None, tta: bool = False):
     """The VolumePredictor of a trained model folder (its calibrated linking applied when the
-    folder has linking.json); score_threshold overrides TEST.CTC.SCORE_THRESHOLD."""
+    folder has linking.json); score_threshold overrides TEST.CTC.SCORE_THRESHOLD, tta turns on
+    test-time augmentation (TEST.AUG.ENABLED)."""
     from ..engine import setup_config
     from ..predictor import VolumePredictor
 
@@ -39,6 +40,8 @@ def load_predictor(model_dir: str, score_threshold: float | None = None):
     opts = ["MODEL.WEIGHTS", os.path.join(model_dir, "model_final.pth")]
     if score_threshold is not None:
         opts += ["TEST.CTC.SCORE_THRESHOLD", str(score_threshold)]
+    if tta:
+        opts += ["TEST.AUG.ENABLED", "True"]
     return VolumePredictor(setup_config(os.path.join(model_dir, "config.yaml"), opts))
 
 
@@ -66,6 +69,7 @@ class SegmentJob:
     frames: list[int] | None
     voxel_um: tuple[float, float, float] | None
     score_threshold: float
+    tta: bool = False
 
     @property
     def steps(self) -> int:
@@ -78,7 +82,7 @@ def segment(job: SegmentJob) -> Iterator[int]:
     stay 0), or ``(None, one-line error)``: errors are returned, not raised, so that napari shows
     the one line and no traceback dialog."""
     try:
-        predictor = load_predictor(job.model_dir, job.score_threshold)
+        predictor = load_predictor(job.model_dir, job.score_threshold, job.tta)
         labels = np.zeros(job.data.shape, np.uint16)
         done = 0
         for frame in job.frames or [None]:
@@ -98,7 +102,7 @@ def segment(job: SegmentJob) -> Iterator[int]:
 class SegmentWidget(Container):
     """Dock widget: model folder, image layer, voxel size (um, prefilled from the layer's
     scale; 0 = unknown), score threshold (prefilled from the model), all frames of a 4D layer or
-    only the current one; Segment / Cancel and a progress bar."""
+    only the current one, test-time augmentation; Segment / Cancel and a progress bar."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         viewer = self._viewer = napari_viewer
@@ -112,13 +116,14 @@ class SegmentWidget(Container):
         self.score_threshold = FloatSpinBox(label="score threshold", min=0.0, max=1.0, step=0.05,
                                             value=0.5)
         self.current_frame_only = CheckBox(text="only the current frame (4D)", value=False)
+        self.tta = CheckBox(text="test-time augmentation (flips; about 4x slower)", value=False)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
         super().__init__(widgets=[self.model_dir, self.image, *self.voxel, self.score_threshold,
-                                  self.current_frame_only, self.run_button, self.cancel_button,
-                                  self.progress, self.status])
+                                  self.current_frame_only, self.tta, self.run_button,
+                                  self.cancel_button, self.progress, self.status])
         self.worker = None
         self.image.changed.connect(self._prefill_voxel_size)
         self.model_dir.changed.connect(self._prefill_threshold)
@@ -173,7 +178,7 @@ class SegmentWidget(Container):
                 [current] if self.current_frame_only.value else list(range(layer.data.shape[0]))
             )
         return SegmentJob(path, layer.data, frames, voxel if all(v > 0 for v in voxel) else None,
-                          float(self.score_threshold.value))
+                          float(self.score_threshold.value), bool(self.tta.value))
 
     def run(self, _value=None) -> None:
         """Start segmenting in a thread worker (one notification and nothing started on an error).
