@@ -76,6 +76,9 @@ class SyntheticPreset:
     # over the slice, is at least this fraction of its brightest slice's (0: wherever it is).
     reference_min_signal: float = 0.0
     z_scale: float | None = None  # slices per native slice (None: scale)
+    # Where nucleus centres start along z, as fractions of the field's depth (a stack that images
+    # the upper half of nuclei lying on a coverslip: about (-0.2, 0)); they stay within 0.1 of it.
+    centre_z: tuple[float, float] = (0.15, 0.85)
 
     @property
     def voxel_um(self) -> tuple[float, float, float]:
@@ -153,6 +156,11 @@ class SequenceSimulator:
         self.rng = rng
         self.field = np.array(preset.field_um)
         self.shape_axes = np.array([preset.z_axis_ratio, 1.0, 1.0])  # a nucleus's axes / its radius
+        # centres start in [start_low, start_high] and stay in [low, high] (um)
+        self.start_low = np.array([preset.centre_z[0], 0.15, 0.15]) * self.field
+        self.start_high = np.array([preset.centre_z[1], 0.85, 0.85]) * self.field
+        self.low = np.array([preset.centre_z[0] - 0.1, 0.05, 0.05]) * self.field
+        self.high = np.array([preset.centre_z[1] + 0.1, 0.95, 0.95]) * self.field
         self.next_label = 1
         self.tracks: dict[int, list[int]] = {}  # label -> [begin, end, parent]
         self.nuclei = [self._new_nucleus(self._random_centre(), preset.radius_um, 0, 0)
@@ -160,7 +168,7 @@ class SequenceSimulator:
         self._separate(iterations=50)
 
     def _random_centre(self) -> np.ndarray:
-        return self.rng.uniform(0.15, 0.85, size=3) * self.field
+        return self.rng.uniform(self.start_low, self.start_high)
 
     def _new_nucleus(self, centre: np.ndarray, radius: float, frame: int, parent: int) -> Nucleus:
         p, rng = self.preset, self.rng
@@ -181,8 +189,8 @@ class SequenceSimulator:
 
     def _separate(self, iterations: int = 5) -> None:
         """Push apart nuclei closer than min_separation * (r_i + r_j), distances measured with z
-        divided by the preset's z_axis_ratio (so flat nuclei stack closer); keep centres in the
-        field."""
+        divided by the preset's z_axis_ratio (so flat nuclei stack closer); keep centres within
+        their bounds."""
         for _ in range(iterations):
             if len(self.nuclei) < 2:
                 break
@@ -196,7 +204,7 @@ class SequenceSimulator:
                 break
             shift = (diff / dist[..., None] * push[..., None] / 2).sum(axis=1) * self.shape_axes
             for nucleus, s in zip(self.nuclei, shift):
-                nucleus.centre = np.clip(nucleus.centre + s, 0.05 * self.field, 0.95 * self.field)
+                nucleus.centre = np.clip(nucleus.centre + s, self.low, self.high)
 
     def step(self, frame: int) -> None:
         """Move, deform and divide the nuclei from frame-1 to frame."""
@@ -214,9 +222,9 @@ class SequenceSimulator:
                 continue
             n.velocity = 0.8 * n.velocity + rng.normal(0, p.drift_um / 2, size=3)
             n.centre = n.centre + n.velocity
-            bounce = (n.centre < 0.05 * self.field) | (n.centre > 0.95 * self.field)
+            bounce = (n.centre < self.low) | (n.centre > self.high)
             n.velocity[bounce] *= -1
-            n.centre = np.clip(n.centre, 0.05 * self.field, 0.95 * self.field)
+            n.centre = np.clip(n.centre, self.low, self.high)
             n.shape_phase = n.shape_phase + rng.normal(0, 0.15, size=n.shape_phase.shape)
             typical = p.radius_um * self.shape_axes
             n.axes = np.clip(n.axes * (1 + rng.normal(0, 0.01, size=3)), 0.6 * typical,
