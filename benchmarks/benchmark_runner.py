@@ -43,6 +43,7 @@ TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(TOOLS, "train_net.py")
 CALIBRATE_LINKING = os.path.join(TOOLS, "calibrate_linking.py")
 TTA_SUFFIX = "_tta"  # the config name of a run's row with test-time augmentation
+PRETRAIN_PREFIX = "pretrain_"  # ... and of a run fine-tuned from weights pretrained elsewhere
 
 
 @dataclass(frozen=True)
@@ -161,12 +162,16 @@ def claim(run_dir: str) -> bool:
 
 
 def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
-            env: dict | None = None, refresh: bool = False) -> dict | None:
+            env: dict | None = None, refresh: bool = False, name: str | None = None,
+            pretrain_time: float = 0.0) -> dict | None:
     """Train and evaluate one (config, seed) on a dataset; returns its row (cached in row.json),
     or None when another benchmark process is running it (several may share one output).
     refresh: a finished run is calibrated and evaluated again with today's code (its weights
-    and training time kept)."""
-    run_dir = os.path.join(output, dataset.name, config_name(config), f"seed{seed}")
+    and training time kept). name: the row's config name (default: the config file's);
+    pretrain_time: seconds spent training the MODEL.WEIGHTS of ``opts``, added to the row's
+    training time."""
+    name = name or config_name(config)
+    run_dir = os.path.join(output, dataset.name, name, f"seed{seed}")
     row_file = os.path.join(run_dir, "row.json")
     previous = None
     if os.path.isfile(row_file):
@@ -180,7 +185,8 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
         return None
     try:
         return _train_and_evaluate(config, seed, dataset, run_dir, opts, env,
-                                   None if previous is None else previous["train_time_s"])
+                                   None if previous is None else previous["train_time_s"],
+                                   name, pretrain_time)
     finally:
         os.remove(os.path.join(run_dir, "running.lock"))
 
@@ -222,6 +228,24 @@ def run_tta(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
         os.remove(os.path.join(run_dir, "running.lock"))
 
 
+def run_pretrained(config: str, seed: int, dataset: BenchDataset, pretrain: BenchDataset,
+                   output: str, opts: list[str], env: dict | None = None,
+                   refresh: bool = False) -> dict | None:
+    """Pretrain, then fine-tune: the (config, seed) run on ``pretrain`` (e.g. a simulator fitted to
+    ``dataset``, ``make_synthetic.py --like``; its row goes to that dataset's table), then the
+    same config and schedule on ``dataset`` starting from its final weights. The fine-tuned row,
+    config ``pretrain_<config>``, pairs with ``<config>`` at equal fine-tuning iterations; its
+    train_time_s is both trainings'. None when another process runs either."""
+    first = run_one(config, seed, pretrain, output, opts, env, refresh)
+    if first is None:
+        return None
+    weights = os.path.abspath(os.path.join(output, pretrain.name, config_name(config),
+                                           f"seed{seed}", "model_final.pth"))
+    return run_one(config, seed, dataset, output, [*opts, "MODEL.WEIGHTS", weights], env, refresh,
+                   name=PRETRAIN_PREFIX + config_name(config),
+                   pretrain_time=first["train_time_s"])
+
+
 def dataset_opts(dataset: BenchDataset, seed: int, opts: list[str]) -> list[str]:
     """The config overrides of every subprocess of a run: its datasets, seed and ``opts``."""
     return ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
@@ -229,10 +253,11 @@ def dataset_opts(dataset: BenchDataset, seed: int, opts: list[str]) -> list[str]
 
 
 def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: str,
-                        opts: list[str],
-                        env: dict | None, train_time: float | None = None) -> dict:
-    """Train (resumable), then evaluate (:func:`evaluate_run`); write row.json. train_time: that
-    of a finished training evaluated again (refresh; the row says ``refreshed``)."""
+                        opts: list[str], env: dict | None, train_time: float | None,
+                        name: str, pretrain_time: float) -> dict:
+    """Train (resumable), then evaluate (:func:`evaluate_run`); write row.json (config ``name``,
+    training time plus ``pretrain_time``). train_time: that of a finished training evaluated
+    again (refresh; the row says ``refreshed``)."""
     datasets = dataset_opts(dataset, seed, opts)
     with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
         start = time.perf_counter()
@@ -241,9 +266,9 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
                        check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         measured = train_time is None
         if measured:
-            train_time = time.perf_counter() - start
+            train_time = time.perf_counter() - start + pretrain_time
     row = evaluate_run(config, seed, dataset, run_dir, datasets, env)
-    row["train_time_s"] = train_time
+    row.update(config=name, train_time_s=train_time)
     if not measured:
         row["refreshed"] = True
     atomic_write(os.path.join(run_dir, "row.json"), lambda f: json.dump(row, f), "w")
@@ -364,9 +389,11 @@ def update_tables(output: str, dataset: BenchDataset, results: str) -> list[dict
 
 def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output: str,
                   results_dir: str, opts: list[str] = (), gpus: int = 0, refresh: bool = False,
-                  threads: int | None = None, tta: bool = False) -> list[dict]:
+                  threads: int | None = None, tta: bool = False,
+                  pretrain: BenchDataset | None = None) -> list[dict]:
     """All configs x seeds on one dataset (one at a time, or one per GPU in parallel; refresh: see
-    :func:`run_one`; tta: each run also evaluated with test-time augmentation, :func:`run_tta`),
+    :func:`run_one`; tta: each run also evaluated with test-time augmentation, :func:`run_tta`;
+    pretrain: each run also pretrained there and fine-tuned, :func:`run_pretrained`),
     each run's CPU work held to ``threads`` threads (default: all cores this process may use,
     :func:`default_threads`). After every
     run, ``<results_dir>/<dataset>/results.{csv,md,png}`` are rewritten from all finished runs of
@@ -381,19 +408,28 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
             index, (config, seed) = index_job
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(index % gpus),
                        **thread_env(max(threads // gpus, 1)))
-            row = run_one(config, seed, dataset, output, list(opts), env, refresh)
-            return run_tta(config, seed, dataset, output, list(opts), env) if row and tta else row
+            return run_variants(config, seed, dataset, output, list(opts), env, refresh, tta,
+                                pretrain)
 
         with ThreadPoolExecutor(gpus) as pool:
             list(pool.map(on_gpu, enumerate(jobs)))
     else:
         for k, (config, seed) in enumerate(jobs, 1):
             logger.info(f"[{dataset.name} {k}/{len(jobs)}] {config_name(config)} seed {seed}")
-            env = dict(os.environ, **thread_env(threads))
-            if run_one(config, seed, dataset, output, list(opts), env, refresh) and tta:
-                run_tta(config, seed, dataset, output, list(opts), env)
+            run_variants(config, seed, dataset, output, list(opts),
+                         dict(os.environ, **thread_env(threads)), refresh, tta, pretrain)
             update_tables(output, dataset, results)
     return update_tables(output, dataset, results)
+
+
+def run_variants(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
+                 env: dict, refresh: bool, tta: bool, pretrain: BenchDataset | None) -> None:
+    """The (config, seed) run, and with ``tta`` its TTA row, with ``pretrain`` its pretrained
+    row (skipped where another process holds the run)."""
+    if run_one(config, seed, dataset, output, opts, env, refresh) and tta:
+        run_tta(config, seed, dataset, output, opts, env)
+    if pretrain is not None:
+        run_pretrained(config, seed, dataset, pretrain, output, opts, env, refresh)
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:

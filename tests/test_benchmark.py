@@ -118,3 +118,23 @@ def test_a_finished_run_is_evaluated_again_with_tta_beside_its_own_row(trained, 
     assert "test-time augmentation: identity, hflip, vflip, rot180" in log
     saved = json.loads((tta_dir / "row.json").read_text())
     assert saved["config"] == row["config"] and saved["SEG"] == row["SEG"]
+
+
+def test_a_pretrained_run_fine_tunes_from_the_pretraining_weights(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_one(config, seed, dataset, output, opts, env=None, refresh=False, name=None,
+                     pretrain_time=0.0):
+        calls.append(dict(dataset=dataset.name, opts=opts, name=name, pretrain_time=pretrain_time))
+        return {"train_time_s": 100.0}
+
+    monkeypatch.setattr(benchmark, "run_one", fake_run_one)
+    benchmark.run_pretrained("configs/bench/channel_fusion.yaml", 2, BenchDataset("REAL"),
+                             BenchDataset("FITTED"), str(tmp_path), ["INPUT.PIXEL_SIZE_UM", "0.4"])
+    pretraining, fine_tuning = calls
+    assert pretraining == dict(dataset="FITTED", opts=["INPUT.PIXEL_SIZE_UM", "0.4"], name=None,
+                               pretrain_time=0.0)
+    weights = os.path.join(tmp_path, "FITTED", "channel_fusion", "seed2", "model_final.pth")
+    assert fine_tuning == dict(dataset="REAL", opts=["INPUT.PIXEL_SIZE_UM", "0.4", "MODEL.WEIGHTS",
+                                                     weights],
+                               name="pretrain_channel_fusion", pretrain_time=100.0)

@@ -40,6 +40,23 @@ def test_training_learns_evaluates_and_logs_fusion_weights(trained):
     assert "\x1b[" not in open(os.path.join(out, "log.txt")).read()  # plain text, no colour codes
 
 
+def test_fine_tuning_from_pretrained_weights_starts_below_training_from_scratch(
+        trained, tiny_dataset, tmp_path):
+    model_dir, _ = trained
+    first_losses = {}
+    for start, weights in (("scratch", []),
+                           ("pretrained", ["MODEL.WEIGHTS",
+                                           os.path.join(model_dir, "model_final.pth")])):
+        out = tmp_path / start
+        tool("train_net.py", "--config-file", os.path.join(CONFIGS, "mlp_fusion.yaml"), "--resume",
+             *TINY_MODEL, *TRAIN, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "5", "SEED", "3",
+             "OUTPUT_DIR", str(out), *weights, dataset_root=tiny_dataset)
+        rows = [json.loads(line) for line in open(out / "metrics.json")]
+        first_losses[start] = [r["total_loss"] for r in rows if "total_loss" in r][0]
+        assert rows[-1]["iteration"] == 4  # fine-tuning counts its own iterations from 0
+    assert first_losses["pretrained"] < 0.7 * first_losses["scratch"], first_losses
+
+
 def test_training_calibrates_the_linking_before_the_final_evaluation(trained):
     out, log = trained
     calibration = json.load(open(os.path.join(out, "linking.json")))

@@ -45,6 +45,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true",
                         help="also evaluate every run with test-time augmentation "
                              "(TEST.AUG.ENABLED; rows <config>_tta, linking calibrated with it)")
+    parser.add_argument("--pretrain", default=None, metavar="DATASET",
+                        help="also pretrain every run on this dataset (a preset or registered "
+                             "name, e.g. a simulator fitted with make_synthetic.py --like) and "
+                             "fine-tune it with the same schedule: rows pretrain_<config>")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="KEY VALUE config overrides for every run")
     add_debug_argument(parser)
@@ -55,11 +59,12 @@ def main(argv=None) -> int:
         print(f"error: config file(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     results = args.results or args.output
+    pretrain = prepare_dataset(args.pretrain) if args.pretrain else None
     for name in args.datasets:
         dataset = prepare_dataset(name)
         rows = run_benchmark(args.configs, dataset, args.seeds, args.output, results, args.opts,
                              gpus=torch.cuda.device_count(), refresh=args.refresh,
-                             threads=args.threads, tta=args.tta)
+                             threads=args.threads, tta=args.tta, pretrain=pretrain)
         with open(os.path.join(results, dataset.name, "results.md")) as f:
             print(f"## {dataset.name}\n{f.read()}")
         print(
