@@ -55,6 +55,20 @@ def test_every_fusion_family_trains_with_point_rend_and_the_z_extent_head(regist
     assert out.pred_masks.shape[1:] == (64, 64)
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_a_batch_without_nuclei_trains_with_point_rend(registered_tiny, late):
+    torch.manual_seed(0)
+    variant = "late_fusion_mlp" if late else "channel_fusion"
+    cfg = tiny_cfg(variant, 3, point_rend(late))
+    model = build_model(cfg)
+    mapper = SliceStackMapper(cfg, is_train=True)
+    records = [dict(r, annotations=[]) for r in DatasetCatalog.get("TINY_01")[:2]]
+    with EventStorage():
+        losses = model([mapper(r) for r in records])
+    assert float(losses["loss_mask"]) == 0.0 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
 def test_point_rend_learns_the_masks(registered_tiny):
     cfg = tiny_cfg("mlp_fusion", 3,
                    point_rend(False)

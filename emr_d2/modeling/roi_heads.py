@@ -162,6 +162,14 @@ class SliceStackROIHeads(StandardROIHeads):
                                        * self.z_extent_loss_weight)
         return instances, losses
 
+    def _forward_mask(self, features, instances):
+        if self.training and self.mask_on and not any(
+                (x.gt_classes != self.num_classes).any() for x in instances):
+            # A batch without foreground (every crop empty) has no mask loss; detectron2's
+            # PointRend heads cannot take one (their point sampling concatenates nothing).
+            return {"loss_mask": sum(p.sum() for p in self.mask_head.parameters()) * 0.0}
+        return super()._forward_mask(features, instances)
+
     def detect_boxes(self, features: dict[str, torch.Tensor],
                      proposals: list[Instances]) -> list[Instances]:
         """Inference of the box head alone: per image, ``pred_boxes``, ``scores`` and
