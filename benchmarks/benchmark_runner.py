@@ -215,10 +215,8 @@ def run_tta(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
         if not os.path.lexists(weights):  # linking.json goes beside the weights: link, not copy
             os.symlink(os.path.abspath(os.path.join(source, "model_final.pth")), weights)
         datasets = dataset_opts(dataset, seed, [*opts, "TEST.AUG.ENABLED", "True"])
-        with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
-            subprocess.run([sys.executable, CALIBRATE_LINKING, "--config-file", config, *datasets,
-                            "MODEL.WEIGHTS", weights],
-                           check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        run_logged(CALIBRATE_LINKING,
+                   ["--config-file", config, *datasets, "MODEL.WEIGHTS", weights], run_dir, env)
         row = evaluate_run(config, seed, dataset, run_dir, datasets, env)
         row.update(config=config_name(config) + TTA_SUFFIX, train_time_s=plain["train_time_s"],
                    centre_weight=centre_weight(source))
@@ -246,6 +244,20 @@ def run_pretrained(config: str, seed: int, dataset: BenchDataset, pretrain: Benc
                    pretrain_time=first["train_time_s"])
 
 
+def run_logged(tool: str, args: list[str], run_dir: str, env: dict | None) -> None:
+    """Run the tool (a path) with args, its output appended to ``<run_dir>/benchmark.log``; if it
+    fails, raise one line naming the log and the tool's own error line."""
+    log_path = os.path.join(run_dir, "benchmark.log")
+    with open(log_path, "a") as log:
+        done = subprocess.run([sys.executable, tool, *args], stdout=log,
+                              stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        with open(log_path) as f:
+            errors = [line.strip()[len("error: "):] for line in f if line.startswith("error: ")]
+        raise RuntimeError(f"{log_path}: {os.path.basename(tool)} failed (exit "
+                           f"{done.returncode})" + (f": {errors[-1]}" if errors else ""))
+
+
 def dataset_opts(dataset: BenchDataset, seed: int, opts: list[str]) -> list[str]:
     """The config overrides of every subprocess of a run: its datasets, seed and ``opts``."""
     return ["DATASETS.TRAIN", f"('{dataset.train}',)", "DATASETS.VAL", f"('{dataset.val}',)",
@@ -259,14 +271,12 @@ def _train_and_evaluate(config: str, seed: int, dataset: BenchDataset, run_dir: 
     training time plus ``pretrain_time``). train_time: that of a finished training evaluated
     again (refresh; the row says ``refreshed``)."""
     datasets = dataset_opts(dataset, seed, opts)
-    with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, TRAIN_NET, "--config-file", config, "--resume", *datasets,
-                        "DATASETS.TEST", "()", "OUTPUT_DIR", run_dir],
-                       check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-        measured = train_time is None
-        if measured:
-            train_time = time.perf_counter() - start + pretrain_time
+    start = time.perf_counter()
+    run_logged(TRAIN_NET, ["--config-file", config, "--resume", *datasets, "DATASETS.TEST", "()",
+                           "OUTPUT_DIR", run_dir], run_dir, env)
+    measured = train_time is None
+    if measured:
+        train_time = time.perf_counter() - start + pretrain_time
     row = evaluate_run(config, seed, dataset, run_dir, datasets, env)
     row.update(config=name, train_time_s=train_time)
     if not measured:
@@ -282,16 +292,14 @@ def evaluate_run(config: str, seed: int, dataset: BenchDataset, run_dir: str,
     row of the run without its training time."""
     weights = os.path.join(run_dir, "model_final.pth")
     results = {}
-    with open(os.path.join(run_dir, "benchmark.log"), "a") as log:
-        for linking, use_calibrated in (("default", "False"), ("calibrated", "True")):
-            eval_dir = os.path.join(run_dir, "eval", linking)
-            subprocess.run([sys.executable, TRAIN_NET, "--config-file", config, "--eval-only",
-                            *datasets, "DATASETS.TEST", f"('{dataset.test}',)",
-                            "MODEL.WEIGHTS", weights, "OUTPUT_DIR", eval_dir,
-                            "TEST.CTC.USE_CALIBRATED_LINKING", use_calibrated],
-                           check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-            with open(os.path.join(eval_dir, "inference", dataset.test, "results.json")) as f:
-                results[linking] = json.load(f)
+    for linking, use_calibrated in (("default", "False"), ("calibrated", "True")):
+        eval_dir = os.path.join(run_dir, "eval", linking)
+        run_logged(TRAIN_NET, ["--config-file", config, "--eval-only", *datasets,
+                               "DATASETS.TEST", f"('{dataset.test}',)", "MODEL.WEIGHTS", weights,
+                               "OUTPUT_DIR", eval_dir,
+                               "TEST.CTC.USE_CALIBRATED_LINKING", use_calibrated], run_dir, env)
+        with open(os.path.join(eval_dir, "inference", dataset.test, "results.json")) as f:
+            results[linking] = json.load(f)
     with open(os.path.join(run_dir, "linking.json")) as f:
         choice = json.load(f)["choice"]
     ctc, calibrated = results["default"]["ctc"], results["calibrated"]["ctc"]

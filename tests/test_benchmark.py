@@ -138,3 +138,16 @@ def test_a_pretrained_run_fine_tunes_from_the_pretraining_weights(tmp_path, monk
     assert fine_tuning == dict(dataset="REAL", opts=["INPUT.PIXEL_SIZE_UM", "0.4", "MODEL.WEIGHTS",
                                                      weights],
                                name="pretrain_channel_fusion", pretrain_time=100.0)
+
+
+def test_a_failing_run_is_one_line_naming_its_log(tiny_dataset, tmp_path):
+    from test_bad_input import assert_one_line_error, run_tool
+
+    config = tmp_path / "broken.yaml"
+    config.write_text(f"_BASE_: {os.path.join(ROOT, 'configs', 'bench', 'baseline_2d.yaml')}\n"
+                      "MODEL:\n  NOSUCH_KEY: 1\n")
+    run = run_tool("benchmark.py", "--datasets", "TINY", "--configs", config, "--seeds", "1",
+                   "--threads", "1", "--output", tmp_path / "out",
+                   datasets=os.path.dirname(tiny_dataset))
+    log = tmp_path / "out" / "TINY" / "broken" / "seed0" / "benchmark.log"
+    assert_one_line_error(run, f"{log}: train_net.py failed (exit 1): ", "NOSUCH_KEY")
