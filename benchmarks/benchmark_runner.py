@@ -427,6 +427,8 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
             run_variants(config, seed, dataset, output, list(opts),
                          dict(os.environ, **thread_env(threads)), refresh, tta, pretrain)
             update_tables(output, dataset, results)
+    if pretrain is not None:  # the pretraining runs' own rows
+        update_tables(output, pretrain, os.path.join(results_dir, pretrain.name))
     return update_tables(output, dataset, results)
 
 

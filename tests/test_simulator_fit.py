@@ -17,7 +17,7 @@ from test_bad_input import assert_one_line_error, run_tool, write
 # Flat nuclei whose widest slice is the first (a stack of the upper halves of nuclei on a
 # coverslip, as the CHO sample), more haze, less dimming and a lower reference cut than aniso.
 REAL = replace(PRESETS["aniso"], field_um=(6.0, 40.0, 40.0), scale=1.0, z_scale=1.0,
-               native_voxel_um=(1.0, 0.4, 0.4), frames={"01": 8}, num_nuclei=5, radius_um=5.0,
+               native_voxel_um=(1.0, 0.4, 0.4), frames={"01": 8, "02": 2}, num_nuclei=5, radius_um=5.0,
                centre_z=(0.0, 0.15), haze_fraction=0.15, axial_brightness_sigma=0.3,
                reference_min_signal=0.12, photons=1200.0, bleaching=0.2)
 
@@ -31,11 +31,12 @@ def real_like(tmp_path_factory):
 
 def test_the_fitted_generator_reproduces_every_statistic_within_tolerance(real_like):
     out = real_like / "FIT"
-    run = run_tool("make_synthetic.py", "--like", real_like / "REAL", "--out", out,
+    run = run_tool("make_synthetic.py", "--like", real_like / "REAL" / "01", "--out", out,
                    "--evaluations", "60", "--frames", "6")
     assert run.returncode == 0, run.stderr[-2000:]
     fit = json.loads((out / "fit.json").read_text())
-    real = measure(read_annotated(str(real_like / "REAL")))
+    assert len(read_annotated(str(real_like / "REAL")).pairs) == 10  # both sequences
+    real = measure(read_annotated(str(real_like / "REAL" / "01")))  # the first only
     assert fit["real"] == pytest.approx(real, nan_ok=True)
     assert real["widest_z"] < 0.1 and real["nuclei"] >= 4  # the target is not the start preset's
     errors = misfit(fit["generated"], fit["real"])

@@ -5,15 +5,15 @@ python tools/make_synthetic.py --out datasets/SIM-demo                  # demo p
 python tools/make_synthetic.py --out datasets/SIM-bench --preset bench
 python tools/make_synthetic.py --out datasets/SIM-aniso --preset aniso  # CHO-like, 5x anisotropic
 python tools/make_synthetic.py --out datasets/SIM-full --preset sim+ --frames 10
-python tools/make_synthetic.py --out datasets/SIM-cho-fit --like datasets/Fluo-N3DH-CHO-sample \\
-    --scale 0.5
+python tools/make_synthetic.py --out datasets/SIM-cho-fit \\
+    --like datasets/Fluo-N3DH-CHO-sample/01 --scale 0.5
 
---like measures a real annotated dataset (a CTC dataset folder with full-volume references, or a
-folder with images/ and masks/ of the same names) and writes a synthetic dataset fitted to it:
-the same voxel size and stack shape (in-plane resolution times --scale), and the generator's
-image formation searched until its stacks measure like the real ones (emr_d2.data.simulator_fit).
-The fit, and each statistic measured on the real and on the written data, go to fit.json and
-fit.md in --out.
+--like measures a real annotated dataset (a CTC dataset folder with full-volume references, one
+of its sequence folders, or a folder with images/ and masks/ of the same names) and writes a
+synthetic dataset fitted to it: the same voxel size and stack shape (in-plane resolution times
+--scale), and the generator's image formation searched until its stacks measure like the real
+ones (emr_d2.data.simulator_fit). Give the training sequence, not the test one. The fit, and each
+statistic measured on the real and on the written data, go to fit.json and fit.md in --out.
 """
 import argparse
 import json

@@ -58,11 +58,12 @@ class AnnotatedStacks:
 
 def read_annotated(folder: str, voxel_um: tuple | None = None) -> AnnotatedStacks:
     """Every raw frame with a full-volume reference in a CTC dataset folder (``<seq>/tTTT.tif``
-    with ``<seq>_GT/SEG/man_segTTT.tif``), or every stack of ``folder/images`` with the labels of
-    the same name in ``folder/masks``. The voxel size: voxel_um, else the folder's
-    voxel_size.json or known CTC name. Raises CTCFormatError with one line naming what is
-    missing."""
-    from .catalog import voxel_size  # here: the catalog imports detectron2, the generator does not
+    with ``<seq>_GT/SEG/man_segTTT.tif``) or in one of its sequence folders (``<dataset>/01``:
+    only that sequence, e.g. to leave the test sequence out), or every stack of
+    ``folder/images`` with the labels of the same name in ``folder/masks``. The voxel size:
+    voxel_um, else the dataset's voxel_size.json or known CTC name. Raises CTCFormatError with
+    one line naming what is missing."""
+    from .catalog import dataset_voxel_size  # here: it imports detectron2, the generator does not
 
     if not os.path.isdir(folder):
         raise CTCFormatError(f"{folder}: no such folder")
@@ -76,15 +77,20 @@ def read_annotated(folder: str, voxel_um: tuple | None = None) -> AnnotatedStack
                                          "labels of the same name in masks/")
                 paths.append((os.path.join(folder, "images", name), mask))
     else:
-        for seq in find_sequences(folder):
-            frames = list_frames(os.path.join(folder, seq))
-            for t, gt in sorted(list_gt(gt_folder(folder, seq)).items()):
+        if list_frames(folder):  # one sequence folder: <dataset>/<seq>, beside <seq>_GT
+            root, sequences = os.path.dirname(os.path.abspath(folder)), [os.path.basename(
+                os.path.normpath(folder))]
+        else:
+            root, sequences = folder, find_sequences(folder)
+        for seq in sequences:
+            frames = list_frames(os.path.join(root, seq))
+            for t, gt in sorted(list_gt(gt_folder(root, seq)).items()):
                 if gt.is_3d and t in frames:
                     paths.append((frames[t], gt.volume_path))
     if not paths:
         raise CTCFormatError(f"{folder}: no raw stack with a full-volume reference (a CTC dataset "
                              "with <seq>_GT/SEG/man_segTTT.tif, or images/ and masks/)")
-    voxel = tuple(voxel_um) if voxel_um else voxel_size(folder)
+    voxel = tuple(voxel_um) if voxel_um else dataset_voxel_size(folder)
     if voxel is None:
         raise CTCFormatError(f"{folder}: unknown voxel size; give --voxel-size Z Y X or write "
                              'voxel_size.json {"zyx_um": [z, y, x]}')
