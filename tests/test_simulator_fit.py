@@ -17,8 +17,8 @@ from test_bad_input import assert_one_line_error, run_tool, write
 # Flat nuclei whose widest slice is the first (a stack of the upper halves of nuclei on a
 # coverslip, as the CHO sample), more haze, less dimming and a lower reference cut than aniso.
 REAL = replace(PRESETS["aniso"], field_um=(6.0, 40.0, 40.0), scale=1.0, z_scale=1.0,
-               native_voxel_um=(1.0, 0.4, 0.4), frames={"01": 8, "02": 2}, num_nuclei=5, radius_um=5.0,
-               centre_z=(0.0, 0.15), haze_fraction=0.15, axial_brightness_sigma=0.3,
+               native_voxel_um=(1.0, 0.4, 0.4), frames={"01": 8, "02": 2}, num_nuclei=5,
+               radius_um=5.0, centre_z=(0.0, 0.15), haze_fraction=0.15, axial_brightness_sigma=0.3,
                reference_min_signal=0.12, photons=1200.0, bleaching=0.2)
 
 

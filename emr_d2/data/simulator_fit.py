@@ -199,7 +199,7 @@ def with_parameters(preset: SyntheticPreset, values: dict[str, float]) -> Synthe
 
 
 def fit_preset(stacks: AnnotatedStacks, scale: float = 1.0, renders: int = 6,
-               max_evaluations: int = 120, seed: int = 0) -> tuple[SyntheticPreset, dict]:
+               max_evaluations: int = 200, seed: int = 0) -> tuple[SyntheticPreset, dict]:
     """Search the preset whose rendered stacks measure like ``stacks``.
 
     Args:
@@ -222,7 +222,7 @@ def fit_preset(stacks: AnnotatedStacks, scale: float = 1.0, renders: int = 6,
         radius_um=target["radius_um"], num_nuclei=max(int(round(target["nuclei"])), 1),
         # the axial PSF in native slices: the start preset's 0.7 um
         psf_sigma_px=(0.7 / voxel[0], *start.psf_sigma_px[1:]))
-    for _ in range(2):  # nuclei per stack and SNR scale about proportionally
+    for _ in range(2):  # nuclei per stack follow the count, SNR the root of the photons
         generated = measure(render(preset, renders, seed))
         nuclei = max(int(round(preset.num_nuclei * target["nuclei"]
                                / max(generated["nuclei"], 0.5))), 1)

@@ -109,10 +109,8 @@ def merge_detections(detections: Sequence[Sequence[Instances]],
         scores = torch.cat([d.scores for d in found])
         classes = torch.cat([d.pred_classes for d in found])
         keep = batched_nms(boxes, scores, classes, nms_threshold)[:max_detections]
-        out = Instances(tuple(size))
-        out.pred_boxes, out.scores, out.pred_classes = Boxes(boxes[keep]), scores[keep], \
-            classes[keep]
-        merged.append(out)
+        merged.append(Instances(tuple(size), pred_boxes=Boxes(boxes[keep]), scores=scores[keep],
+                                pred_classes=classes[keep]))
     return merged
 
 
@@ -136,9 +134,8 @@ def average_mask_outputs(merged: Sequence[Instances], transforms: Sequence[Plane
         moved = []
         for item in merged:
             boxes = transform.apply_boxes(item.pred_boxes.tensor, item.image_size)
-            out = Instances(transform.output_size(item.image_size))
-            out.pred_boxes, out.pred_classes = Boxes(boxes), item.pred_classes
-            moved.append(out)
+            moved.append(Instances(transform.output_size(item.image_size),
+                                   pred_boxes=Boxes(boxes), pred_classes=item.pred_classes))
         for total, result in zip(sums, predict_masks(transform, moved)):
             for name in GRID_FIELDS + INVARIANT_FIELDS:
                 if result.has(name):
