@@ -42,7 +42,7 @@ from benchmark_runner import (COLUMNS, MASK_SCORES, BenchDataset,  # noqa: E402
                               thread_env, update_tables)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
-from emr_d2.data.ctc import gt_folder, list_frames, list_gt  # noqa: E402
+from emr_d2.data.ctc import annotated_frames, gt_folder, list_frames  # noqa: E402
 from emr_d2.data.slices import split_frames  # noqa: E402
 from emr_d2.evaluation.ctc_folders import det_of_folders, seg_of_folders  # noqa: E402
 from emr_d2.evaluation.det import op_csb  # noqa: E402
@@ -67,19 +67,16 @@ def frame_items(dataset: BenchDataset, val_fraction: float, gap: int) -> dict[st
     """{"train": [...], "val": [...], "test": [...]} task items of a registered CTC dataset: the
     split of sequence 01 the emr_d2 runs use (frames with a full-volume reference) and every
     frame of the test sequence."""
-    def sequence(name):
-        meta = MetadataCatalog.get(name)
-        raw = list_frames(os.path.join(meta.dataset_root, meta.sequence))
-        gt = {t: g for t, g in list_gt(gt_folder(meta.dataset_root, meta.sequence)).items()
-              if g.is_3d}
-        return raw, gt, meta
+    meta, test_meta = MetadataCatalog.get(f"{dataset.name}_01"), MetadataCatalog.get(dataset.test)
+    annotated = annotated_frames(meta.dataset_root, meta.sequence)
+    train, val = split_frames(sorted(annotated), val_fraction, gap)
+    test_raw = list_frames(os.path.join(test_meta.dataset_root, test_meta.sequence))
 
-    raw, gt, meta = sequence(f"{dataset.name}_01")
-    train, val = split_frames(sorted(set(raw) & set(gt)), val_fraction, gap)
-    test_raw, _, test_meta = sequence(dataset.test)
+    def items(frames):
+        return [{"raw": annotated[t][0], "gt": annotated[t][1].volume_path} for t in frames]
+
     return {
-        "train": [{"raw": raw[t], "gt": gt[t].volume_path} for t in train],
-        "val": [{"raw": raw[t], "gt": gt[t].volume_path} for t in val],
+        "train": items(train), "val": items(val),
         "test": [{"frame": t, "raw": test_raw[t]} for t in sorted(test_raw)],
         "voxel_size": list(meta.voxel_size),
         "gt_dir": gt_folder(test_meta.dataset_root, test_meta.sequence),

@@ -122,6 +122,14 @@ def list_gt(seg_dir: str) -> dict[int, GTFrame]:
     return frames
 
 
+def annotated_frames(root: str, seq: str) -> dict[int, tuple[str, GTFrame]]:
+    """The frames of sequence ``seq`` of a CTC dataset folder that have a full-volume reference:
+    {frame number: (path of tTTT.tif, its reference)}."""
+    raw = list_frames(os.path.join(root, seq))
+    return {t: (raw[t], gt) for t, gt in sorted(list_gt(gt_folder(root, seq)).items())
+            if gt.is_3d and t in raw}
+
+
 def gt_folder(root: str, seq: str) -> str:
     """The ``<seq>_GT/SEG`` folder of a sequence."""
     return os.path.join(root, f"{seq}_GT", "SEG")

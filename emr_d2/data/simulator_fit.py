@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass, replace
 
 import numpy as np
-import tifffile
 from scipy import ndimage, optimize
 
-from .ctc import CTCFormatError, find_sequences, gt_folder, list_frames, list_gt
+from .ctc import (CTCFormatError, GTFrame, annotated_frames, find_sequences, list_frames,
+                  read_gt_frame, read_raw_volume)
 from .synthetic import PRESETS, SequenceSimulator, SyntheticPreset, axial_profile, voxel_snr
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def read_annotated(folder: str, voxel_um: tuple | None = None) -> AnnotatedStack
 
     if not os.path.isdir(folder):
         raise CTCFormatError(f"{folder}: no such folder")
-    paths = []
+    frames = []  # (raw path, reference)
     if os.path.isdir(os.path.join(folder, "images")):
         for name in sorted(os.listdir(os.path.join(folder, "images"))):
             if name.lower().endswith((".tif", ".tiff")):
@@ -75,19 +75,15 @@ def read_annotated(folder: str, voxel_um: tuple | None = None) -> AnnotatedStack
                 if not os.path.isfile(mask):
                     raise CTCFormatError(f"{mask}: not found; every stack in images/ needs its "
                                          "labels of the same name in masks/")
-                paths.append((os.path.join(folder, "images", name), mask))
+                frames.append((os.path.join(folder, "images", name), GTFrame(0, mask)))
     else:
         if list_frames(folder):  # one sequence folder: <dataset>/<seq>, beside <seq>_GT
             root, sequences = os.path.dirname(os.path.abspath(folder)), [os.path.basename(
                 os.path.normpath(folder))]
         else:
             root, sequences = folder, find_sequences(folder)
-        for seq in sequences:
-            frames = list_frames(os.path.join(root, seq))
-            for t, gt in sorted(list_gt(gt_folder(root, seq)).items()):
-                if gt.is_3d and t in frames:
-                    paths.append((frames[t], gt.volume_path))
-    if not paths:
+        frames = [pair for seq in sequences for pair in annotated_frames(root, seq).values()]
+    if not frames:
         raise CTCFormatError(f"{folder}: no raw stack with a full-volume reference (a CTC dataset "
                              "with <seq>_GT/SEG/man_segTTT.tif, or images/ and masks/)")
     voxel = tuple(voxel_um) if voxel_um else dataset_voxel_size(folder)
@@ -95,12 +91,9 @@ def read_annotated(folder: str, voxel_um: tuple | None = None) -> AnnotatedStack
         raise CTCFormatError(f"{folder}: unknown voxel size; give --voxel-size Z Y X or write "
                              'voxel_size.json {"zyx_um": [z, y, x]}')
     pairs = []
-    for raw_path, label_path in paths:
-        raw, labels = tifffile.imread(raw_path), tifffile.imread(label_path)
-        if raw.ndim != 3 or raw.shape != labels.shape:
-            raise CTCFormatError(f"{label_path}: shape {labels.shape} does not match its raw "
-                                 f"stack {raw.shape} (expected two equal (Z, Y, X) stacks)")
-        pairs.append((raw, labels))
+    for raw_path, gt in frames:
+        raw = read_raw_volume(raw_path, memmap=False)
+        pairs.append((raw, read_gt_frame(gt, raw.shape, shape_file=raw_path)[0]))
     if len({raw.shape for raw, _ in pairs}) > 1:
         raise CTCFormatError(f"{folder}: stacks of different shapes; fit one shape at a time")
     return AnnotatedStacks(pairs, voxel)
