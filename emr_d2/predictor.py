@@ -154,7 +154,7 @@ class VolumePredictor:
         batch = min(self.batch_size, max(1, MAX_BATCH_PIXELS // (height * width * views)))
         batches = [list(range(s, min(s + batch, depth))) for s in range(0, depth, batch)]
         predict = self._predict_cached if self.use_cache else self._predict_windows
-        # per transform name: slice index -> {level: (C, h, w)}, and the image size the heads see;
+        # slice index -> per transform its features, per transform the image size the heads see,
         # slices through the backbone per pass
         cache: dict = {"features": {}, "image_size": {}, "chunk": batch}
         self.model.eval()
@@ -173,24 +173,10 @@ class VolumePredictor:
         return self.model(inputs)
 
     def _predict_cached(self, slices, windows, inputs, cache) -> list[dict]:
-        """Backbone features of each slice once, from a rolling cache (one per transform of
-        test-time augmentation); fusion + heads per window."""
-        if not self.transforms:
-            features, image_size = self._cached_windows(slices, windows, cache, "identity", None)
-            return self.model.inference_from_slice_features(features, image_size, inputs)
-        views = []
-        for transform in self.transforms:
-            features, image_size = self._cached_windows(slices, windows, cache, transform.name,
-                                                        transform.apply_image)
-            views.append((transform, self.model.fuse_slice_features(features),
-                          [image_size] * len(windows)))
-        return self.model.heads_with_tta(views, inputs)
-
-    def _cached_windows(self, slices, windows, cache, name: str, transform) -> tuple[list, tuple]:
-        """Per window, its slices' backbone features (slices transformed by ``transform`` unless
-        None) from cache ``name``, computing the missing ones and dropping those no window needs;
-        and the image size the heads see."""
-        features = cache["features"].setdefault(name, {})
+        """Backbone features of each slice once (under each transform of test-time augmentation),
+        from a rolling cache; fusion + heads per window."""
+        transforms = self.transforms or [None]  # None: the slices as they are
+        features = cache["features"]  # slice index -> {transform: {level: (C, h, w)}}
         needed = set(np.concatenate(windows).tolist())
         for index in [i for i in features if i not in needed]:
             del features[index]
@@ -200,10 +186,21 @@ class VolumePredictor:
         for part in np.array_split(np.array(missing, dtype=int),
                                    -(-len(missing) // cache["chunk"])) if missing else []:
             stack = slices(part.tolist())
-            computed, cache["image_size"][name] = self.model.slice_features(
-                stack if transform is None else transform(stack))
-            features.update(zip(part.tolist(), computed))
-        return [[features[i] for i in window] for window in windows], cache["image_size"][name]
+            for transform in transforms:
+                computed, cache["image_size"][transform] = self.model.slice_features(
+                    stack if transform is None else transform.apply_image(stack))
+                for index, levels in zip(part.tolist(), computed):
+                    features.setdefault(index, {})[transform] = levels
+
+        def windows_of(transform) -> list:
+            return [[features[i][transform] for i in window] for window in windows]
+
+        if not self.transforms:
+            return self.model.inference_from_slice_features(windows_of(None),
+                                                            cache["image_size"][None], inputs)
+        views = [(t, self.model.fuse_slice_features(windows_of(t)),
+                  [cache["image_size"][t]] * len(windows)) for t in self.transforms]
+        return self.model.heads_with_tta(views, inputs)
 
     # ------------------------------------------------------------------ whole volume
     def regions(self, volume: np.ndarray, progress: bool = False,
