@@ -40,7 +40,8 @@ class VolumePredictor:
     are computed once (``model.slice_features``) and kept in a rolling cache of the slices the
     current windows need; only fusion and heads run per window
     (``model.inference_from_slice_features``). With TEST.AUG.ENABLED every window is predicted
-    under each of TEST.AUG.TRANSFORMS and merged (each transform keeps its own feature cache).
+    under each of TEST.AUG.TRANSFORMS and merged (the cache holds each slice's features under every
+    transform).
     Instances come back at the volume's native size;
     :meth:`__call__` links them into a 3D label volume.
     """
