@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -161,6 +162,11 @@ def claim(run_dir: str) -> bool:
     return False
 
 
+def run_folder(output: str, dataset: BenchDataset, name: str, seed: int) -> str:
+    """The folder of the run of config ``name`` and ``seed`` on ``dataset`` under ``output``."""
+    return os.path.join(output, dataset.name, name, f"seed{seed}")
+
+
 def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
             env: dict | None = None, refresh: bool = False, name: str | None = None,
             pretrain_time: float = 0.0) -> dict | None:
@@ -171,7 +177,7 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
     pretrain_time: seconds spent training the MODEL.WEIGHTS of ``opts``, added to the row's
     training time."""
     name = name or config_name(config)
-    run_dir = os.path.join(output, dataset.name, name, f"seed{seed}")
+    run_dir = run_folder(output, dataset, name, seed)
     row_file = os.path.join(run_dir, "row.json")
     previous = None
     if os.path.isfile(row_file):
@@ -179,14 +185,20 @@ def run_one(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
             previous = json.load(f)
         if not refresh or previous.get("refreshed"):
             return previous
+    return run_locked(run_dir, lambda: _train_and_evaluate(
+        config, seed, dataset, run_dir, opts, env,
+        None if previous is None else previous["train_time_s"], name, pretrain_time))
+
+
+def run_locked(run_dir: str, work: Callable[[], dict]) -> dict | None:
+    """``work()`` (the run in ``run_dir``) while holding the run's lock (:func:`claim`); None,
+    doing nothing, when another benchmark process holds it (several may share one output)."""
     os.makedirs(run_dir, exist_ok=True)
     if not claim(run_dir):
         logger.info(f"{run_dir} is being run by another process; skipped")
         return None
     try:
-        return _train_and_evaluate(config, seed, dataset, run_dir, opts, env,
-                                   None if previous is None else previous["train_time_s"],
-                                   name, pretrain_time)
+        return work()
     finally:
         os.remove(os.path.join(run_dir, "running.lock"))
 
@@ -198,19 +210,16 @@ def run_tta(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
     ``_01_val`` with it (``tools/calibrate_linking.py``). The row, config ``<config>_tta`` with
     the run's training time, pairs with the run's own; cached in
     ``<output>/<dataset>/<config>_tta/seed<k>/row.json``. None when another process runs it."""
-    source = os.path.join(output, dataset.name, config_name(config), f"seed{seed}")
-    run_dir = os.path.join(output, dataset.name, config_name(config) + TTA_SUFFIX, f"seed{seed}")
+    source = run_folder(output, dataset, config_name(config), seed)
+    run_dir = run_folder(output, dataset, config_name(config) + TTA_SUFFIX, seed)
     row_file = os.path.join(run_dir, "row.json")
     if os.path.isfile(row_file):
         with open(row_file) as f:
             return json.load(f)
     with open(os.path.join(source, "row.json")) as f:
         plain = json.load(f)
-    os.makedirs(run_dir, exist_ok=True)
-    if not claim(run_dir):
-        logger.info(f"{run_dir} is being run by another process; skipped")
-        return None
-    try:
+
+    def evaluate_with_tta() -> dict:
         weights = os.path.join(run_dir, "model_final.pth")
         if not os.path.lexists(weights):  # linking.json goes beside the weights: link, not copy
             os.symlink(os.path.abspath(os.path.join(source, "model_final.pth")), weights)
@@ -222,8 +231,8 @@ def run_tta(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
                    centre_weight=centre_weight(source))
         atomic_write(row_file, lambda f: json.dump(row, f), "w")
         return row
-    finally:
-        os.remove(os.path.join(run_dir, "running.lock"))
+
+    return run_locked(run_dir, evaluate_with_tta)
 
 
 def run_pretrained(config: str, seed: int, dataset: BenchDataset, pretrain: BenchDataset,
@@ -237,8 +246,8 @@ def run_pretrained(config: str, seed: int, dataset: BenchDataset, pretrain: Benc
     first = run_one(config, seed, pretrain, output, opts, env, refresh)
     if first is None:
         return None
-    weights = os.path.abspath(os.path.join(output, pretrain.name, config_name(config),
-                                           f"seed{seed}", "model_final.pth"))
+    weights = os.path.abspath(os.path.join(run_folder(output, pretrain, config_name(config), seed),
+                                           "model_final.pth"))
     return run_one(config, seed, dataset, output, [*opts, "MODEL.WEIGHTS", weights], env, refresh,
                    name=PRETRAIN_PREFIX + config_name(config),
                    pretrain_time=first["train_time_s"])

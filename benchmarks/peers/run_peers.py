@@ -38,8 +38,8 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from benchmark_runner import (COLUMNS, MASK_SCORES, BenchDataset,  # noqa: E402
-                              add_threads_argument, claim, prepare_dataset, published_rows,
-                              thread_env, update_tables)
+                              add_threads_argument, prepare_dataset, published_rows, run_folder,
+                              run_locked, thread_env, update_tables)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
 from emr_d2.data.ctc import annotated_frames, gt_folder, list_frames  # noqa: E402
@@ -127,15 +127,13 @@ def run_peer(peer: str, schedule: str, seed: int, dataset: BenchDataset, items: 
              threads: int, output: str, patch_px: int | None = None) -> dict | None:
     """Run one peer (cached in row.json like the emr_d2 runs); None if another process holds it."""
     config = f"peer/{peer}" + ("_own" if schedule == "own" else "")
-    run_dir = os.path.join(output, dataset.name, config.replace("/", "_"), f"seed{seed}")
+    run_dir = run_folder(output, dataset, config.replace("/", "_"), seed)
     row_file = os.path.join(run_dir, "row.json")
     if os.path.isfile(row_file):
         with open(row_file) as f:
             return json.load(f)
-    os.makedirs(run_dir, exist_ok=True)
-    if not claim(run_dir):
-        return None
-    try:
+
+    def fit_and_score() -> dict:
         task = dict(peer=peer, dataset=dataset.name, seed=seed, threads=threads,
                     time_budget_s=budget_s,
                     schedule=schedule, out=os.path.abspath(run_dir), patch_px=patch_px,
@@ -158,8 +156,8 @@ def run_peer(peer: str, schedule: str, seed: int, dataset: BenchDataset, items: 
         with open(row_file, "w") as f:
             json.dump(row, f)
         return row
-    finally:
-        os.remove(os.path.join(run_dir, "running.lock"))
+
+    return run_locked(run_dir, fit_and_score)
 
 
 def main(argv=None) -> int:
