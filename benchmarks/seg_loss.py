@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Where a result folder loses SEG, slice by slice: 1 - SEG split exactly by where each
+reference object's lost voxels lie.
+
+For a reference object R matched to S (the CTC's rule), 1 - J = |R xor S| / |R | S| is a sum over
+planes of |R_z xor S_z| / |R | S|; each plane is put in one place relative to R: ``widest`` (R's
+largest cross-section), ``inner`` (between the widest and an end), ``end`` (R's first or last
+slice, when not the widest) and ``outside`` (planes where R is absent and S is painted: caps
+beyond the reference). An unmatched reference object loses 1, put in ``missed``. The shares,
+divided by the number of reference objects, add up to 1 - SEG. Per place it also reports the
+slice IoU |R_z & S_z| / |R_z | S_z| of matched objects, the share of R's cross-sections S leaves
+empty, and S_z / R_z (median and 90th percentile) where both are painted.
+
+    python benchmarks/seg_loss.py RES_DIR GT_DIR [RES_DIR2 ...]   # one table per result folder
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
+
+from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
+from emr_d2.data.ctc import CTCFormatError, read_label_volume  # noqa: E402
+from emr_d2.evaluation.ctc_folders import reference_subfolder  # noqa: E402
+from emr_d2.evaluation.seg import contingency  # noqa: E402
+
+PLACES = ("widest", "inner", "end", "outside", "missed")
+
+
+def object_planes(gt: np.ndarray, res: np.ndarray) -> list[dict]:
+    """One dict per reference object of a (Z, H, W) frame: ``place`` (Z,) names, ``gt``, ``res``,
+    ``overlap`` (Z,) voxels per plane of R, of its matched S and of both, ``union`` (3D |R | S|);
+    ``res``/``overlap`` are None for an unmatched R."""
+    table = contingency(gt, res)
+    objects = []
+    for g, s in enumerate(table.ctc_match()):
+        in_gt = gt == table.gt_ids[g]
+        gt_area = in_gt.sum(axis=(1, 2))
+        if s < 0:
+            objects.append({"gt": gt_area, "res": None, "overlap": None, "place": None,
+                            "union": None})
+            continue
+        in_res = res == table.res_ids[s]
+        res_area, overlap = in_res.sum(axis=(1, 2)), (in_gt & in_res).sum(axis=(1, 2))
+        present = np.flatnonzero(gt_area)
+        place = np.full(gt.shape[0], "outside", dtype=object)
+        place[present] = "inner"
+        place[[present[0], present[-1]]] = "end"
+        place[int(np.argmax(gt_area))] = "widest"
+        objects.append({"gt": gt_area, "res": res_area, "overlap": overlap, "place": place,
+                        "union": int(gt_area.sum() + res_area.sum() - overlap.sum())})
+    return objects
+
+
+def loss_table(objects: list[dict]) -> dict:
+    """Per place: ``loss`` (share of 1 - SEG, over all reference objects), ``planes`` (reference
+    cross-sections there; for outside: planes the result paints), ``iou`` (mean slice IoU),
+    ``empty`` (share of reference cross-sections left empty), ``area_median`` / ``area_p90``
+    (result / reference area where both are painted)."""
+    loss = dict.fromkeys(PLACES, 0.0)
+    ious, empty, ratios, planes = ({p: [] for p in PLACES} for _ in range(4))
+    for obj in objects:
+        if obj["res"] is None:
+            loss["missed"] += 1.0
+            continue
+        lost = (obj["gt"] + obj["res"] - 2 * obj["overlap"]) / obj["union"]
+        for z, place in enumerate(obj["place"]):
+            g, r, i = obj["gt"][z], obj["res"][z], obj["overlap"][z]
+            if g == 0 and r == 0:
+                continue
+            loss[place] += lost[z]
+            planes[place].append(z)
+            ious[place].append(i / (g + r - i))
+            if g:
+                empty[place].append(r == 0)
+            if g and r:
+                ratios[place].append(r / g)
+    count = max(len(objects), 1)
+    return {place: {
+        "loss": loss[place] / count,
+        "planes": len(planes[place]) if place != "missed" else int(loss["missed"]),
+        "iou": float(np.mean(ious[place])) if ious[place] else float("nan"),
+        "empty": float(np.mean(empty[place])) if empty[place] else float("nan"),
+        "area_median": float(np.median(ratios[place])) if ratios[place] else float("nan"),
+        "area_p90": float(np.percentile(ratios[place], 90)) if ratios[place] else float("nan"),
+    } for place in PLACES}
+
+
+def folder_objects(res_dir: str, seg_dir: str) -> list[dict]:
+    """:func:`object_planes` of every annotated frame of a result folder."""
+    objects = []
+    for name in sorted(os.listdir(seg_dir)):
+        if not (name.startswith("man_seg") and name.endswith(".tif")):
+            continue
+        res_path = os.path.join(res_dir, f"mask{name[len('man_seg'):]}")
+        if not os.path.isfile(res_path):
+            raise CTCFormatError(f"{res_path}: result frame missing")
+        gt = np.asarray(read_label_volume(os.path.join(seg_dir, name)))
+        res = np.asarray(read_label_volume(res_path))
+        if gt.ndim != 3 or gt.shape != res.shape:
+            raise CTCFormatError(f"{res_path}: shape {res.shape}, reference {gt.shape}; "
+                                 "expected the same (Z, H, W)")
+        objects += object_planes(gt, res)
+    if not objects:
+        raise CTCFormatError(f"{seg_dir}: no reference objects in man_seg*.tif")
+    return objects
+
+
+def markdown(res_dir: str, table: dict) -> str:
+    """The table of one result folder, with SEG = 1 - the summed losses."""
+    lines = [f"{res_dir}: SEG = {1 - sum(t['loss'] for t in table.values()):.4f}", "",
+             "| place | planes | share of 1 - SEG | slice IoU | empty | area median | area p90 |",
+             "|---|---|---|---|---|---|---|"]
+    for place, t in table.items():
+        lines.append(f"| {place} | {t['planes']} | {t['loss']:.4f} | {t['iou']:.3f} | "
+                     f"{t['empty']:.2f} | {t['area_median']:.2f} | {t['area_p90']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("res_dir", nargs="+", help="result folders (maskTTT.tif), then GT_DIR")
+    add_debug_argument(parser)
+    args = parser.parse_args(argv)
+    if len(args.res_dir) < 2:
+        parser.error("give at least one result folder and the reference folder (GT_DIR)")
+    *res_dirs, gt_dir = args.res_dir
+    seg_dir = reference_subfolder(gt_dir, "SEG")
+    for res_dir in res_dirs:
+        if not os.path.isdir(res_dir):
+            raise CTCFormatError(f"{res_dir}: no such result folder")
+        print(markdown(res_dir, loss_table(folder_objects(res_dir, seg_dir))) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
