@@ -7,13 +7,15 @@ planes of |R_z xor S_z| / |R | S|; each plane is put in one place relative to R:
 largest cross-section), ``inner`` (between the widest and an end), ``end`` (R's first or last
 slice, when not the widest) and ``outside`` (planes where R is absent and S is painted: caps
 beyond the reference). An unmatched reference object loses 1, put in ``missed``. The shares,
-divided by the number of reference objects, add up to 1 - SEG. Per place it also reports the
-slice IoU |R_z & S_z| / |R_z | S_z| of matched objects, the share of R's cross-sections S leaves
-empty, and S_z / R_z (median and 90th percentile) where both are painted.
+divided by the number of reference objects, add up to 1 - SEG; ``over`` is the part of a share
+that S paints beyond R (the rest is R left unpainted). Per place it also reports the slice IoU
+|R_z & S_z| / |R_z | S_z| of matched objects, the share of R's cross-sections S leaves empty, and
+S_z / R_z (median and 90th percentile) where both are painted.
 
-    python benchmarks/seg_loss.py RES_DIR GT_DIR [RES_DIR2 ...]   # one table per result folder
+    python benchmarks/seg_loss.py RES_DIR [RES_DIR ...] GT_DIR [--csv OUT.csv]
 """
 import argparse
+import csv
 import os
 import sys
 
@@ -22,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
+from emr_d2.atomic import atomic_write  # noqa: E402
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.data.ctc import CTCFormatError, read_label_volume  # noqa: E402
 from emr_d2.evaluation.ctc_folders import reference_subfolder  # noqa: E402
@@ -56,11 +59,12 @@ def object_planes(gt: np.ndarray, res: np.ndarray) -> list[dict]:
 
 
 def loss_table(objects: list[dict]) -> dict:
-    """Per place: ``loss`` (share of 1 - SEG, over all reference objects), ``planes`` (reference
-    cross-sections there; for outside: planes the result paints), ``iou`` (mean slice IoU),
+    """Per place: ``loss`` (share of 1 - SEG, over all reference objects), ``over`` (the part of
+    it painted beyond the reference), ``planes`` (reference cross-sections there; for outside:
+    planes the result paints), ``iou`` (mean slice IoU),
     ``empty`` (share of reference cross-sections left empty), ``area_median`` / ``area_p90``
     (result / reference area where both are painted)."""
-    loss = dict.fromkeys(PLACES, 0.0)
+    loss, over = dict.fromkeys(PLACES, 0.0), dict.fromkeys(PLACES, 0.0)
     ious, empty, ratios, planes = ({p: [] for p in PLACES} for _ in range(4))
     for obj in objects:
         if obj["res"] is None:
@@ -72,6 +76,7 @@ def loss_table(objects: list[dict]) -> dict:
             if g == 0 and r == 0:
                 continue
             loss[place] += lost[z]
+            over[place] += (r - i) / obj["union"]
             planes[place].append(z)
             ious[place].append(i / (g + r - i))
             if g:
@@ -81,6 +86,7 @@ def loss_table(objects: list[dict]) -> dict:
     count = max(len(objects), 1)
     return {place: {
         "loss": loss[place] / count,
+        "over": over[place] / count,
         "planes": len(planes[place]) if place != "missed" else int(loss["missed"]),
         "iou": float(np.mean(ious[place])) if ious[place] else float("nan"),
         "empty": float(np.mean(empty[place])) if empty[place] else float("nan"),
@@ -112,11 +118,12 @@ def folder_objects(res_dir: str, seg_dir: str) -> list[dict]:
 def markdown(res_dir: str, table: dict) -> str:
     """The table of one result folder, with SEG = 1 - the summed losses."""
     lines = [f"{res_dir}: SEG = {1 - sum(t['loss'] for t in table.values()):.4f}", "",
-             "| place | planes | share of 1 - SEG | slice IoU | empty | area median | area p90 |",
-             "|---|---|---|---|---|---|---|"]
+             "| place | planes | share of 1 - SEG | painted beyond | slice IoU | empty "
+             "| area median | area p90 |", "|---|---|---|---|---|---|---|---|"]
     for place, t in table.items():
-        lines.append(f"| {place} | {t['planes']} | {t['loss']:.4f} | {t['iou']:.3f} | "
-                     f"{t['empty']:.2f} | {t['area_median']:.2f} | {t['area_p90']:.2f} |")
+        lines.append(f"| {place} | {t['planes']} | {t['loss']:.4f} | {t['over']:.4f} | "
+                     f"{t['iou']:.3f} | {t['empty']:.2f} | {t['area_median']:.2f} | "
+                     f"{t['area_p90']:.2f} |")
     return "\n".join(lines)
 
 
@@ -124,17 +131,36 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("res_dir", nargs="+", help="result folders (maskTTT.tif), then GT_DIR")
+    parser.add_argument("--csv", help="also write one row per result folder: SEG and every "
+                        "place's figures (<place>_<figure>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --csv")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
     if len(args.res_dir) < 2:
         parser.error("give at least one result folder and the reference folder (GT_DIR)")
     *res_dirs, gt_dir = args.res_dir
+    if args.csv and os.path.exists(args.csv) and not args.overwrite:
+        raise FileExistsError(f"{args.csv}: exists (give --overwrite to replace it)")
     seg_dir = reference_subfolder(gt_dir, "SEG")
+    rows = []
     for res_dir in res_dirs:
         if not os.path.isdir(res_dir):
             raise CTCFormatError(f"{res_dir}: no such result folder")
-        print(markdown(res_dir, loss_table(folder_objects(res_dir, seg_dir))) + "\n")
+        table = loss_table(folder_objects(res_dir, seg_dir))
+        print(markdown(res_dir, table) + "\n")
+        rows.append({"res_dir": res_dir, "SEG": 1 - sum(t["loss"] for t in table.values()),
+                     **{f"{place}_{key}": value for place, t in table.items()
+                        for key, value in t.items()}})
+    if args.csv:
+        atomic_write(args.csv, lambda f: csv_rows(f, rows), "w")
     return 0
+
+
+def csv_rows(f, rows: list[dict]) -> None:
+    """Write rows (dicts with the same keys) as CSV to an open text file."""
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/seg_loss.py: 1 - SEG split by where each reference object loses its voxels."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -39,6 +40,8 @@ def test_the_places_add_up_to_one_minus_seg_and_are_where_the_voxels_were_lost()
     union = 292 + 264 - 228  # object 1: reference 292 voxels, result 264, overlap 228
     assert np.isclose(table["end"]["loss"], 64 / union / 2)  # slice 3 empty; slice 0 exact
     assert np.isclose(table["outside"]["loss"], 36 / union / 2)
+    assert np.isclose(table["outside"]["over"], table["outside"]["loss"])
+    assert table["end"]["over"] == 0  # the end's loss is the empty slice 3: nothing beyond
     assert table["widest"]["loss"] == table["inner"]["loss"] == 0
     assert table["missed"]["loss"] == 0.5 and table["missed"]["planes"] == 1
     assert table["end"]["empty"] == 0.5 and table["end"]["iou"] == 0.5
@@ -58,7 +61,14 @@ def test_the_tool_reads_ctc_folders_and_names_a_missing_frame(tmp_path):
         f"error: {tmp_path / '02_RES' / 'mask000.tif'}: result frame missing "
         "(run with --debug for the traceback)"]
     tifffile.imwrite(tmp_path / "02_RES" / "mask000.tif", res)
-    done = subprocess.run([sys.executable, script, str(tmp_path / "02_RES"),
-                           str(tmp_path / "02_GT")], capture_output=True, text=True)
+    table = tmp_path / "loss.csv"
+    args = [sys.executable, script, str(tmp_path / "02_RES"), str(tmp_path / "02_GT"), "--csv",
+            str(table)]
+    done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "SEG = 0.3476" in done.stdout and "| outside | 1 |" in done.stdout
+    row = next(csv.DictReader(open(table)))
+    assert np.isclose(float(row["SEG"]), 228 / 328 / 2) and row["missed_planes"] == "1"
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode != 0 and str(table) in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
