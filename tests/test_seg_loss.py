@@ -1,18 +1,27 @@
 """benchmarks/seg_loss.py: 1 - SEG split by where each reference object loses its voxels."""
 
 import csv
+import importlib
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
 from emr_d2.evaluation.seg import SEGAccumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from seg_loss import loss_table, object_planes  # noqa: E402
+
+
+@pytest.fixture
+def seg_loss(monkeypatch):
+    """benchmarks/seg_loss.py as a module; the EMR_D2_NO_REGISTER it sets on import is undone
+    after the test (left set, the tools later tests start would not register any dataset)."""
+    monkeypatch.setenv("EMR_D2_NO_REGISTER", "1")
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    return importlib.import_module("seg_loss")
 
 
 def nucleus_volume() -> tuple[np.ndarray, np.ndarray]:
@@ -30,9 +39,9 @@ def nucleus_volume() -> tuple[np.ndarray, np.ndarray]:
     return gt, res
 
 
-def test_the_places_add_up_to_one_minus_seg_and_are_where_the_voxels_were_lost():
+def test_the_places_add_up_to_one_minus_seg_and_are_where_the_voxels_were_lost(seg_loss):
     gt, res = nucleus_volume()
-    table = loss_table(object_planes(gt, res))
+    table = seg_loss.loss_table(seg_loss.object_planes(gt, res))
     accumulator = SEGAccumulator()
     accumulator.add("0", gt, res)
     assert np.isclose(1 - sum(t["loss"] for t in table.values()),
