@@ -5,8 +5,9 @@ benchmark's results.csv files (calibrated SEG, mean +- std over seeds, seeds in 
     python benchmarks/headline.py --results benchmarks/results --datasets SIM-bench SIM-aniso \\
         Fluo-N3DH-CHO-sample [--metric SEG_calibrated]
 
-The best emr_d2 config is the one with the highest mean of the metric among the rows whose config
-does not start with ``peer/``; a cell of a peer shows its mean and its difference to that config.
+The best emr_d2 config is the one with the highest mean of the metric among the configs (not
+starting with ``peer/``) run for the most seeds on that dataset, so that a single lucky seed
+does not head the table; a cell of a peer shows its mean and its difference to that config.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def headline(results: str, datasets: list[str], metric: str) -> str:
         ours = {c: s for c, s in summary.items() if not c.startswith("peer/")}
         if not ours:
             raise ValueError(f"{results}/{dataset}/results.csv has no emr_d2 row")
-        best = max(ours, key=lambda c: ours[c][0])
+        most_seeds = max(s[2] for s in ours.values())
+        best = max((c for c in ours if ours[c][2] == most_seeds), key=lambda c: ours[c][0])
         mean, std, seeds = ours[best]
         cells = []
         for peer in PEERS:

@@ -151,3 +151,23 @@ def test_a_failing_run_is_one_line_naming_its_log(tiny_dataset, tmp_path):
                    datasets=os.path.dirname(tiny_dataset))
     log = tmp_path / "out" / "TINY" / "broken" / "seed0" / "benchmark.log"
     assert_one_line_error(run, f"{log}: train_net.py failed (exit 1): ", "NOSUCH_KEY")
+
+
+def test_the_headline_best_config_is_chosen_among_the_configs_with_the_most_seeds(tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("EMR_D2_NO_REGISTER", "1")  # headline.py sets it; undone after the test
+    from benchmark_runner import METRICS
+    from headline import headline
+
+    folder = tmp_path / "DS"
+    folder.mkdir()
+    rows = [("steady", s, 0.80 + 0.01 * s) for s in range(3)] + [("lucky", 0, 0.95),
+                                                                   ("peer/classical", 0, 0.70)]
+    others = [m for m in METRICS if m != "SEG_calibrated"]
+    with open(folder / "results.csv", "w") as f:
+        f.write(",".join(["dataset", "config", "seed", "SEG_calibrated", *others]) + "\n")
+        f.writelines(",".join(["DS", config, str(seed), str(seg)] + ["nan"] * len(others)) + "\n"
+                     for config, seed, seg in rows)
+    line = headline(str(tmp_path), ["DS"], "SEG_calibrated").splitlines()[-1]
+    assert line.startswith("| DS | steady: 0.810 ± 0.008 (3) |")
+    assert "0.700 ± 0.000 (1; -0.110)" in line
