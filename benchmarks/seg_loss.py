@@ -26,9 +26,9 @@ os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
 from emr_d2.atomic import atomic_write  # noqa: E402
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
-from emr_d2.data.ctc import CTCFormatError, read_label_volume  # noqa: E402
+from emr_d2.data.ctc import CTCFormatError, list_gt, list_results, read_label_volume  # noqa: E402
 from emr_d2.evaluation.ctc_folders import reference_subfolder  # noqa: E402
-from emr_d2.evaluation.seg import contingency  # noqa: E402
+from emr_d2.evaluation.seg import Contingency, pair_counts  # noqa: E402
 
 PLACES = ("widest", "inner", "end", "outside", "missed")
 
@@ -36,25 +36,42 @@ PLACES = ("widest", "inner", "end", "outside", "missed")
 def object_planes(gt: np.ndarray, res: np.ndarray) -> list[dict]:
     """One dict per reference object of a (Z, H, W) frame: ``place`` (Z,) names, ``gt``, ``res``,
     ``overlap`` (Z,) voxels per plane of R, of its matched S and of both, ``union`` (3D |R | S|);
-    ``res``/``overlap`` are None for an unmatched R."""
-    table = contingency(gt, res)
+    ``res``/``overlap`` are None for an unmatched R. One pass over the voxels (per-plane label
+    pair counts), the CTC matching from the same counts."""
+    pairs = pair_counts(gt, res, per_plane=True)
+    table = Contingency.from_pairs(pairs)
+    match = table.ctc_match()
+    depth = gt.shape[0]
+
+    def areas(ids: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """(len(ids), Z) voxels per plane of each label, over the pairs ``keep``."""
+        out = np.zeros((len(ids), depth), np.int64)
+        np.add.at(out, (np.searchsorted(ids, labels[keep]), pairs.plane[keep]),
+                  pairs.voxels[keep])
+        return out
+
+    gt_area = areas(table.gt_ids, pairs.gt, pairs.gt != 0)
+    res_area = areas(table.res_ids, pairs.res, pairs.res != 0)
+    both = (pairs.gt != 0) & (pairs.res != 0)
+    g_index = np.searchsorted(table.gt_ids, pairs.gt[both])
+    matched = match[g_index] == np.searchsorted(table.res_ids, pairs.res[both])
+    overlap = np.zeros_like(gt_area)
+    np.add.at(overlap, (g_index[matched], pairs.plane[both][matched]),
+              pairs.voxels[both][matched])
     objects = []
-    for g, s in enumerate(table.ctc_match()):
-        in_gt = gt == table.gt_ids[g]
-        gt_area = in_gt.sum(axis=(1, 2))
+    for g, s in enumerate(match):
         if s < 0:
-            objects.append({"gt": gt_area, "res": None, "overlap": None, "place": None,
+            objects.append({"gt": gt_area[g], "res": None, "overlap": None, "place": None,
                             "union": None})
             continue
-        in_res = res == table.res_ids[s]
-        res_area, overlap = in_res.sum(axis=(1, 2)), (in_gt & in_res).sum(axis=(1, 2))
-        present = np.flatnonzero(gt_area)
-        place = np.full(gt.shape[0], "outside", dtype=object)
+        present = np.flatnonzero(gt_area[g])
+        place = np.full(depth, "outside", dtype=object)
         place[present] = "inner"
         place[[present[0], present[-1]]] = "end"
-        place[int(np.argmax(gt_area))] = "widest"
-        objects.append({"gt": gt_area, "res": res_area, "overlap": overlap, "place": place,
-                        "union": int(gt_area.sum() + res_area.sum() - overlap.sum())})
+        place[int(np.argmax(gt_area[g]))] = "widest"
+        objects.append({"gt": gt_area[g], "res": res_area[s], "overlap": overlap[g],
+                        "place": place,
+                        "union": int(gt_area[g].sum() + res_area[s].sum() - overlap[g].sum())})
     return objects
 
 
@@ -95,29 +112,44 @@ def loss_table(objects: list[dict]) -> dict:
     } for place in PLACES}
 
 
-def folder_objects(res_dir: str, seg_dir: str) -> list[dict]:
-    """:func:`object_planes` of every annotated frame of a result folder."""
+def reference_volumes(gt_dir: str) -> dict[int, np.ndarray]:
+    """{frame: (Z, H, W) reference labels} of every frame of ``gt_dir/SEG``, read once for all
+    result folders; slice-wise references are refused (the places need whole objects)."""
+    seg_dir = reference_subfolder(gt_dir, "SEG")
+    references = list_gt(seg_dir)
+    if not references:
+        raise CTCFormatError(f"{seg_dir}: no reference frames (man_segTTT.tif) found")
+    volumes = {}
+    for frame, reference in references.items():
+        if not reference.is_3d:
+            raise CTCFormatError(f"{seg_dir}: frame {frame} has slice references only; the "
+                                 "loss by place needs full-volume references (man_segTTT.tif)")
+        volumes[frame] = np.asarray(read_label_volume(reference.volume_path))
+    return volumes
+
+
+def folder_objects(res_dir: str, references: dict[int, np.ndarray]) -> list[dict]:
+    """:func:`object_planes` of every reference frame against ``res_dir/maskTTT.tif``."""
+    results = list_results(res_dir)
     objects = []
-    for name in sorted(os.listdir(seg_dir)):
-        if not (name.startswith("man_seg") and name.endswith(".tif")):
-            continue
-        res_path = os.path.join(res_dir, f"mask{name[len('man_seg'):]}")
-        if not os.path.isfile(res_path):
-            raise CTCFormatError(f"{res_path}: result frame missing")
-        gt = np.asarray(read_label_volume(os.path.join(seg_dir, name)))
+    for frame, gt in sorted(references.items()):
+        if frame not in results:
+            raise CTCFormatError(f"{os.path.join(res_dir, f'mask{frame:03d}.tif')}: result frame "
+                                 "missing")
+        res_path = results[frame]
         res = np.asarray(read_label_volume(res_path))
         if gt.ndim != 3 or gt.shape != res.shape:
             raise CTCFormatError(f"{res_path}: shape {res.shape}, reference {gt.shape}; "
                                  "expected the same (Z, H, W)")
         objects += object_planes(gt, res)
     if not objects:
-        raise CTCFormatError(f"{seg_dir}: no reference objects in man_seg*.tif")
+        raise CTCFormatError(f"{res_dir}: its reference frames hold no objects")
     return objects
 
 
-def markdown(res_dir: str, table: dict) -> str:
-    """The table of one result folder, with SEG = 1 - the summed losses."""
-    lines = [f"{res_dir}: SEG = {1 - sum(t['loss'] for t in table.values()):.4f}", "",
+def markdown(res_dir: str, seg: float, table: dict) -> str:
+    """The table of one result folder and its SEG."""
+    lines = [f"{res_dir}: SEG = {seg:.4f}", "",
              "| place | planes | share of 1 - SEG | painted beyond | slice IoU | empty "
              "| area median | area p90 |", "|---|---|---|---|---|---|---|---|"]
     for place, t in table.items():
@@ -141,14 +173,15 @@ def main(argv=None) -> int:
     *res_dirs, gt_dir = args.res_dir
     if args.csv and os.path.exists(args.csv) and not args.overwrite:
         raise FileExistsError(f"{args.csv}: exists (give --overwrite to replace it)")
-    seg_dir = reference_subfolder(gt_dir, "SEG")
+    references = reference_volumes(gt_dir)
     rows = []
     for res_dir in res_dirs:
         if not os.path.isdir(res_dir):
             raise CTCFormatError(f"{res_dir}: no such result folder")
-        table = loss_table(folder_objects(res_dir, seg_dir))
-        print(markdown(res_dir, table) + "\n")
-        rows.append({"res_dir": res_dir, "SEG": 1 - sum(t["loss"] for t in table.values()),
+        table = loss_table(folder_objects(res_dir, references))
+        seg = 1 - sum(t["loss"] for t in table.values())
+        print(markdown(res_dir, seg, table) + "\n")
+        rows.append({"res_dir": res_dir, "SEG": seg,
                      **{f"{place}_{key}": value for place, t in table.items()
                         for key, value in t.items()}})
     if args.csv:
