@@ -11,6 +11,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 os.environ.setdefault("EMR_CACHE", tempfile.mkdtemp(prefix="emr_cache_"))
 os.environ.setdefault("EMR_DATASETS", tempfile.mkdtemp(prefix="emr_datasets_"))
 
+# Scripts under benchmarks/ and tools/ set EMR_D2_NO_REGISTER=1 when imported (they start without
+# torch); a test that imports one must not pass it on to the tools later tests start (no dataset
+# would be registered there).
+NO_REGISTER = os.environ.get("EMR_D2_NO_REGISTER")
+
 import pytest  # noqa: E402
 
 from emr_d2.data.synthetic import SyntheticPreset, write_synthetic_dataset  # noqa: E402
@@ -30,6 +35,23 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "trained" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.learned)
+
+
+def restore_registration_env() -> None:
+    """EMR_D2_NO_REGISTER as the test session found it."""
+    if NO_REGISTER is None:
+        os.environ.pop("EMR_D2_NO_REGISTER", None)
+    else:
+        os.environ["EMR_D2_NO_REGISTER"] = NO_REGISTER
+
+
+@pytest.fixture(autouse=True)
+def registration_env_kept():
+    """Every test starts and ends with EMR_D2_NO_REGISTER as the session found it (also undoing a
+    script imported while the tests were collected)."""
+    restore_registration_env()
+    yield
+    restore_registration_env()
 
 
 @pytest.fixture(scope="session")

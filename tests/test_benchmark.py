@@ -153,9 +153,7 @@ def test_a_failing_run_is_one_line_naming_its_log(tiny_dataset, tmp_path):
     assert_one_line_error(run, f"{log}: train_net.py failed (exit 1): ", "NOSUCH_KEY")
 
 
-def test_the_headline_best_config_is_chosen_among_the_configs_with_the_most_seeds(tmp_path,
-                                                                                   monkeypatch):
-    monkeypatch.setenv("EMR_D2_NO_REGISTER", "1")  # headline.py sets it; undone after the test
+def test_the_headline_best_config_is_chosen_among_the_configs_with_the_most_seeds(tmp_path):
     from benchmark_runner import METRICS
     from headline import headline
 

@@ -16,11 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def seg_loss(monkeypatch):
-    """benchmarks/seg_loss.py as a module; the EMR_D2_NO_REGISTER it sets on import is undone
-    after the test (left set, the tools later tests start would not register any dataset)."""
-    monkeypatch.setenv("EMR_D2_NO_REGISTER", "1")
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+def seg_loss():
+    """benchmarks/seg_loss.py as a module (conftest undoes the EMR_D2_NO_REGISTER it sets)."""
     return importlib.import_module("seg_loss")
 
 
