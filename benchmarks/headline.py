@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
 os.environ.setdefault("EMR_D2_NO_REGISTER", "1")
 
-from benchmark_runner import published_rows, summarise  # noqa: E402  (benchmarks/benchmark_runner.py)
+from benchmark_runner import LOWER_IS_BETTER, METRICS, NOT_RANKED, published_rows, summarise  # noqa: E402  (benchmarks/benchmark_runner.py)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 
 PEERS = ["peer/stardist3d", "peer/cellpose", "peer/classical", "peer/stardist3d_own",
@@ -65,6 +65,10 @@ def main(argv=None) -> int:
     parser.add_argument("--metric", default="SEG_calibrated")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    ranked = [m for m in METRICS if m not in LOWER_IS_BETTER | NOT_RANKED]  # best = highest
+    if args.metric not in ranked:
+        parser.error(f"--metric {args.metric}: not a metric where higher is better (one of "
+                     f"{', '.join(ranked)})")
     print(headline(args.results, args.datasets, args.metric))
     return 0
 

@@ -169,3 +169,11 @@ def test_the_headline_best_config_is_chosen_among_the_configs_with_the_most_seed
     line = headline(str(tmp_path), ["DS"], "SEG_calibrated").splitlines()[-1]
     assert line.startswith("| DS | steady: 0.810 ± 0.008 (3) |")
     assert "0.700 ± 0.000 (1; -0.110)" in line
+
+
+def test_the_headline_refuses_a_metric_it_cannot_rank_in_one_line():
+    for metric in ("NOSUCH", "train_time_s"):  # unknown; lower is better, so "best" is not max
+        run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "headline.py"),
+                              "--metric", metric], capture_output=True, text=True)
+        assert run.returncode == 2 and run.stdout == ""
+        assert f"--metric {metric}: not a metric where higher is better" in run.stderr
