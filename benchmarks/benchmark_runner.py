@@ -204,14 +204,17 @@ def run_locked(run_dir: str, work: Callable[[], dict]) -> dict | None:
 
 
 def run_tta(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
-            env: dict | None = None) -> dict | None:
+            env: dict | None = None, name: str | None = None) -> dict | None:
     """Evaluate the weights of a finished (config, seed) run again with test-time augmentation
     (TEST.AUG.ENABLED, the configured TEST.AUG.TRANSFORMS), its linking calibrated on
     ``_01_val`` with it (``tools/calibrate_linking.py``). The row, config ``<config>_tta`` with
     the run's training time, pairs with the run's own; cached in
-    ``<output>/<dataset>/<config>_tta/seed<k>/row.json``. None when another process runs it."""
-    source = run_folder(output, dataset, config_name(config), seed)
-    run_dir = run_folder(output, dataset, config_name(config) + TTA_SUFFIX, seed)
+    ``<output>/<dataset>/<config>_tta/seed<k>/row.json``. name: the row name of the run
+    (default: the config file's; ``pretrain_<config>`` for a fine-tuned one). None when another
+    process runs it."""
+    name = name or config_name(config)
+    source = run_folder(output, dataset, name, seed)
+    run_dir = run_folder(output, dataset, name + TTA_SUFFIX, seed)
     row_file = os.path.join(run_dir, "row.json")
     if os.path.isfile(row_file):
         with open(row_file) as f:
@@ -227,7 +230,7 @@ def run_tta(config: str, seed: int, dataset: BenchDataset, output: str, opts: li
         run_logged(CALIBRATE_LINKING,
                    ["--config-file", config, *datasets, "MODEL.WEIGHTS", weights], run_dir, env)
         row = evaluate_run(config, seed, dataset, run_dir, datasets, env)
-        row.update(config=config_name(config) + TTA_SUFFIX, train_time_s=plain["train_time_s"],
+        row.update(config=name + TTA_SUFFIX, train_time_s=plain["train_time_s"],
                    centre_weight=centre_weight(source))
         atomic_write(row_file, lambda f: json.dump(row, f), "w")
         return row
@@ -443,12 +446,14 @@ def run_benchmark(configs: list[str], dataset: BenchDataset, seeds: int, output:
 
 def run_variants(config: str, seed: int, dataset: BenchDataset, output: str, opts: list[str],
                  env: dict, refresh: bool, tta: bool, pretrain: BenchDataset | None) -> None:
-    """The (config, seed) run, and with ``tta`` its TTA row, with ``pretrain`` its pretrained
-    row (skipped where another process holds the run)."""
+    """The (config, seed) run, with ``pretrain`` also its pretrained row, and with ``tta`` the
+    TTA row of each (skipped where another process holds the run)."""
     if run_one(config, seed, dataset, output, opts, env, refresh) and tta:
         run_tta(config, seed, dataset, output, opts, env)
-    if pretrain is not None:
-        run_pretrained(config, seed, dataset, pretrain, output, opts, env, refresh)
+    if pretrain is not None and run_pretrained(config, seed, dataset, pretrain, output, opts, env,
+                                               refresh) and tta:
+        run_tta(config, seed, dataset, output, opts, env,
+                name=PRETRAIN_PREFIX + config_name(config))
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:

@@ -140,6 +140,23 @@ def test_a_pretrained_run_fine_tunes_from_the_pretraining_weights(tmp_path, monk
                                name="pretrain_channel_fusion", pretrain_time=100.0)
 
 
+def test_with_tta_and_pretraining_the_pretrained_run_gets_its_tta_row_too(monkeypatch):
+    calls = []
+    monkeypatch.setattr(benchmark, "run_one", lambda *a, **k: calls.append("run") or {"ok": 1})
+    monkeypatch.setattr(benchmark, "run_pretrained",
+                        lambda *a, **k: calls.append("pretrained") or {"ok": 1})
+    monkeypatch.setattr(benchmark, "run_tta",
+                        lambda *a, name=None, **k: calls.append(("tta", name)))
+    benchmark.run_variants("configs/bench/channel_fusion.yaml", 0, BenchDataset("REAL"), "out", [],
+                           {}, False, True, BenchDataset("FITTED"))
+    assert calls == ["run", ("tta", None), "pretrained", ("tta", "pretrain_channel_fusion")]
+    calls.clear()
+    monkeypatch.setattr(benchmark, "run_pretrained", lambda *a, **k: None)  # held by another
+    benchmark.run_variants("configs/bench/channel_fusion.yaml", 0, BenchDataset("REAL"), "out", [],
+                           {}, False, True, BenchDataset("FITTED"))
+    assert calls == ["run", ("tta", None)]
+
+
 def test_a_failing_run_is_one_line_naming_its_log(tiny_dataset, tmp_path):
     from test_bad_input import assert_one_line_error, run_tool
 

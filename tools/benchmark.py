@@ -44,7 +44,8 @@ def main(argv=None) -> int:
                              "(weights kept)")
     parser.add_argument("--tta", action="store_true",
                         help="also evaluate every run with test-time augmentation "
-                             "(TEST.AUG.ENABLED; rows <config>_tta, linking calibrated with it)")
+                             "(TEST.AUG.ENABLED; rows <config>_tta, with --pretrain also "
+                             "pretrain_<config>_tta; linking calibrated with it)")
     parser.add_argument("--pretrain", default=None, metavar="DATASET",
                         help="also pretrain every run on this dataset (a preset or registered "
                              "name, e.g. a simulator fitted with make_synthetic.py --like) and "
