@@ -52,7 +52,8 @@ def main() -> int:
     table = os.path.join(args.out, "results.csv")
     rows = list(csv.DictReader(open(table))) if os.path.isfile(table) else []
     done = {(r["path"], r["seed"], r["iterations"], r["base_lr"]) for r in rows}
-    work = tempfile.mkdtemp(prefix="fixture_learning_")
+    temporary = tempfile.TemporaryDirectory(prefix="fixture_learning_")  # removed when main returns
+    work = temporary.name
     os.environ.setdefault("EMR_CACHE", os.path.join(work, "cache"))
     root = os.path.join(work, "TINY")
     write_synthetic_dataset(root, TINY_PRESET, seed=1)

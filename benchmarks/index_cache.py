@@ -25,7 +25,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10)
     args = parser.parse_args()
-    folder = tempfile.mkdtemp()
+    work = tempfile.TemporaryDirectory(prefix="index_cache_")  # removed when main returns
+    folder = work.name
     os.environ["EMR_CACHE"] = os.path.join(folder, "cache")
     root = os.path.join(folder, "SIMFULL")
     write_synthetic_dataset(root, "sim+", frames=args.frames)

@@ -20,7 +20,8 @@ from emr_d2.engine import setup_config  # noqa: E402
 
 
 def main() -> None:
-    root = os.path.join(tempfile.mkdtemp(), "SPEED")
+    work = tempfile.TemporaryDirectory(prefix="mapper_speed_")  # removed when main returns
+    root = os.path.join(work.name, "SPEED")
     preset = SyntheticPreset(field_um=(11.8, 64.0, 64.0), scale=1.0, frames={"01": 1},
                              num_nuclei=30)
     write_synthetic_dataset(root, preset)

@@ -104,7 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    gt_dir, res_dir, pairs = write_ctc_folders(tempfile.mkdtemp(), frames=2)
+    work = tempfile.TemporaryDirectory(prefix="seg_speed_")  # removed when main returns
+    gt_dir, res_dir, pairs = write_ctc_folders(work.name, frames=2)
 
     def theirs_once():
         ious, n_ref = [], 0

@@ -127,7 +127,8 @@ def main() -> None:
     size = args.size or ("full" if torch.cuda.is_available() else "small")
     from emr_d2.data.synthetic import write_synthetic_dataset
 
-    data = os.path.join(tempfile.mkdtemp(prefix="train_speed_"), "SPEED")
+    work = tempfile.TemporaryDirectory(prefix="train_speed_")  # removed when main returns
+    data = os.path.join(work.name, "SPEED")
     preset, frames = PRESET[size]
     write_synthetic_dataset(data, preset, seed=0, frames=frames)
     jobs = [(args.profile, 0)] if args.profile else [(c, amp) for c in args.configs

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny SIM+-like CTC dataset made on the fly, and tiny model configs."""
 import os
+import shutil
 import sys
 import tempfile
 
@@ -7,9 +8,13 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
 
-# Keep the slice-index cache and dataset discovery of the tests away from the user's.
-os.environ.setdefault("EMR_CACHE", tempfile.mkdtemp(prefix="emr_cache_"))
-os.environ.setdefault("EMR_DATASETS", tempfile.mkdtemp(prefix="emr_datasets_"))
+# Keep the slice-index cache and dataset discovery of the tests away from the user's; the folders
+# made here are removed when the session ends.
+SESSION_FOLDERS = []
+for variable, prefix in (("EMR_CACHE", "emr_cache_"), ("EMR_DATASETS", "emr_datasets_")):
+    if variable not in os.environ:
+        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        SESSION_FOLDERS.append(os.environ[variable])
 
 # Scripts under benchmarks/ and tools/ set EMR_D2_NO_REGISTER=1 when imported (they start without
 # torch); a test that imports one must not pass it on to the tools later tests start (no dataset
@@ -35,6 +40,11 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "trained" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.learned)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for folder in SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def restore_registration_env() -> None:
