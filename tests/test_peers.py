@@ -70,6 +70,9 @@ def test_peer_trains_predicts_and_is_scored(tiny_dataset, tmp_path, peer, env, b
     else:
         assert record["epochs"] >= 2
         assert record["loss_last_epoch"] < record["loss_first_epoch"], record
+    if peer == "cellpose":  # both modes are tried on val at equal time too, the better one kept
+        assert record["val_SEG"] == max(record["val_SEG_stitch"], record["val_SEG_3d"]), record
+        assert ("mode 3d" in row["linking"]) == (record["val_SEG_3d"] > record["val_SEG_stitch"])
     written = os.path.getmtime(os.path.join(run_dir, "peer.json"))
     again = run_peers(tiny_dataset, out, "--peers", peer, "--seeds", "1", "--time-budget-s",
                       str(budget))
