@@ -109,8 +109,8 @@ def main(task_path: str) -> None:
 
     chosen_stitch, val_seg_stitch = choose_on_val(GRID_STITCH, segment_val, val_gt, logging.info)
     chosen_3d, val_seg_3d = choose_on_val(GRID_3D, segment_val, val_gt, logging.info)
-    chosen, val_seg = max([(chosen_stitch, val_seg_stitch), (chosen_3d, val_seg_3d)],
-                          key=lambda candidate: candidate[1])
+    chosen, val_seg = ((chosen_3d, val_seg_3d) if val_seg_3d > val_seg_stitch
+                       else (chosen_stitch, val_seg_stitch))
     train_time = time.perf_counter() - start
     inference = predict_test(task, {"default": DEFAULT, "calibrated": chosen},
                              lambda v, s: segment(model, v, z / y, patch, **s))
