@@ -103,15 +103,23 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def positive(convert: type, flag: str):
+    """An argparse ``type`` for ``flag``: ``convert(text)`` (int or float), refused in one line
+    unless it is above 0 (a count of 0 or a budget of 0 s would run nothing or nothing useful)."""
+    def parse(text: str):
+        value = convert(text)
+        if value <= 0:
+            least = "at least 1" if convert is int else "above 0"
+            raise argparse.ArgumentTypeError(f"{flag} must be {least}, got {text}")
+        return value
+
+    return parse
+
+
 def add_threads_argument(parser) -> None:
     """``--threads`` of a benchmark command: threads per run, at least 1 (default:
     :func:`default_threads`)."""
-    def positive_int(text: str) -> int:
-        if int(text) < 1:
-            raise argparse.ArgumentTypeError(f"--threads must be at least 1, got {text}")
-        return int(text)
-
-    parser.add_argument("--threads", type=positive_int, default=default_threads(),
+    parser.add_argument("--threads", type=positive(int, "--threads"), default=default_threads(),
                         help="CPU threads per run (default: the cores this process may use); two "
                              "jobs "
                              "sharing a machine should split its cores")

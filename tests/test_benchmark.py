@@ -85,6 +85,20 @@ def test_zero_threads_is_refused_in_one_line():
         "--threads must be at least 1, got 0")
 
 
+@pytest.mark.parametrize("tool,flag,value,message", [
+    ("tools/benchmark.py", "--seeds", "0", "--seeds must be at least 1, got 0"),
+    ("benchmarks/peers/run_peers.py", "--seeds", "0", "--seeds must be at least 1, got 0"),
+    ("benchmarks/peers/run_peers.py", "--time-budget-s", "0",
+     "--time-budget-s must be above 0, got 0"),
+    ("benchmarks/peers/run_peers.py", "--patch-px", "-8", "--patch-px must be at least 1, got -8"),
+])
+def test_no_seed_or_no_budget_is_refused_in_one_line(tool, flag, value, message):
+    """Before, --seeds 0 ran nothing and exited 0, and a budget of 0 s started a peer anyway."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, tool), flag, value],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith(message)
+
+
 def test_the_benchmark_tool_refuses_an_unknown_dataset_in_one_line(tmp_path):
     from test_bad_input import assert_one_line_error, run_tool
 

@@ -25,7 +25,8 @@ from emr_d2.cli import add_debug_argument, run_cli
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
-from benchmark_runner import add_threads_argument, prepare_dataset, run_benchmark  # noqa: E402
+from benchmark_runner import (add_threads_argument, positive, prepare_dataset,  # noqa: E402
+                              run_benchmark)
 
 
 def main(argv=None) -> int:
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", required=True)
     parser.add_argument("--datasets", nargs="+", default=["bench"],
                         help="synthetic presets, cho, or registered CTC dataset names")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=positive(int, "--seeds"), default=3)
     parser.add_argument("--output", default="output/benchmark", help="folder of the runs")
     parser.add_argument("--results", default=None,
                         help="folder of the results tables (default: --output)")

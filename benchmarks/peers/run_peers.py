@@ -38,7 +38,8 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from benchmark_runner import (COLUMNS, MASK_SCORES, BenchDataset,  # noqa: E402
-                              add_threads_argument, prepare_dataset, published_rows, run_folder,
+                              add_threads_argument, positive, prepare_dataset, published_rows,
+                              run_folder,
                               run_locked, thread_env, update_tables)
 from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
@@ -167,13 +168,14 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["bench"],
                         help="as tools/benchmark.py --datasets")
     parser.add_argument("--schedule", choices=["equal", "own"], default="equal")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--time-budget-s", type=float, default=None,
+    parser.add_argument("--seeds", type=positive(int, "--seeds"), default=3)
+    parser.add_argument("--time-budget-s", type=positive(float, "--time-budget-s"),
+                        default=None,
                         help="training time at --schedule equal (default: the median train_time_s "
                              "of the "
                              "emr_d2 rows of the dataset's table); the cap at --schedule own "
                              "(default 1800 / --threads)")
-    parser.add_argument("--patch-px", type=int, default=None,
+    parser.add_argument("--patch-px", type=positive(int, "--patch-px"), default=None,
                         help="Y and X size of the learned peers' training patches (default: each "
                              "peer's own: "
                              "StarDist-3D 128, Cellpose 224)")
