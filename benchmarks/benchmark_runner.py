@@ -113,6 +113,7 @@ def positive(convert: type, flag: str):
             raise argparse.ArgumentTypeError(f"{flag} must be {least}, got {text}")
         return value
 
+    parse.__name__ = convert.__name__  # argparse names it in "invalid int value: 'abc'"
     return parse
 
 
@@ -121,8 +122,7 @@ def add_threads_argument(parser) -> None:
     :func:`default_threads`)."""
     parser.add_argument("--threads", type=positive(int, "--threads"), default=default_threads(),
                         help="CPU threads per run (default: the cores this process may use); two "
-                             "jobs "
-                             "sharing a machine should split its cores")
+                             "jobs sharing a machine should split its cores")
 
 
 def thread_env(threads: int) -> dict[str, str]:

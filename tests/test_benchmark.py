@@ -91,6 +91,7 @@ def test_zero_threads_is_refused_in_one_line():
     ("benchmarks/peers/run_peers.py", "--time-budget-s", "0",
      "--time-budget-s must be above 0, got 0"),
     ("benchmarks/peers/run_peers.py", "--patch-px", "-8", "--patch-px must be at least 1, got -8"),
+    ("tools/benchmark.py", "--seeds", "three", "invalid int value: 'three'"),
 ])
 def test_no_seed_or_no_budget_is_refused_in_one_line(tool, flag, value, message):
     """Before, --seeds 0 ran nothing and exited 0, and a budget of 0 s started a peer anyway."""

@@ -9,7 +9,7 @@ import pytest
 
 from emr_d2.data.ctc import CTCFormatError
 from emr_d2.data.simulator_fit import (TOLERANCE, AnnotatedStacks, measure, misfit,
-                                       read_annotated, statistics_table)
+                                       read_annotated, render, statistics_table)
 from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 
 from test_bad_input import assert_one_line_error, run_tool, write
@@ -48,6 +48,22 @@ def test_the_fitted_generator_reproduces_every_statistic_within_tolerance(real_l
     assert sorted(os.listdir(out / "01")) == [f"t{t:03d}.tif" for t in range(6)]
 
 
+def test_the_fit_measures_the_dataset_it_writes(tmp_path):
+    """Each candidate of the fit is measured on every frame of the dataset it would write. Nuclei
+    divide along a sequence: a fit that measured frames 0-1 only saw fewer nuclei than it wrote
+    (on CHO 9 per stack against 11)."""
+    dividing = replace(REAL, field_um=(6.0, 60.0, 60.0), num_nuclei=12, division_rate=0.1,
+                       frames={"01": 10, "02": 4})
+    write_synthetic_dataset(str(tmp_path / "D"), dividing, seed=3)
+    written = read_annotated(str(tmp_path / "D"))
+    rendered = render(dividing, seed=3).pairs
+    assert len(rendered) == 14 and all(np.array_equal(a, b) for pair, other in
+                                       zip(rendered, written.pairs) for a, b in zip(pair, other))
+    whole = measure(written)["nuclei"]
+    first_frames = measure(AnnotatedStacks(written.pairs[:2], written.voxel_um))["nuclei"]
+    assert abs(first_frames - whole) > TOLERANCE["nuclei"] * whole
+
+
 def test_a_generator_far_from_the_target_is_reported_outside_tolerance(real_like):
     real = measure(read_annotated(str(real_like / "REAL")))
     start = write_synthetic_dataset(str(real_like / "START"), replace(
@@ -79,4 +95,6 @@ def test_stacks_with_masks_are_read_and_bad_input_is_one_line(tmp_path, real_lik
         zero.stderr.strip().splitlines()[-1])
     assert_one_line_error(run_tool("make_synthetic.py", "--like", real_like / "REAL", "--out",
                                    real_like / "REAL"), "exists and is not empty", "--overwrite")
-    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
+    assert_one_line_error(run_tool("make_synthetic.py", "--like", real_like / "REAL", "--out",
+                                   tmp_path / "o4", "--frames", "0"), "--frames must be at least 1")
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4"))

@@ -80,12 +80,14 @@ def write_fitted(args) -> int:
         raise ValueError(f"--scale must be positive, got {args.scale}")
     if args.evaluations < 1:
         raise ValueError(f"--evaluations must be at least 1, got {args.evaluations}")
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {args.frames}")
     real = read_annotated(args.like, args.voxel_size)
     print(f"Fitting the generator to {len(real.pairs)} annotated stacks of {real.shape} voxels "
           f"({' x '.join(f'{v:g}' for v in real.voxel_um)} um) in {args.like}", flush=True)
     preset, target = fit_preset(real, scale=args.scale or 1.0, max_evaluations=args.evaluations,
-                                seed=args.seed)
-    write_synthetic_dataset(args.out, preset, seed=args.seed, frames=args.frames)
+                                seed=args.seed, frames=args.frames)
+    write_synthetic_dataset(args.out, preset, seed=args.seed)
     generated = measure(read_annotated(args.out))
     table = statistics_table(target, generated)
     with open(os.path.join(args.out, "fit.json"), "w") as f:

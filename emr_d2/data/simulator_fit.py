@@ -7,8 +7,9 @@ and reference area fall from a nucleus's widest slice outward (:func:`axial_prof
 bleaching along z. The voxel size and stack shape are copied; the number of nuclei and the
 brightness are set by one proportional correction each; the rest of the image formation (nucleus
 radius and flatness, axial PSF, haze, axial dimming inside a nucleus, where the reference ends,
-bleaching) is searched by Nelder-Mead on a fixed set of rendered stacks (the same random numbers
-for every candidate, so the objective is deterministic).
+bleaching) is searched by Nelder-Mead, each candidate measured on the whole dataset it would
+write (the same random numbers for every candidate, so the objective is deterministic and the
+fitted statistics are those of the dataset written).
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage, optimize
+from tqdm import tqdm
 
 from .ctc import (CTCFormatError, GTFrame, annotated_frames, find_sequences, list_frames,
                   read_gt_frame, read_raw_volume)
-from .synthetic import PRESETS, SequenceSimulator, SyntheticPreset, axial_profile, voxel_snr
+from .synthetic import PRESETS, SyntheticPreset, axial_profile, sequence_simulator, voxel_snr
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +156,16 @@ def measure(stacks: AnnotatedStacks) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
 
-def render(preset: SyntheticPreset, count: int, seed: int = 0) -> AnnotatedStacks:
-    """count stacks of the preset, two frames of each of count // 2 simulated sequences (the same
-    random numbers for every preset of a given seed)."""
+def render(preset: SyntheticPreset, seed: int = 0) -> AnnotatedStacks:
+    """Every frame of the dataset the preset writes with ``seed``
+    (:func:`~emr_d2.data.synthetic.write_synthetic_dataset`: the same sequences, the same random
+    numbers). All of them: nuclei divide and move along a sequence, so its first frames alone
+    measure larger, fewer nuclei than the dataset holds, and a frame cannot be skipped (its
+    rendering draws from the sequence's random numbers)."""
     pairs = []
-    for k in range(max(count // 2, 1)):
-        sim = SequenceSimulator(preset, np.random.default_rng([seed, k]))
-        for t in range(2):
+    for seq, length in preset.frames.items():
+        sim = sequence_simulator(preset, seed, seq)
+        for t in range(length):
             if t:
                 sim.step(t)
             pairs.append(sim.render())
@@ -191,16 +196,18 @@ def with_parameters(preset: SyntheticPreset, values: dict[str, float]) -> Synthe
     return replace(preset, psf_sigma_px=psf, centre_z=(centre - 0.05, centre + 0.05), **values)
 
 
-def fit_preset(stacks: AnnotatedStacks, scale: float = 1.0, renders: int = 6,
-               max_evaluations: int = 200, seed: int = 0) -> tuple[SyntheticPreset, dict]:
-    """Search the preset whose rendered stacks measure like ``stacks``.
+def fit_preset(stacks: AnnotatedStacks, scale: float = 1.0, max_evaluations: int = 200,
+               seed: int = 0, frames: int | None = None) -> tuple[SyntheticPreset, dict]:
+    """Search the preset whose dataset (as written with ``seed``, :func:`render`) measures like
+    ``stacks``.
 
     Args:
         stacks: the real annotated stacks (:func:`read_annotated`).
         scale: in-plane resolution of the generated stacks relative to the real ones (0.5: half).
-        renders: stacks rendered per candidate preset.
         max_evaluations: candidate presets tried by Nelder-Mead.
-        seed: the random numbers of the renders.
+        seed: the random numbers of the dataset.
+        frames: frames per sequence of the dataset (default: the start preset's, 24 and 10);
+            fewer make each candidate faster to measure.
 
     Returns:
         (the fitted preset, the statistics of ``stacks``)
@@ -214,9 +221,10 @@ def fit_preset(stacks: AnnotatedStacks, scale: float = 1.0, renders: int = 6,
         z_scale=1.0, native_voxel_um=voxel,
         radius_um=target["radius_um"], num_nuclei=max(int(round(target["nuclei"])), 1),
         # the axial PSF in native slices: the start preset's 0.7 um
-        psf_sigma_px=(0.7 / voxel[0], *start.psf_sigma_px[1:]))
+        psf_sigma_px=(0.7 / voxel[0], *start.psf_sigma_px[1:]),
+        frames={seq: frames or count for seq, count in start.frames.items()})
     for _ in range(2):  # nuclei per stack follow the count, SNR the root of the photons
-        generated = measure(render(preset, renders, seed))
+        generated = measure(render(preset, seed))
         nuclei = max(int(round(preset.num_nuclei * target["nuclei"]
                                / max(generated["nuclei"], 0.5))), 1)
         photons = preset.photons * (target["snr"] / generated["snr"]) ** 2 \
@@ -233,12 +241,14 @@ def fit_preset(stacks: AnnotatedStacks, scale: float = 1.0, renders: int = 6,
 
     def objective(x):
         candidate = with_parameters(preset, dict(zip(names, low + np.clip(x, 0, 1) * (high - low))))
-        return float(sum(v ** 2 for v in misfit(measure(render(candidate, renders, seed)),
+        progress.update()
+        return float(sum(v ** 2 for v in misfit(measure(render(candidate, seed)),
                                                 target).values()))
 
-    result = optimize.minimize(objective, x0, method="Nelder-Mead",
-                               options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-3,
-                                        "initial_simplex": simplex})
+    with tqdm(total=max_evaluations, desc="fitting the generator", unit="candidate") as progress:
+        result = optimize.minimize(objective, x0, method="Nelder-Mead",
+                                   options={"maxfev": max_evaluations, "xatol": 1e-3,
+                                            "fatol": 1e-3, "initial_simplex": simplex})
     fitted = with_parameters(preset, dict(zip(names, low + np.clip(result.x, 0, 1) * (high - low))))
     logger.info(f"fitted in {result.nfev} evaluations: misfit {result.fun:.2f}")
     return fitted, target

@@ -362,11 +362,15 @@ def _write_tiff(path: str, data: np.ndarray) -> None:
     atomic_write(path, lambda f: tifffile.imwrite(f, data, photometric="minisblack"))
 
 
+def sequence_simulator(preset: SyntheticPreset, seed: int, seq: str) -> SequenceSimulator:
+    """The simulator of sequence ``seq`` (e.g. "01") of the dataset written with ``seed``."""
+    return SequenceSimulator(preset, np.random.default_rng([seed, int(seq)]))
+
+
 def write_synthetic_sequence(out_dir: str, seq: str, preset: SyntheticPreset, seed: int,
                              num_frames: int) -> None:
     """Write one CTC sequence (raw, SEG and TRA ground truth, man_track.txt) under out_dir."""
-    rng = np.random.default_rng([seed, int(seq)])
-    sim = SequenceSimulator(preset, rng)
+    sim = sequence_simulator(preset, seed, seq)
     raw_dir = os.path.join(out_dir, seq)
     seg_dir = os.path.join(out_dir, f"{seq}_GT", "SEG")
     tra_dir = os.path.join(out_dir, f"{seq}_GT", "TRA")
