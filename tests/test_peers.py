@@ -43,13 +43,14 @@ def require_env(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "peer,env,budget", [("classical", "cellpose", 0), ("cellpose", "cellpose", 40),
-    ("stardist3d", "stardist", 40)])
-def test_peer_trains_predicts_and_is_scored(tiny_dataset, tmp_path, peer, env, budget):
+    "peer,env,budget_s", [("classical", "cellpose", None), ("cellpose", "cellpose", "40"),
+    ("stardist3d", "stardist", "40")])
+def test_peer_trains_predicts_and_is_scored(tiny_dataset, tmp_path, peer, env, budget_s):
+    """budget_s: --time-budget-s of the learned peers (the classical one does not train)."""
     require_env(env)
     out = str(tmp_path / "out")
-    run = run_peers(tiny_dataset, out, "--peers", peer, "--seeds", "1", "--time-budget-s",
-                    str(budget))
+    budget = ["--time-budget-s", budget_s] if budget_s else []
+    run = run_peers(tiny_dataset, out, "--peers", peer, "--seeds", "1", *budget)
     assert run.returncode == 0, run.stdout + run.stderr
     run_dir = os.path.join(out, "TINY", f"peer_{peer}", "seed0")
     for settings in ("default", "calibrated"):
@@ -74,8 +75,7 @@ def test_peer_trains_predicts_and_is_scored(tiny_dataset, tmp_path, peer, env, b
         assert record["val_SEG"] == max(record["val_SEG_stitch"], record["val_SEG_3d"]), record
         assert ("mode 3d" in row["linking"]) == (record["val_SEG_3d"] > record["val_SEG_stitch"])
     written = os.path.getmtime(os.path.join(run_dir, "peer.json"))
-    again = run_peers(tiny_dataset, out, "--peers", peer, "--seeds", "1", "--time-budget-s",
-                      str(budget))
+    again = run_peers(tiny_dataset, out, "--peers", peer, "--seeds", "1", *budget)
     assert again.returncode == 0 and f"peer/{peer} seed 0: SEG" in again.stdout
     assert os.path.getmtime(
         os.path.join(run_dir, "peer.json")) == written  # read back, not run again
