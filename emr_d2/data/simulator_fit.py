@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from .ctc import (CTCFormatError, GTFrame, annotated_frames, find_sequences, list_frames,
                   read_gt_frame, read_raw_volume)
-from .synthetic import PRESETS, SyntheticPreset, axial_profile, sequence_simulator, voxel_snr
+from .synthetic import (PRESETS, SyntheticPreset, axial_profile, rendered_frames,
+                        sequence_simulator, voxel_snr)
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +163,8 @@ def render(preset: SyntheticPreset, seed: int = 0) -> AnnotatedStacks:
     numbers). All of them: nuclei divide and move along a sequence, so its first frames alone
     measure larger, fewer nuclei than the dataset holds, and a frame cannot be skipped (its
     rendering draws from the sequence's random numbers)."""
-    pairs = []
-    for seq, length in preset.frames.items():
-        sim = sequence_simulator(preset, seed, seq)
-        for t in range(length):
-            if t:
-                sim.step(t)
-            pairs.append(sim.render())
+    pairs = [pair for seq, length in preset.frames.items()
+             for pair in rendered_frames(sequence_simulator(preset, seed, seq), length)]
     return AnnotatedStacks(pairs, preset.voxel_um)
 
 

@@ -367,6 +367,14 @@ def sequence_simulator(preset: SyntheticPreset, seed: int, seq: str) -> Sequence
     return SequenceSimulator(preset, np.random.default_rng([seed, int(seq)]))
 
 
+def rendered_frames(sim: SequenceSimulator, num_frames: int):
+    """Yield the (raw, labels) volumes of frames 0..num_frames-1, stepping ``sim`` between them."""
+    for t in range(num_frames):
+        if t > 0:
+            sim.step(t)
+        yield sim.render()
+
+
 def write_synthetic_sequence(out_dir: str, seq: str, preset: SyntheticPreset, seed: int,
                              num_frames: int) -> None:
     """Write one CTC sequence (raw, SEG and TRA ground truth, man_track.txt) under out_dir."""
@@ -376,10 +384,9 @@ def write_synthetic_sequence(out_dir: str, seq: str, preset: SyntheticPreset, se
     tra_dir = os.path.join(out_dir, f"{seq}_GT", "TRA")
     for folder in (raw_dir, seg_dir, tra_dir):
         os.makedirs(folder, exist_ok=True)
-    for t in tqdm(range(num_frames), desc=f"synthesising {os.path.basename(out_dir)}/{seq}"):
-        if t > 0:
-            sim.step(t)
-        raw, labels = sim.render()
+    frames = tqdm(rendered_frames(sim, num_frames), total=num_frames,
+                  desc=f"synthesising {os.path.basename(out_dir)}/{seq}")
+    for t, (raw, labels) in enumerate(frames):
         _write_tiff(os.path.join(raw_dir, f"t{t:03d}.tif"), raw)
         _write_tiff(os.path.join(seg_dir, f"man_seg{t:03d}.tif"), labels)
         _write_tiff(os.path.join(tra_dir, f"man_track{t:03d}.tif"), labels)
