@@ -2,9 +2,11 @@
 own environment, predicts, and is scored into the same results.csv as emr_d2's configs. Skipped
 when `make peers` was not run, unless EMR_D2_REQUIRE_PEERS=1."""
 import csv
+import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 from helpers import ROOT
 
 RUN_PEERS = os.path.join(ROOT, "benchmarks", "peers", "run_peers.py")
+CEILING = os.path.join(ROOT, "benchmarks", "peers", "star_convex_ceiling.py")
 PEERS_ROOT = os.environ.get("EMR_D2_PEERS", os.path.join(ROOT, ".peers"))
 REQUIRED = os.environ.get("EMR_D2_REQUIRE_PEERS") == "1"
 SPLIT = ["DATASETS.SPLIT.GAP", "1"]  # TINY_01's 6 frames: 4 train, 1 val
@@ -112,3 +115,41 @@ def test_unknown_dataset_is_one_line(tiny_dataset, tmp_path):
                           str(tmp_path / "out")], env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "dataset 'NOSUCH_01' is not registered" in run.stderr.strip().splitlines()[-1]
+
+
+def test_star_convex_ceiling(tiny_dataset, tmp_path):
+    """The tiny preset's round nuclei redrawn as 96-ray polyhedra score close to the reference,
+    as 6-ray ones do not; each number of rays writes a result folder; an existing output folder
+    and a missing reference folder are refused in one line."""
+    require_env("stardist")
+    with open(os.path.join(tiny_dataset, "voxel_size.json")) as f:
+        voxel = [str(v) for v in json.load(f)["zyx_um"]]
+    out = str(tmp_path / "ceiling")
+
+    def ceiling(gt: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([os.path.join(PEERS_ROOT, "stardist", "bin", "python"), CEILING, gt,
+                               out, "--voxel-size", *voxel, *args],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    run = ceiling(os.path.join(tiny_dataset, "02_GT"), "--rays", "6", "96")
+    assert run.returncode == 0, run.stdout + run.stderr
+    seg = {int(n): float(s) for n, s in re.findall(r"(\d+) rays: SEG ([\d.]+)", run.stdout)}
+    assert seg[96] > 0.7 and seg[96] > seg[6] + 0.1, seg
+    assert sorted(os.listdir(os.path.join(out, "rays96"))) == [f"mask{t:03d}.tif" for t in range(3)]
+    with open(os.path.join(out, "ceiling.csv")) as f:
+        assert {int(r["rays"]): round(float(r["SEG"]), 3) for r in csv.DictReader(f)} == seg
+    for gt, message in ((os.path.join(tiny_dataset, "02_GT"), "exists and is not empty"),
+                        (str(tmp_path / "nowhere"), "no such folder")):
+        again = ceiling(gt, "--rays", "96")
+        assert again.returncode != 0 and "Traceback" not in again.stderr
+        assert message in again.stderr.strip().splitlines()[-1]
+
+
+def test_star_convex_ceiling_outside_the_stardist_environment_is_one_line(tiny_dataset, tmp_path):
+    if importlib.util.find_spec("stardist"):
+        pytest.skip("stardist is installed in the test environment itself")
+    run = subprocess.run([sys.executable, CEILING, os.path.join(tiny_dataset, "02_GT"),
+                          str(tmp_path / "out"), "--voxel-size", "1", "1", "1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert ".peers/stardist/bin/python" in run.stderr.strip().splitlines()[-1]
