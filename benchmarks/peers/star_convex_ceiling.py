@@ -39,12 +39,10 @@ from emr_d2.data.ctc import list_gt, read_label_volume
 from emr_d2.evaluation.ctc_folders import reference_subfolder
 
 
-def star_convex_labels(labels: np.ndarray, n_rays: int, voxel_um) -> np.ndarray:
-    """Each object of a (Z, Y, X) label volume replaced by its star-convex polyhedron of
-    ``n_rays`` rays from its centroid (rays as the StarDist-3D peer's for ``voxel_um``)."""
-    anisotropy = geometry(voxel_um, diameter_px=0.0)[0]
-    rays = Rays_GoldenSpiral(n_rays, anisotropy=anisotropy)
-    return relabel_image_stardist3D(labels, rays).astype(np.int32)
+def peer_rays(n_rays: int, voxel_um):
+    """The StarDist-3D peer's rays for ``voxel_um``: ``n_rays`` on a golden spiral scaled by the
+    voxel anisotropy."""
+    return Rays_GoldenSpiral(n_rays, anisotropy=geometry(voxel_um, diameter_px=0.0)[0])
 
 
 def main(argv=None) -> int:
@@ -71,7 +69,9 @@ def main(argv=None) -> int:
                   for t, p in sorted(frames.items())}
     rows = []
     for n_rays in args.rays:
-        drawn = {t: star_convex_labels(labels, n_rays, args.voxel_size)
+        rays = peer_rays(n_rays, args.voxel_size)
+        # each object redrawn as the polyhedron of its ray distances from its centroid
+        drawn = {t: relabel_image_stardist3D(labels, rays).astype(np.int32)
                  for t, labels in references.items()}
         write_result_folder(os.path.join(args.out, f"rays{n_rays}"), drawn.items())
         rows.append(dict(rays=n_rays, SEG=seg(drawn.values(), references.values()),
