@@ -36,6 +36,11 @@ EQUAL_STEPS_PER_EPOCH = 50  # epochs only set when the learning rate may drop; t
 THRESHOLDS = {"prob": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7], "nms": [0.3, 0.5]}
 
 
+def voxel_anisotropy(voxel_um) -> tuple[float, ...]:
+    """Each axis's voxel size over the finest, for a (z, y, x) voxel size in micrometres."""
+    return tuple(float(v) / min(voxel_um) for v in voxel_um)
+
+
 def geometry(
     voxel_um, diameter_px: float
 ) -> tuple[tuple[float, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
@@ -45,7 +50,7 @@ def geometry(
     edge, which in a stack of a few slices is every nucleus); the others grid 2, or 4 for nuclei
     over 64 px across (each stays about 16-32 grid cells across, and 3D NMS gets 4x fewer
     candidates), and StarDist's default border of 2."""
-    anisotropy = tuple(float(v) / min(voxel_um) for v in voxel_um)
+    anisotropy = voxel_anisotropy(voxel_um)
     grid = tuple(1 if a > 1.5 else 4 if diameter_px > 64 else 2 for a in anisotropy)
     border = tuple((0, 0) if a > 1.5 else (2, 2) for a in anisotropy)
     return anisotropy, grid, border

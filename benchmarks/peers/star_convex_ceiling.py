@@ -31,7 +31,7 @@ except ImportError:
              ".peers/stardist/bin/python (make peers)")
 
 from peer_common import seg, write_result_folder
-from peer_stardist3d import geometry
+from peer_stardist3d import voxel_anisotropy
 
 from emr_d2.atomic import atomic_write
 from emr_d2.cli import add_debug_argument, add_voxel_size_argument, check_new_output_folder, run_cli
@@ -42,7 +42,7 @@ from emr_d2.evaluation.ctc_folders import reference_subfolder
 def peer_rays(n_rays: int, voxel_um):
     """The StarDist-3D peer's rays for ``voxel_um``: ``n_rays`` on a golden spiral scaled by the
     voxel anisotropy."""
-    return Rays_GoldenSpiral(n_rays, anisotropy=geometry(voxel_um, diameter_px=0.0)[0])
+    return Rays_GoldenSpiral(n_rays, anisotropy=voxel_anisotropy(voxel_um))
 
 
 def main(argv=None) -> int:
