@@ -19,6 +19,7 @@ setup(
         "matplotlib",
         "tensorboard",
         "opencv-python-headless",  # imported by detectron2.projects.point_rend
+        "scikit-image",  # regionprops: measuring the segmented nuclei
     ],
     package_data={"emr_d2.napari_plugin": ["napari.yaml"]},
     entry_points={"napari.manifest": ["emr_d2 = emr_d2.napari_plugin:napari.yaml"]},

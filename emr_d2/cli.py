@@ -1,13 +1,18 @@
 """What the command-line tools share (torch-free): one-line errors, the --debug and --voxel-size
-arguments, and output folders that receive a run's files only when the whole run succeeded."""
+arguments, output folders that receive a run's files only when the whole run succeeded, and
+child processes that end with the tool that started them."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import IO
 
 DEBUG_HELP = "on an error, show the Python traceback instead of one line"
 
@@ -28,6 +33,7 @@ def run_cli(main, argv: list[str] | None = None) -> int:
     with :func:`add_debug_argument`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    stop_on_sigterm()
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
@@ -41,6 +47,49 @@ def run_cli(main, argv: list[str] | None = None) -> int:
             raise
         print(f"error: {one_line(e)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a job scheduler) stop the tool as Ctrl-C does, so that its cleanup
+    runs: child processes ended (:func:`run_child`), lock files and staged outputs removed."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def run_child(command: list[str], log: IO, env: dict | None = None, cwd: str | None = None,
+              every_s: float | None = None, on_tick: Callable[[], None] | None = None) -> int:
+    """Run a command in a process group of its own, its output into the open file ``log``, and
+    return its exit code; ``on_tick()`` is called every ``every_s`` seconds while it runs. If this
+    process is stopped meanwhile (Ctrl-C, SIGTERM with :func:`stop_on_sigterm`, any error), the
+    child and its own children are ended before the exception goes on."""
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                               start_new_session=True)
+    try:
+        while True:
+            try:
+                return process.wait(timeout=every_s)
+            except subprocess.TimeoutExpired:
+                if on_tick is not None:
+                    on_tick()
+    finally:
+        if process.poll() is None:
+            _end_group(process)
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:

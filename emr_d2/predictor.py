@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from tqdm import tqdm
 
+from .data.catalog import resolve_voxel_size
 from .data.ctc import RawStack, write_label_planes
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale,
                           scaled_size,
@@ -60,6 +61,7 @@ class VolumePredictor:
         link_options: LinkOptions,
         score_threshold: float,
         transforms: list[PlaneSymmetry],
+        assume_model_pixel_size: bool = False,
     ):
         """
         Args:
@@ -75,6 +77,8 @@ class VolumePredictor:
             transforms: test-time augmentation: every window is predicted under each of these
                 symmetries of the slice plane and the predictions merged
                 (:meth:`SliceStackRCNN.heads_with_tta`); none: plain prediction.
+            assume_model_pixel_size: where a stack's voxel size is unknown, take its pixels to be
+                ``pixel_size_um`` (an explicit guess; otherwise such a stack is refused).
         """
         self.model = model
         self.window = window
@@ -86,10 +90,11 @@ class VolumePredictor:
         self.link_options = link_options
         self.score_threshold = score_threshold
         self.transforms = list(transforms)
-        self._warned_unknown_voxel = False
+        self.assume_model_pixel_size = assume_model_pixel_size
 
     @classmethod
-    def from_config(cls, cfg, model: torch.nn.Module | None = None) -> dict:
+    def from_config(cls, cfg, model: torch.nn.Module | None = None,
+                    assume_model_pixel_size: bool = False) -> dict:
         """The predictor of ``cfg``; without a model, cfg's model with MODEL.WEIGHTS."""
         if model is None:
             model = build_model(cfg)
@@ -105,6 +110,7 @@ class VolumePredictor:
             "link_options": LinkOptions.from_config(cfg),
             "score_threshold": cfg.TEST.CTC.SCORE_THRESHOLD,
             "transforms": plane_symmetries(cfg.TEST.AUG.TRANSFORMS) if cfg.TEST.AUG.ENABLED else [],
+            "assume_model_pixel_size": assume_model_pixel_size,
         }
 
     # ------------------------------------------------------------------ per-slice prediction
@@ -114,17 +120,16 @@ class VolumePredictor:
 
     def input_scale(self, voxel_um: tuple | None) -> float:
         """Factor that resizes slices of (Z, Y, X) voxel size voxel_um (um) to the model's pixel
-        size INPUT.PIXEL_SIZE_UM (0: native pixels). An unknown voxel size leaves the slices as they
-        are, with one warning per predictor: they are taken to be at the model's pixel size."""
+        size INPUT.PIXEL_SIZE_UM (0: native pixels). An unknown voxel size is refused with one
+        line saying how to give it, unless ``assume_model_pixel_size`` (factor 1)."""
         if self.pixel_size_um and voxel_um is None:
-            if not self._warned_unknown_voxel:
-                logger.warning(
-                    "The voxel size of the input is unknown: its pixels are taken to be the "
-                    "model's "
-                    f"{self.pixel_size_um:g} um (give --voxel-size Z Y X if they are "
-                    "not)")
-                self._warned_unknown_voxel = True
-            return 1.0
+            if self.assume_model_pixel_size:
+                return 1.0
+            raise ValueError(
+                "the voxel size of the input is unknown (no --voxel-size, voxel_size.json, TIFF "
+                f"tags or known CTC dataset) and the model works at {self.pixel_size_um:g} um "
+                "pixels: give it with --voxel-size Z Y X (micrometres), or pass "
+                f"--assume-model-pixel-size to take the pixels to be {self.pixel_size_um:g} um")
         return pixel_scale(self.pixel_size_um, voxel_um)
 
     def slice_instances(self, volume: np.ndarray, progress: bool = False,
@@ -232,11 +237,21 @@ class VolumePredictor:
         yield volume.shape[0], linker.finish()
 
     def predict_file(self, source: str, target: str, voxel_um: tuple | None = None,
-                     progress: bool = False) -> int:
+                     progress: bool = False, channel: int | None = None) -> int:
         """Segment the raw stack in file source into a uint16 label TIFF target (atomically) and
         return its number of objects, streaming (:meth:`stream`): the raw stack is read slice by
-        slice (:class:`RawStack`) and the labels are written plane by plane as they are final."""
-        volume = RawStack(source)
+        slice (:class:`RawStack`) and the labels are written plane by plane as they are final.
+
+        Args:
+            voxel_um: the stack's (Z, Y, X) voxel size in micrometres; None: found as every tool
+                finds it (:func:`resolve_voxel_size`: voxel_size.json, the TIFF's tags, a known
+                CTC dataset).
+            channel: the channel to segment in a multi-channel or colour TIFF.
+        """
+        voxel_um, origin = resolve_voxel_size(source, voxel_um)
+        logger.info(f"{source}: voxel size {_voxel_text(voxel_um)}"
+                    + (f" (from {origin})" if voxel_um else ""))
+        volume = RawStack(source, channel)
         objects = 0
 
         def planes():
@@ -248,3 +263,7 @@ class VolumePredictor:
 
         write_label_planes(target, planes(), volume.shape)
         return objects
+
+
+def _voxel_text(voxel_um: tuple | None) -> str:
+    return "unknown" if voxel_um is None else " x ".join(f"{v:g}" for v in voxel_um) + " um (Z Y X)"

@@ -103,3 +103,19 @@ def trained(tiny_dataset, tmp_path_factory):
             "TINY_02 "
             f"(SEG {metrics['SEG']:.3f}); log in {out}", pytrace=False)
     return out, log
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random weights of the tiny 3-slice mlp_fusion model, and of a model that does not fit it."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from helpers import tiny_cfg
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save({"model": build_model(tiny_cfg("mlp_fusion", 3)).state_dict()}, folder / "mlp.pth")
+    torch.save({"model": build_model(tiny_cfg("channel_fusion", 5)).state_dict()},
+               folder / "other.pth")
+    return folder

@@ -9,12 +9,10 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import torch
-from detectron2.modeling import build_model
 
 from emr_d2.data.slices import load_sequence_records
 
-from helpers import CONFIGS, ROOT, TINY_MODEL, tiny_cfg
+from helpers import CONFIGS, ROOT, TINY_MODEL
 
 
 def run_tool(name, *args, datasets=None):
@@ -37,17 +35,6 @@ def assert_one_line_error(run, *fragments):
 def write(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tifffile.imwrite(path, data, photometric="minisblack")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Random weights of the tiny 3-slice mlp_fusion model, and of a model that does not fit it."""
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    torch.save({"model": build_model(tiny_cfg("mlp_fusion", 3)).state_dict()}, folder / "mlp.pth")
-    torch.save({"model": build_model(tiny_cfg("channel_fusion", 5)).state_dict()},
-               folder / "other.pth")
-    return folder
 
 
 def predict(weights, source, output, *extra):

@@ -157,7 +157,8 @@ def test_index_cache_reads_no_image_the_second_time(tiny_dataset, tmp_path, monk
     "n_frames,fraction,gap", [(20, 0.2, 5), (150, 0.2, 5), (10, 0.3, 2), (7, 0.1, 0)])
 def test_splits_never_share_a_frame_and_keep_the_gap(n_frames, fraction, gap):
     frames = list(range(100, 100 + n_frames))
-    train, val = split_frames(frames, fraction, gap)
+    split = split_frames(frames, fraction, gap)
+    train, val = split.train, split.val
     assert not set(train) & set(val)
     assert min(val) - max(train) - 1 >= gap
     assert train == frames[: len(train)] and val == frames[-len(val):]

@@ -233,14 +233,14 @@ def test_a_split_that_cannot_be_made_fails_before_anything_is_written(tiny_datas
     run = tool("train_net.py", "--config-file", os.path.join(CONFIGS, "baseline_2d.yaml"),
                *TINY_MODEL, *TRAIN,
                "INPUT.NUM_SLICES", "1", "DATASETS.TRAIN", "('TINY_02_train',)",
-               "DATASETS.SPLIT.GAP", "5",
+               "DATASETS.SPLIT.VAL_FRACTION", "0.6",
                "OUTPUT_DIR", str(tmp_path / "run"), dataset_root=tiny_dataset, check=False)
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert run.returncode == 1 and len(errors) == 1, run.stderr[-2000:]
     assert (
         "TINY_02_train" in errors[0]
-        and "DATASETS.SPLIT.GAP" in errors[0]
-        and "needs 7 frames" in errors[0]
+        and "DATASETS.SPLIT.VAL_FRACTION" in errors[0]
+        and "3 annotated frames cannot hold a train block of at least half" in errors[0]
     )
     assert not (tmp_path / "run").exists()
 

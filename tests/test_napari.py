@@ -28,7 +28,10 @@ from napari.layers import Image, Labels  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from emr_d2.data.synthetic import write_synthetic_dataset  # noqa: E402
-from emr_d2.napari_plugin.reader import get_reader, tiff_voxel_size  # noqa: E402
+from emr_d2.data.tiff_stack import tiff_voxel_size  # noqa: E402
+from emr_d2.measurements import measure_nuclei  # noqa: E402
+from emr_d2.napari_plugin.measure import MeasureWidget  # noqa: E402
+from emr_d2.napari_plugin.reader import get_reader  # noqa: E402
 from emr_d2.napari_plugin.save import SaveWidget  # noqa: E402
 from emr_d2.napari_plugin.segment import SegmentWidget, load_predictor  # noqa: E402
 
@@ -92,11 +95,12 @@ def test_the_widgets_open_from_the_plugins_menu(make_napari_viewer):
     from npe2 import PluginManager
 
     manifest = PluginManager.instance().get_manifest("emr_d2")
-    assert {w.display_name
-            for w in manifest.contributions.widgets} == {"Segment nuclei", "Save as CTC result"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "Segment nuclei", "Save as CTC result", "Measure nuclei"}
     viewer = make_napari_viewer()
     assert isinstance(plugin_widget(viewer, "Segment nuclei"), SegmentWidget)
     assert isinstance(plugin_widget(viewer, "Save as CTC result"), SaveWidget)
+    assert isinstance(plugin_widget(viewer, "Measure nuclei"), MeasureWidget)
     actions = [a.text() for a in viewer.window.plugins_menu.actions()]
     assert any("emr_d2" in text for text in actions), actions
 
@@ -114,6 +118,78 @@ def test_the_reader_takes_the_voxel_size_a_tiff_carries_and_leaves_2d_tiffs(tmp_
     tifffile.imwrite(flat, np.zeros((16, 16), np.uint16))
     assert get_reader(flat) is None
     assert get_reader(str(tmp_path)) is None  # a folder without CTC frames
+
+
+def test_the_reader_opens_channels_and_time_points_by_the_files_axes(make_napari_viewer, tmp_path,
+                                                                    tiny_dataset):
+    volume = tifffile.imread(os.path.join(tiny_dataset, "02", "t000.tif"))
+    hyperstack = str(tmp_path / "zcyx.tif")
+    tifffile.imwrite(hyperstack, np.stack([volume // 2, volume], axis=1), imagej=True,
+                     resolution=(1 / 0.2, 1 / 0.2),
+                     metadata={"axes": "ZCYX", "spacing": 1.0, "unit": "um"})
+    viewer = make_napari_viewer()
+    first, second = viewer.open(hyperstack, plugin="emr_d2")
+    assert first.data.shape == second.data.shape == volume.shape
+    assert np.array_equal(second.data, volume) and second.metadata["channel"] == 1
+    assert tuple(second.scale) == pytest.approx((1.0, 0.2, 0.2))
+    ome = str(tmp_path / "stack.ome.tif")
+    tifffile.imwrite(ome, volume, metadata={"axes": "ZYX", "PhysicalSizeX": 0.3,
+                                            "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0})
+    (layer,) = viewer.open(ome, plugin="emr_d2")
+    assert tuple(layer.scale) == pytest.approx((2.0, 0.3, 0.3))
+    timelapse = str(tmp_path / "tzyx.tif")
+    tifffile.imwrite(timelapse, np.stack([volume] * 2), imagej=True, metadata={"axes": "TZYX"})
+    (layer,) = viewer.open(timelapse, plugin="emr_d2")
+    assert layer.data.shape == (2, *volume.shape) and tuple(layer.axis_labels) == ("t", "z", "y",
+                                                                                 "x")
+
+
+def test_segment_refuses_a_4d_layer_of_unknown_axes_and_an_unknown_voxel_size(
+        make_napari_viewer, qtbot, trained, tiny_dataset, tmp_path, notifications):
+    model_dir, _ = trained
+    viewer = make_napari_viewer()
+    widget = plugin_widget(viewer, "Segment nuclei")
+    widget.model_dir.value = model_dir
+    volume = tifffile.imread(os.path.join(tiny_dataset, "02", "t000.tif"))
+    viewer.add_image(np.stack([volume, volume], axis=1), name="zcyx")  # no axis labels
+    notifications.clear()
+    widget.run()
+    assert len(notifications) == 1 and "zcyx: a 4D layer whose first axis is not time" in \
+        notifications[0] and widget.worker is None
+    viewer.layers.clear()
+    viewer.add_image(volume, name="stack")  # napari's default scale: no voxel size
+    assert [box.value for box in widget.voxel] == [0.0, 0.0, 0.0]
+    notifications.clear()
+    run_widget(widget, qtbot)  # the trained model works at its training data's pixel size
+    assert len(notifications) == 1 and "voxel size is unknown (0)" in notifications[0]
+    assert "stack labels" not in viewer.layers
+
+
+def test_measure_nuclei_writes_the_predict_measure_table(make_napari_viewer, tiny_dataset,
+                                                         tmp_path, notifications):
+    volume = tifffile.imread(os.path.join(tiny_dataset, "02", "t000.tif"))
+    labels = tifffile.imread(os.path.join(tiny_dataset, "02_GT", "SEG", "man_seg000.tif"))
+    voxel = voxel_of(tiny_dataset)
+    viewer = make_napari_viewer()
+    widget = plugin_widget(viewer, "Measure nuclei")
+    viewer.add_image(volume, name="stack", scale=voxel)
+    viewer.add_labels(labels, name="nuclei", scale=voxel)
+    widget.labels_layer.value = viewer.layers["nuclei"]
+    widget.image_layer.value = viewer.layers["stack"]
+    widget.file.value = str(tmp_path / "nuclei.csv")
+    assert widget.measure() == len(np.unique(labels)) - 1
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "nuclei.csv")))
+    expected = measure_nuclei(labels, volume, voxel)
+    assert [int(r["label"]) for r in rows] == [e["label"] for e in expected]
+    assert [float(r["volume_um3"]) for r in rows] == pytest.approx(
+        [e["volume_um3"] for e in expected], rel=1e-5)
+
+    viewer.layers["nuclei"].scale = (1, 1, 1)
+    notifications.clear()
+    assert widget.measure() is None
+    assert len(notifications) == 1 and "voxel size is unknown" in notifications[0]
 
 
 def test_segment_equals_predict_py_and_saves_a_ctc_result(make_napari_viewer, qtbot, trained,

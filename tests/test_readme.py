@@ -21,7 +21,7 @@ def readme_python_example() -> str:
 
 def test_the_readme_python_example_runs(trained, tiny_dataset, tmp_path, monkeypatch):
     folder, _ = trained
-    run_dir = tmp_path / "output" / "mlp_fusion"
+    run_dir = tmp_path / "output" / "demo" / "mlp_fusion"
     run_dir.mkdir(parents=True)
     for name in ("config.yaml", "model_final.pth", "linking.json"):
         shutil.copy(os.path.join(folder, name), run_dir / name)
@@ -90,3 +90,14 @@ def test_the_user_docs_are_short_complete_and_free_of_history():
             if not link.startswith("http"):
                 target = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), link))
                 assert os.path.exists(target), (page, link)
+
+
+def test_readme_names_the_system_packages_ci_installs_for_napari():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    match = re.search(r"<!-- napari-system-packages -->\s*```\n(.*?)```", text, re.S)
+    assert match, "README.md has no napari-system-packages block"
+    named = match.group(1).replace("\\\n", " ").split()
+    assert named[:2] == ["sudo", "apt-get"] and named[2] == "install"
+    installed = open(os.path.join(ROOT, "scripts", "napari-system-packages.txt")).read().split()
+    assert named[3:] == installed
+    assert "scripts/napari-system-packages.txt" in open(os.path.join(ROOT, ".ci", "run")).read()

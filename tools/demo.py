@@ -7,36 +7,58 @@
 3. draws slices, orthogonal views, fusion weights and training curves;
 4. prints where everything is. With --baseline, also trains configs/demo/baseline_2d.yaml.
 
-Every stage prints one line with its time; its full output (detectron2's config and log) goes to
-<output>/logs/<stage>.log, and training also writes OUTPUT_DIR/config.yaml and log.txt.
+Every stage prints a line when it starts, a progress line every 10 s and a line with its time;
+its full output (detectron2's config and log) goes to <output>/logs/<stage>.log, and training
+also writes OUTPUT_DIR/config.yaml and log.txt.
 """
 import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
+
+from emr_d2.cli import run_child, stop_on_sigterm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+PROGRESS_EVERY_S = 10
+
+
+def last_progress(log_file: str) -> str:
+    """What a stage's log says it is doing now: the last training iteration, else its last line
+    (shortened)."""
+    with open(log_file, errors="replace") as f:
+        text = f.read()
+    iterations = re.findall(r"\biter: (\d+)", text)
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
+    if iterations and not re.search(r"Start inference|volumes|slices", lines[-1] if lines else ""):
+        return f"training, iteration {int(iterations[-1]) + 1}"
+    return (lines[-1][:100] if lines else "starting")
+
+
 def run(stage: str, args: list[str], logs: str) -> None:
-    """Run a tool as one stage: one line with its time; its output goes to <logs>/<stage>.log
-    (whose end is shown if it fails)."""
+    """Run a tool as one stage: one line when it starts, a progress line every PROGRESS_EVERY_S
+    seconds and one line with its time; its output goes to <logs>/<stage>.log (whose end is
+    shown if it fails)."""
     os.makedirs(logs, exist_ok=True)
     log_file = os.path.join(logs, re.sub(r"[^a-z0-9]+", "_", stage.lower()).strip("_") + ".log")
     start = time.perf_counter()
-    print(f"{stage:<30}", end=" ", flush=True)
+    print(f"{stage} ...  ({log_file})", flush=True)
+
+    def tick():
+        print(f"    {time.perf_counter() - start:5.0f} s  {last_progress(log_file)}", flush=True)
+
     with open(log_file, "w") as log:
-        done = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT)
-    if done.returncode:
+        returncode = run_child([sys.executable, *args], log, cwd=ROOT,
+                               every_s=PROGRESS_EVERY_S, on_tick=tick)
+    if returncode:
         with open(log_file) as log:
             print(f"failed; the end of {log_file}:\n" + "".join(log.readlines()[-20:]),
                   file=sys.stderr)
-        sys.exit(done.returncode)
-    print(f"{time.perf_counter() - start:6.1f} s   ({log_file})", flush=True)
+        sys.exit(returncode)
+    print(f"{stage}: done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def train_and_evaluate(name: str, config: str, output: str, logs: str) -> dict:
@@ -108,8 +130,11 @@ def main(argv=None) -> int:
         f"pictures:     {pictures}/slices.png, orthogonal.png, fusion_weights.png, "
         "training_curves.png")
     print(f"TensorBoard:  tensorboard --logdir {args.output}")
+    print("These models know the synthetic demo data only: for real nuclei, train on your data "
+          "(README: 'Real data in 15 minutes').")
     return 0
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     sys.exit(main())

@@ -11,10 +11,14 @@ CTC raw frame tTTT.tif gives maskTTT.tif (the CTC's result name; a folder of the
 res_track.txt, so that the CTC's tools and tools/ctc_seg.py / ctc_det.py score it), any other
 name.tif gives name_labels.tif. Every input is checked before anything is written, the outputs
 appear in --output only when every volume succeeded, and a non-empty --output is refused unless
---overwrite. --voxel-size Z Y X gives the data's voxel size; otherwise the dataset's
-(voxel_size.json beside or above the input, or a known CTC dataset). Models with
-INPUT.SLICE_SPACING_UM or INPUT.PIXEL_SIZE_UM need one. Trailing KEY VALUE pairs override the
-config; MODEL.WEIGHTS is required (--random-weights runs an untrained model).
+--overwrite. The voxel size is found in one order: --voxel-size Z Y X, voxel_size.json beside or
+above the input, the TIFF's own ImageJ or OME tags, a known CTC dataset; the log says which gave
+it. Models with INPUT.SLICE_SPACING_UM or INPUT.PIXEL_SIZE_UM refuse a stack of unknown voxel
+size unless --assume-model-pixel-size. A multi-channel or colour TIFF needs --channel C; a
+time-lapse TIFF is refused (give one stack per time point). --measure also writes a CSV per
+volume, a row per nucleus (centroid, bounding box, volume, z extent, intensity; micrometres).
+Trailing KEY VALUE pairs override the config; MODEL.WEIGHTS is required (--random-weights runs
+an untrained model).
 
 Many volumes on many devices: --num-gpus N (with --num-machines, --machine-rank, --dist-url as
 for training) runs detectron2's launch; the volumes are spread over the processes (on a machine
@@ -35,10 +39,9 @@ from detectron2.utils.logger import setup_logger
 
 from emr_d2.cli import (add_debug_argument, add_voxel_size_argument, check_new_output_folder,
                         run_cli, staged_output)
-from emr_d2.data.catalog import dataset_voxel_size
 from emr_d2.engine import setup_config
 from emr_d2.modeling.checkpoint import check_weights
-from emr_d2.batch_predict import finish_result_folders, plan_outputs, predict_files
+from emr_d2.batch_predict import finish_outputs, plan_outputs, predict_files
 from emr_d2.predictor import VolumePredictor
 
 
@@ -50,7 +53,17 @@ def main(argv=None) -> int:
     parser.add_argument("--input", required=True,
                         help="3D TIFF, folder of TIFFs, or CTC sequence folder")
     parser.add_argument("--output", required=True, help="folder for the label TIFFs")
-    add_voxel_size_argument(parser, "voxel size of the input")
+    add_voxel_size_argument(parser, "voxel size of the input (default: voxel_size.json, the "
+                                    "TIFF's tags, or a known CTC dataset)")
+    parser.add_argument("--assume-model-pixel-size", action="store_true",
+                        help="where no voxel size is known, take the input's pixels to be the "
+                             "model's INPUT.PIXEL_SIZE_UM (a guess: give --voxel-size instead)")
+    parser.add_argument("--channel", type=int, default=None, metavar="C",
+                        help="the channel (0, 1, ...) to segment in a multi-channel or colour TIFF")
+    parser.add_argument("--measure", action="store_true",
+                        help="also write <output>.csv per volume: one row per nucleus (label, "
+                             "centroid and bounding box in um, volume in um^3, z extent, mean and "
+                             "total intensity)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an existing non-empty --output, replacing files of the "
                              "same name")
@@ -81,15 +94,17 @@ def main(argv=None) -> int:
     cfg = setup_config(args.config_file, opts)
     check_weights(cfg.MODEL.WEIGHTS, args.random_weights)
     pairs = plan_outputs(args.input, args.output)
-    voxel = args.voxel_size or dataset_voxel_size(args.input)
+    voxel = args.voxel_size
+    options = dict(channel=args.channel, measure=args.measure)
     processes = args.num_gpus * args.num_machines
     if not args.resume and processes == 1:
         check_new_output_folder(args.output, args.overwrite)
         with staged_output(args.output) as stage:
             staged = [(source, os.path.join(stage, os.path.basename(target)))
                       for source, target in pairs]
-            predict_files(VolumePredictor(cfg), staged, voxel)
-            finish_result_folders(staged)
+            predictor = VolumePredictor(cfg, assume_model_pixel_size=args.assume_model_pixel_size)
+            predict_files(predictor, staged, voxel, **options)
+            finish_outputs(staged, voxel, **options)
         print(f"Wrote {len(pairs)} label volume(s) to {args.output}")
         return 0
     check_new_output_folder(args.output,
@@ -98,22 +113,25 @@ def main(argv=None) -> int:
             if not (args.resume and os.path.isfile(target))]
     launch(predict_worker, args.num_gpus, num_machines=args.num_machines,
            machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args.config_file, opts, todo, voxel))
+           dist_url=args.dist_url,
+           args=(args.config_file, opts, todo, voxel, args.assume_model_pixel_size, options))
     if args.machine_rank == 0:
         print(f"Wrote {len(todo)} label volume(s) to {args.output} with {processes} process(es)"
               + (f"; {len(pairs) - len(todo)} already there, skipped" if args.resume else ""))
     return 0
 
 
-def predict_worker(config_file: str, opts: list, todo: list, voxel) -> None:
+def predict_worker(config_file: str, opts: list, todo: list, voxel, assume_model_pixel_size: bool,
+                   options: dict) -> None:
     """One process of a launched run: every world_size-th volume, then the CTC result tracks."""
     setup_logger(name="emr_d2")
     cfg = setup_config(config_file, opts)
     rank, world = comm.get_rank(), comm.get_world_size()
-    predict_files(VolumePredictor(cfg), todo[rank::world], voxel)
+    predict_files(VolumePredictor(cfg, assume_model_pixel_size=assume_model_pixel_size),
+                  todo[rank::world], voxel, **options)
     comm.synchronize()
     if comm.is_main_process():
-        finish_result_folders(todo)
+        finish_outputs(todo, voxel, **options)
 
 
 if __name__ == "__main__":

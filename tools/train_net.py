@@ -35,7 +35,7 @@ def worker(args):
     check_datasets_registered([
         *([] if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL]),
         *cfg.DATASETS.TEST])
-    check_splits([*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL, *cfg.DATASETS.TEST])
+    dataset_lines = check_splits([*cfg.DATASETS.TRAIN, *cfg.DATASETS.VAL, *cfg.DATASETS.TEST])
     if args.eval_only:  # weights that do not fit fail before the environment and config are logged
         model = build_model(cfg)
         SliceStackCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
@@ -45,6 +45,8 @@ def worker(args):
     comm.synchronize()
     plain_text_logs("detectron2", "emr_d2", "fvcore")
     logger = setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="emr_d2")
+    for line in dataset_lines:
+        logger.info(line)
     apply_calibrated_linking(cfg,
                              args.opts)  # after the logger (it says which linking.json it applies)
     if not args.eval_only:

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -41,7 +40,7 @@ from benchmark_runner import (COLUMNS, MASK_SCORES, BenchDataset,  # noqa: E402
                               add_threads_argument, positive, prepare_dataset, published_rows,
                               run_folder,
                               run_locked, thread_env, update_tables)
-from emr_d2.cli import add_debug_argument, run_cli  # noqa: E402
+from emr_d2.cli import add_debug_argument, run_child, run_cli  # noqa: E402
 from emr_d2.config import add_emr_config  # noqa: E402
 from emr_d2.data.ctc import annotated_frames, gt_folder, list_frames  # noqa: E402
 from emr_d2.data.slices import split_frames  # noqa: E402
@@ -70,14 +69,14 @@ def frame_items(dataset: BenchDataset, val_fraction: float, gap: int) -> dict[st
     frame of the test sequence."""
     meta, test_meta = MetadataCatalog.get(f"{dataset.name}_01"), MetadataCatalog.get(dataset.test)
     annotated = annotated_frames(meta.dataset_root, meta.sequence)
-    train, val = split_frames(sorted(annotated), val_fraction, gap)
+    split = split_frames(sorted(annotated), val_fraction, gap)
     test_raw = list_frames(os.path.join(test_meta.dataset_root, test_meta.sequence))
 
     def items(frames):
         return [{"raw": annotated[t][0], "gt": annotated[t][1].volume_path} for t in frames]
 
     return {
-        "train": items(train), "val": items(val),
+        "train": items(split.train), "val": items(split.val),
         "test": [{"frame": t, "raw": test_raw[t]} for t in sorted(test_raw)],
         "voxel_size": list(meta.voxel_size),
         "gt_dir": gt_folder(test_meta.dataset_root, test_meta.sequence),
@@ -145,14 +144,14 @@ def run_peer(peer: str, schedule: str, seed: int, dataset: BenchDataset, items: 
         env = dict(os.environ, **thread_env(threads))
         log_file = os.path.join(run_dir, "peer.log")
         with open(log_file, "a") as log:
-            result = subprocess.run([peer_python(peer),
-                                     os.path.join(REPO, "benchmarks", "peers", f"peer_{peer}.py"),
-                                     task_file], stdout=log, stderr=subprocess.STDOUT, env=env)
-        if result.returncode:
+            returncode = run_child([peer_python(peer),
+                                    os.path.join(REPO, "benchmarks", "peers", f"peer_{peer}.py"),
+                                    task_file], log, env=env)
+        if returncode:
             with open(log_file) as f:
                 last = (f.read().strip().splitlines() or [""])[-1]
             raise RuntimeError(
-                f"{config} seed {seed} failed (exit {result.returncode}; {log_file}): {last}")
+                f"{config} seed {seed} failed (exit {returncode}; {log_file}): {last}")
         row = peer_row(dataset, config, seed, run_dir, items["gt_dir"])
         with open(row_file, "w") as f:
             json.dump(row, f)

@@ -17,6 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..cli import one_line
 from .ctc import CTCFormatError, find_sequences, gt_folder, list_frames, list_gt
+from .tiff_stack import tiff_voxel_size
 from .window import check_voxel_size
 from .slices import load_sequence_records, split_frames
 
@@ -45,31 +46,78 @@ def datasets_root() -> str:
     return os.environ.get("EMR_DATASETS", "datasets")
 
 
+def _voxel_size_file(folder: str) -> tuple[float, float, float] | None:
+    """The (Z, Y, X) voxel size in a folder's voxel_size.json, None without one."""
+    path = os.path.join(folder, VOXEL_SIZE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            size = tuple(float(v) for v in json.load(f)["zyx_um"])
+        check_voxel_size(size, path)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CTCFormatError(
+            f"{path}: expected {{\"zyx_um\": [z, y, x]}} with three positive numbers "
+            f"in micrometres ({one_line(e)})") from e
+    return size
+
+
+def _first_stack(folder: str) -> str | None:
+    """A folder's first raw frame (tTTT.tif), else its first .tif, else its first sequence's first
+    raw frame; None if it holds none."""
+    if not os.path.isdir(folder):
+        return None
+    frames = list_frames(folder)
+    if frames:
+        return frames[min(frames)]
+    tiffs = sorted(f for f in os.listdir(folder) if f.lower().endswith((".tif", ".tiff")))
+    if tiffs:
+        return os.path.join(folder, tiffs[0])
+    sequences = find_sequences(folder)
+    return _first_stack(os.path.join(folder, sequences[0])) if sequences else None
+
+
+def resolve_voxel_size(path: str, given: tuple | None = None
+                       ) -> tuple[tuple[float, float, float] | None, str]:
+    """The (Z, Y, X) voxel size in micrometres of a stack, a folder of stacks, a CTC sequence or a
+    CTC dataset, and where it came from, in one order everywhere: ``given`` (--voxel-size), the
+    voxel_size.json of the folder or of the folder above, the TIFF's own ImageJ or OME tags (of
+    the file, or of a folder's first stack), the published size of a known CTC dataset.
+
+    Returns:
+        (voxel size or None, a few words naming its source, "unknown" where no source has one).
+    """
+    if given is not None:
+        check_voxel_size(given, "--voxel-size")
+        return tuple(float(v) for v in given), "--voxel-size"
+    folder = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path) or ".")
+    folders = (folder, os.path.dirname(folder))
+    for place in folders:
+        size = _voxel_size_file(place)
+        if size:
+            return size, os.path.join(place, VOXEL_SIZE_FILE)
+    stack = path if os.path.isfile(path) else _first_stack(folder)
+    size = tiff_voxel_size(stack) if stack else None
+    if size:
+        return size, f"the TIFF tags of {stack}"
+    for place in folders:
+        name = os.path.basename(place)
+        if name in KNOWN_VOXEL_SIZES:
+            return KNOWN_VOXEL_SIZES[name], f"the known CTC dataset {name}"
+    return None, "unknown"
+
+
 @functools.lru_cache(maxsize=None)
 def voxel_size(root: str) -> tuple[float, float, float] | None:
-    """(Z, Y, X) voxel size in micrometres of a CTC dataset folder: its voxel_size.json, else the
-    published size of a known CTC dataset, else None."""
-    path = os.path.join(root, VOXEL_SIZE_FILE)
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                size = tuple(float(v) for v in json.load(f)["zyx_um"])
-            check_voxel_size(size, path)
-        except (ValueError, TypeError, KeyError) as e:
-            raise CTCFormatError(
-                f"{path}: expected {{\"zyx_um\": [z, y, x]}} with three positive numbers "
-                f"in micrometres ({one_line(e)})") from e
-        return size
-    return KNOWN_VOXEL_SIZES.get(os.path.basename(os.path.normpath(root)))
+    """(Z, Y, X) voxel size in micrometres of a CTC dataset folder (:func:`resolve_voxel_size`),
+    None if unknown."""
+    return resolve_voxel_size(root)[0]
 
 
 def dataset_voxel_size(path: str) -> tuple[float, float, float] | None:
-    """The voxel size of the dataset an input belongs to: a raw frame ``<dataset>/<seq>/tTTT.tif``,
-    a sequence folder, a folder of stacks or a stack in it (the folder's, else its parent's
-    voxel_size.json or known CTC name); None if unknown."""
-    folder = os.path.abspath(path if os.path.isdir(path)
-                             else os.path.dirname(os.path.abspath(path)))
-    return voxel_size(folder) or voxel_size(os.path.dirname(folder))
+    """The voxel size of a stack, a folder of stacks or a CTC folder (:func:`resolve_voxel_size`);
+    None if unknown."""
+    return resolve_voxel_size(path)[0]
 
 
 def record_voxel_size(record: dict) -> tuple[float, float, float] | None:
@@ -79,9 +127,9 @@ def record_voxel_size(record: dict) -> tuple[float, float, float] | None:
 
 def _load_split(root: str, seq: str, part: str) -> list[dict]:
     records = load_sequence_records(root, seq)
-    train, val = split_frames(sorted({r["frame"] for r in records}), _split["val_fraction"],
-                              _split["gap"])
-    keep = set(train if part == "train" else val)
+    split = split_frames(sorted({r["frame"] for r in records}), _split["val_fraction"],
+                         _split["gap"])
+    keep = set(split.train if part == "train" else split.val)
     return [r for r in records if r["frame"] in keep]
 
 
@@ -143,20 +191,39 @@ def register_all_ctc_datasets(root: str | None = None) -> list[str]:
     return registered
 
 
-def check_splits(names) -> None:
-    """Raise a one-line ValueError, before any work, if a ``_train`` / ``_val`` dataset's sequence
-    has too few referenced frames for DATASETS.SPLIT (see :func:`split_frames`)."""
-    for name in names:
+def check_splits(names) -> list[str]:
+    """Check the time split of every ``_train`` / ``_val`` dataset before any work, and say what
+    every dataset holds.
+
+    Returns:
+        one line per CTC dataset of ``names``: its annotated frames and slices and, for a split,
+        which frames each block holds and the gap (:meth:`FrameSplit.describe`).
+
+    Raises:
+        ValueError: one line naming the dataset and the keys to change where a sequence has too
+        few annotated frames for DATASETS.SPLIT (:func:`split_frames`).
+    """
+    lines = []
+    for name in dict.fromkeys(names):
         meta = MetadataCatalog.get(name)
-        if not name.endswith(("_train", "_val")) or meta.get("evaluator_type") != "ctc":
+        if meta.get("evaluator_type") != "ctc":
             continue
         seq_dir = os.path.join(meta.dataset_root, meta.sequence)
-        frames = set(list_frames(seq_dir)) & set(
-            list_gt(gt_folder(meta.dataset_root, meta.sequence)))
-        try:
-            split_frames(sorted(frames), _split["val_fraction"], _split["gap"])
-        except ValueError as e:
-            raise ValueError(f"{name} ({seq_dir}): {e}") from None
+        line = name
+        if name.endswith(("_train", "_val")):
+            frames = set(list_frames(seq_dir)) & set(
+                list_gt(gt_folder(meta.dataset_root, meta.sequence)))
+            try:
+                split = split_frames(sorted(frames), _split["val_fraction"], _split["gap"])
+            except ValueError as e:
+                raise ValueError(f"{name} ({seq_dir}): {e}") from None
+            line += f" (of {len(frames)} annotated frames: {split.describe()})"
+        records = [r for r in DatasetCatalog.get(name) if r.get("annotated", True)]
+        frames = sorted({r["frame"] for r in records})
+        listed = ", ".join(f"t{t:03d}" for t in frames[:12]) + (", ..." if len(frames) > 12 else "")
+        lines.append(f"{line}: {len(frames)} annotated frames, {len(records)} annotated slices "
+                     f"({listed})")
+    return lines
 
 
 def check_datasets_registered(names) -> None:

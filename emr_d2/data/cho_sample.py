@@ -107,3 +107,10 @@ def write_cho_sample(root: str, wheel: str) -> str:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return root
+
+
+def build_cho_sample(root: str) -> str:
+    """Write the CHO sample as a CTC dataset folder ``root`` (:func:`write_cho_sample`), the wheel
+    fetched once into ``.wheels`` beside it (:func:`fetch_wheel`). Returns root."""
+    return write_cho_sample(root, fetch_wheel(os.path.join(os.path.dirname(os.path.abspath(root)),
+                                                           ".wheels")))

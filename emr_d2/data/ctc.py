@@ -23,6 +23,7 @@ import tifffile
 from scipy import ndimage
 
 from ..atomic import atomic_write
+from .tiff_stack import StackAxesError, select_stack, series_axes
 
 RAW_PATTERN = re.compile(r"^t(\d{3,4})\.tif$")
 GT_3D_PATTERN = re.compile(r"^man_seg(\d{3,4})\.tif$")
@@ -166,12 +167,18 @@ def _squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
     return data
 
 
-def read_raw_volume(path: str, memmap: bool = True) -> np.ndarray:
-    """Read a raw frame as a (Z, Y, X) array (memory-mapped when the file allows it).
+def read_raw_volume(path: str, memmap: bool = True, channel: int | None = None) -> np.ndarray:
+    """Read a raw frame as a (Z, Y, X) array (memory-mapped when the file allows it), decided
+    from the file's own axes (:func:`.tiff_stack.select_stack`): ``channel`` picks one channel of
+    a multi-channel or colour file.
 
     Raises CTCFormatError naming the file for anything but a 3D stack of finite numbers.
     """
-    data = _squeeze_to_3d(_open_tiff(path, memmap), path)
+    data = _open_tiff(path, memmap)
+    try:
+        data = _squeeze_to_3d(select_stack(data, series_axes(path), path, channel), path)
+    except StackAxesError as e:
+        raise CTCFormatError(str(e)) from None
     if data.dtype.kind not in "uif":
         raise CTCFormatError(f"{path}: unsupported pixel type {data.dtype}")
     if data.dtype.kind == "f" and not np.isfinite(data).all():
@@ -203,10 +210,11 @@ def check_not_labels(volume, source: str, instead: str) -> None:
             f"microscopy; {instead}")
 
 
-def check_raw_input(path: str) -> None:
+def check_raw_input(path: str, channel: int | None = None) -> None:
     """Raise a one-line CTCFormatError if the stack at path cannot be segmented: not a 3D stack
-    of finite numbers (:func:`read_raw_volume`), or a label image (:func:`check_not_labels`)."""
-    check_not_labels(read_raw_volume(path), path,
+    of finite numbers (:func:`read_raw_volume`; ``channel`` as there), or a label image
+    (:func:`check_not_labels`)."""
+    check_not_labels(read_raw_volume(path, channel=channel), path,
                      "give the raw stack (tTTT.tif), not a reference or result")
 
 
@@ -214,10 +222,11 @@ class RawStack:
     """A raw frame's (Z, Y, X) stack read one slice at a time from its file, so that resident
     memory grows with a slice and not with the stack (a memory map keeps every slice it has
     touched resident). Indexing: ``stack[z]``, ``stack[z, rows, cols]``, ``stack[[z1, z2]]``.
-    A TIFF that cannot be memory-mapped (compressed, not contiguous) is read whole once."""
+    A TIFF that cannot be memory-mapped (compressed, not contiguous) or whose stack is one channel
+    of several is read whole once."""
 
-    def __init__(self, path: str):
-        data = read_raw_volume(path)
+    def __init__(self, path: str, channel: int | None = None):
+        data = read_raw_volume(path, channel=channel)
         self.path, self.shape, self.dtype, self.ndim = path, tuple(data.shape), data.dtype, 3
         contiguous = isinstance(data, np.memmap) and data.flags.c_contiguous
         self._whole = None if contiguous else np.asarray(data)

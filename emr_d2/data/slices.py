@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import pickle
+from dataclasses import dataclass
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -197,10 +198,41 @@ def load_sequence_records(
     return [record for t in frames for record in volumes[raw_frames[t]]["records"]]
 
 
-def split_frames(frames: list[int], val_fraction: float, gap: int) -> tuple[list[int], list[int]]:
+@dataclass(frozen=True)
+class FrameSplit:
+    """A sequence's annotated frames split in time: a leading train block, ``gap`` frames left
+    out, a trailing val block; ``asked_gap`` is DATASETS.SPLIT.GAP (``gap`` is lower where that
+    would have left the train block fewer than half of the frames)."""
+
+    train: list[int]
+    val: list[int]
+    gap: int
+    asked_gap: int
+
+    def describe(self) -> str:
+        """One line: which frames each block holds, and the gap (and why it was lowered)."""
+        def block(frames):
+            if not frames:
+                return "none"
+            return (f"{len(frames)} frame{'s' if len(frames) > 1 else ''} "
+                    + (f"t{frames[0]:03d}" if len(frames) == 1
+                       else f"t{frames[0]:03d}-t{frames[-1]:03d}"))
+
+        total = len(self.train) + len(self.val) + self.gap
+        line = f"train {block(self.train)}, val {block(self.val)}, gap {self.gap}"
+        if self.gap != self.asked_gap:
+            line += (f" (DATASETS.SPLIT.GAP {self.asked_gap} lowered to {self.gap}: it would have "
+                     f"left {max(total - len(self.val) - self.asked_gap, 0)} of {total} annotated "
+                     "frames to train on)")
+        return line
+
+
+def split_frames(frames: list[int], val_fraction: float, gap: int) -> FrameSplit:
     """Split sorted frames into a leading train block and a trailing val block, ``gap`` apart.
 
-    Neighbouring time points are near-duplicates, so frames are never split at random.
+    Neighbouring time points are near-duplicates, so frames are never split at random. Where
+    the gap would leave the train block fewer than half of the frames it is lowered (the returned
+    split says so); where the val block alone leaves fewer, a one-line ValueError names the keys.
     """
     frames = sorted(frames)
     if not 0.0 <= val_fraction < 1.0:
@@ -210,14 +242,13 @@ def split_frames(frames: list[int], val_fraction: float, gap: int) -> tuple[list
     n_val = int(round(len(frames) * val_fraction))
     if val_fraction > 0:
         n_val = max(n_val, 1)
-    n_train = len(frames) - n_val - gap
-    if n_train < 1:
+    half = max((len(frames) + 1) // 2, 1)
+    if len(frames) - n_val < half:
         raise ValueError(
-            f"{len(frames)} frames cannot hold a train block of 1 frame or more, a gap of {gap} "
-            "frames "
-            f"(DATASETS.SPLIT.GAP) and {n_val} val frames (DATASETS.SPLIT.VAL_FRACTION "
-            f"{val_fraction:g}): "
-            f"that needs {n_val + gap + 1} frames; lower DATASETS.SPLIT.GAP or train on the whole "
-            "sequence"
-        )
-    return frames[:n_train], frames[len(frames) - n_val:]
+            f"{len(frames)} annotated frames cannot hold a train block of at least half of them "
+            f"({half}) and {n_val} val frames (DATASETS.SPLIT.VAL_FRACTION {val_fraction:g}): "
+            "lower DATASETS.SPLIT.VAL_FRACTION, annotate more frames, or train on the whole "
+            "sequence (DATASETS.TRAIN without _train)")
+    used_gap = min(gap, len(frames) - n_val - half)
+    n_train = len(frames) - n_val - used_gap
+    return FrameSplit(frames[:n_train], frames[len(frames) - n_val:], used_gap, gap)

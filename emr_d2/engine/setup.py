@@ -1,6 +1,10 @@
 """Config setup shared by the command-line tools."""
 from __future__ import annotations
 
+import contextlib
+import difflib
+import re
+
 import torch
 from detectron2.config import CfgNode, get_cfg
 
@@ -20,8 +24,10 @@ def setup_config(config_file: str | None = None, opts: list[str] | None = None, 
     add_emr_config(cfg)
     check_replaced_keys(config_file, list(opts or []))
     if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
+        with _unknown_keys_named(cfg, f"{config_file}: "):
+            cfg.merge_from_file(config_file)
+    with _unknown_keys_named(cfg):
+        cfg.merge_from_list(list(opts or []))
     if calibrated_linking:
         apply_calibrated_linking(cfg, list(opts or []))
     check_config(cfg)
@@ -31,3 +37,28 @@ def setup_config(config_file: str | None = None, opts: list[str] | None = None, 
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def config_keys(node: CfgNode, prefix: str = "") -> list[str]:
+    """Every leaf key of a config, dotted (``MODEL.ROI_HEADS.NAME``)."""
+    keys = []
+    for name, value in node.items():
+        keys += (config_keys(value, f"{prefix}{name}.") if isinstance(value, CfgNode)
+                 else [f"{prefix}{name}"])
+    return keys
+
+
+@contextlib.contextmanager
+def _unknown_keys_named(cfg: CfgNode, where: str = ""):
+    """Turn yacs's error for a key the config does not have into one line that names the key and
+    the nearest keys it has (a misspelling's likely intent)."""
+    try:
+        yield
+    except (KeyError, AssertionError) as e:
+        match = re.search(r"Non-existent (?:config )?key: (\S+)", str(e))
+        if not match:
+            raise
+        key = match.group(1)
+        near = difflib.get_close_matches(key, config_keys(cfg), n=3, cutoff=0.75)
+        raise KeyError(f"{where}{key} is not a config key"
+                       + (f"; did you mean {' or '.join(near)}?" if near else "")) from None

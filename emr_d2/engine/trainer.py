@@ -185,10 +185,10 @@ class Trainer(DefaultTrainer):
                            results[dataset_name])
                 ctc = results[dataset_name].get("ctc", {})
                 if ctc:
-                    logger.info(
-                        f"CTC metrics on {dataset_name}:\n"
-                        + create_small_table({k: v for k, v in ctc.items() if k in CTC_TABLE_KEYS})
-                    )
+                    table = {k: v for k, v in ctc.items() if k in CTC_TABLE_KEYS}
+                    if "DET" not in table:  # the dataset has no <seq>_GT/TRA markers
+                        table["DET"] = table["OP_CSB"] = "no TRA markers"
+                    logger.info(f"CTC metrics on {dataset_name}:\n" + create_small_table(table))
                 print_csv_format(results[dataset_name])
         if len(results) == 1:
             results = list(results.values())[0]

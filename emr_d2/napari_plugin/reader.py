@@ -2,10 +2,12 @@
 
 A sequence folder (``01/`` with tTTT.tif frames) opens as one (T, Z, Y, X) image layer, its
 reference ``01_GT/SEG`` and a result ``01_RES`` beside it (if present) as label layers of the same
-shape; frames without a reference are empty. A 3D TIFF opens as a (Z, Y, X) image. The scale is
-the voxel size in micrometres: the TIFF's own resolution tags (ImageJ or resolution unit), else
-the dataset's (voxel_size.json beside or above, or a known CTC dataset). Stacks larger than
-:data:`EAGER_BYTES` are read lazily, frame by frame (dask).
+shape; frames without a reference are empty. A 3D TIFF opens as a (Z, Y, X) image, as the
+file's own axes say: a multi-channel or colour stack as one (Z, Y, X) image layer per channel,
+a time-lapse (TZYX) as one (T, Z, Y, X) layer. The scale is the voxel size in micrometres, found
+as every tool finds it (:func:`resolve_voxel_size`: voxel_size.json beside or above, the TIFF's
+ImageJ or OME tags, a known CTC dataset). Stacks larger than :data:`EAGER_BYTES` are read
+lazily, frame by frame (dask).
 """
 from __future__ import annotations
 
@@ -16,17 +18,15 @@ import tifffile
 
 from ..data.catalog import dataset_voxel_size
 from ..data.ctc import (CTCFormatError, list_frames, list_gt, list_results, read_gt_frame,
-                        read_label_volume,
-                        read_raw_volume)
+                        read_label_volume, read_raw_volume)
+from ..data.tiff_stack import CHANNEL_AXES, TIME_AXES, select_stack
 
 EAGER_BYTES = 1 << 30  # sequences up to this size are read into memory (editable labels)
-_UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3,
-                "mm": 1e3}
 
 
 def get_reader(path):
-    """The npe2 reader hook: a reader for a CTC sequence folder or a 3D TIFF, else None (the
-    path is left to other readers)."""
+    """The npe2 reader hook: a reader for a CTC sequence folder or a TIFF of one or more 3D stacks
+    (channels, time points), else None (the path is left to other readers)."""
     if not isinstance(path, str):
         return None
     if os.path.isdir(path) and list_frames(path):
@@ -34,30 +34,14 @@ def get_reader(path):
     if path.lower().endswith((".tif", ".tiff")) and os.path.isfile(path):
         try:
             with tifffile.TiffFile(path) as tif:
-                shape = tif.series[0].shape
+                series = tif.series[0]
+                axes, shape = series.axes, series.shape
         except (tifffile.TiffFileError, OSError, IndexError):
             return None
-        if sum(s > 1 for s in shape) == 3:
+        spatial = sum(n > 1 for a, n in zip(axes, shape) if a not in CHANNEL_AXES + TIME_AXES)
+        if spatial == 3:
             return read_stack
     return None
-
-
-def tiff_voxel_size(path: str) -> tuple[float, float, float] | None:
-    """(Z, Y, X) voxel size in micrometres stored in a TIFF (ImageJ's ``spacing`` and ``unit``
-    with the X/Y resolution tags), None if it stores none."""
-    with tifffile.TiffFile(path) as tif:
-        page, imagej = tif.pages[0], tif.imagej_metadata or {}
-        unit = str(imagej.get("unit", "")).strip()
-        if unit not in _UM_PER_UNIT or "spacing" not in imagej:
-            return None
-        tags = page.tags
-        if "XResolution" not in tags or "YResolution" not in tags:
-            return None
-        (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
-        if not (xn and yn and xd and yd):
-            return None
-        factor = _UM_PER_UNIT[unit]
-        return float(imagej["spacing"]) * factor, yd / yn * factor, xd / xn * factor
 
 
 def _geometry(voxel: tuple | None, leading: int = 0) -> dict:
@@ -82,12 +66,34 @@ def _frame_stack(read, count: int, shape: tuple, dtype) -> np.ndarray:
 
 
 def read_stack(path: str) -> list[tuple]:
-    """A 3D TIFF as one image layer, scaled by its (or its dataset's) voxel size."""
-    volume = read_raw_volume(path, memmap=False)
-    voxel = tiff_voxel_size(path) or dataset_voxel_size(path)
+    """A TIFF's 3D stack as one image layer, scaled by its voxel size; a multi-channel or colour
+    stack as one layer per channel (metadata ``channel``), a time-lapse as one (T, Z, Y, X)
+    layer."""
+    with tifffile.TiffFile(path) as tif:
+        axes, shape = tif.series[0].axes, tif.series[0].shape
+    voxel = dataset_voxel_size(path)
     name = os.path.splitext(os.path.basename(path))[0]
     metadata = {"ctc_files": [os.path.basename(path)]}
-    return [(volume, {"name": name, **_geometry(voxel), "metadata": metadata}, "image")]
+    times = [n for a, n in zip(axes, shape) if a in TIME_AXES and n > 1]
+    if times:
+        data = np.moveaxis(np.asarray(tifffile.imread(path)), axes.index("T"), 0)
+        frames = [read_stack_array(frame, axes.replace("T", ""), path) for frame in data]
+        return [(np.stack(frames), {"name": name, **_geometry(voxel, 1), "metadata": metadata},
+                 "image")]
+    channels = [n for a, n in zip(axes, shape) if a in CHANNEL_AXES and n > 1]
+    return [(read_raw_volume(path, memmap=False, channel=c),
+             {"name": f"{name} [channel {c}]" if channels else name, **_geometry(voxel),
+              "metadata": {**metadata, **({"channel": c} if channels else {})}}, "image")
+            for c in (range(channels[0]) if channels else [None])]
+
+
+def read_stack_array(data: np.ndarray, axes: str, path: str) -> np.ndarray:
+    """The (Z, Y, X) stack of one time point of a time-lapse (one channel: a multi-channel
+    time-lapse is refused with one line naming the file)."""
+    volume = select_stack(data, axes, path)
+    if volume.ndim != 3:
+        raise CTCFormatError(f"{path}: a time point of shape {volume.shape} is not a 3D stack")
+    return volume
 
 
 def read_ctc_sequence(path: str) -> list[tuple]:

@@ -83,6 +83,9 @@ def segment(job: SegmentJob) -> Iterator[int]:
     the one line and no traceback dialog."""
     try:
         predictor = load_predictor(job.model_dir, job.score_threshold, job.tta)
+        if job.voxel_um is None and predictor.pixel_size_um:
+            return None, (f"the voxel size is unknown (0) and the model works at "
+                          f"{predictor.pixel_size_um:g} µm pixels: fill in voxel Z, Y and X (µm)")
         labels = np.zeros(job.data.shape, np.uint16)
         done = 0
         for frame in job.frames or [None]:
@@ -109,8 +112,12 @@ class SegmentWidget(Container):
         self.model_dir = FileEdit(label="model folder", mode="d", nullable=True, value=None)
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.voxel = [
-            FloatSpinBox(label=f"voxel {axis} (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
+            FloatSpinBox(label=f"voxel {axis} (µm)", min=0.0, max=1000.0, step=0.01, value=0.0,
+                         tooltip="the layer's voxel size in micrometres, prefilled from its scale; "
+                                 "0 = unknown, refused by a model that works at a pixel size")
             for axis in "ZYX"]
+        self.voxel_note = Label(value="voxel size: 0 = unknown (the model then refuses the layer "
+                                      "unless it works at native pixels)")
         for box in self.voxel:
             box.native.setDecimals(4)
         self.score_threshold = FloatSpinBox(label="score threshold", min=0.0, max=1.0, step=0.05,
@@ -121,7 +128,8 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
-        super().__init__(widgets=[self.model_dir, self.image, *self.voxel, self.score_threshold,
+        super().__init__(widgets=[self.model_dir, self.image, *self.voxel, self.voxel_note,
+                                  self.score_threshold,
                                   self.current_frame_only, self.tta, self.run_button,
                                   self.cancel_button, self.progress, self.status])
         self.worker = None
@@ -168,6 +176,11 @@ class SegmentWidget(Container):
         if layer.ndim not in (3, 4) or layer.rgb:
             raise ValueError(f"{layer.name}: a {layer.ndim}D {'RGB ' if layer.rgb else ''}layer; "
                              "segment a 3D (Z, Y, X) or 4D (T, Z, Y, X) image layer")
+        if layer.ndim == 4 and str(layer.axis_labels[0]).lower() not in ("t", "time"):
+            raise ValueError(
+                f"{layer.name}: a 4D layer whose first axis is not time (axis labels "
+                f"{tuple(layer.axis_labels)}); open the file with the emr_d2 reader (one layer per "
+                "channel, a time-lapse as t, z, y, x) or label the axes t, z, y, x")
         check_not_labels(layer.data if layer.ndim == 3 else layer.data[0], layer.name,
                          "choose the raw image layer")
         voxel = tuple(float(box.value) for box in self.voxel)
