@@ -11,6 +11,7 @@ Every stage prints a line when it starts, a progress line every 10 s and a line 
 its full output (detectron2's config and log) goes to <output>/logs/<stage>.log, and training
 also writes OUTPUT_DIR/config.yaml and log.txt.
 """
+import known_warnings  # noqa: F401  (first: silences known third-party warnings)
 import argparse
 import json
 import os
