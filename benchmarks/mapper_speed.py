@@ -13,10 +13,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from emr_d2.data.mapper import SliceStackMapper  # noqa: E402
 from emr_d2.data.slices import load_sequence_records  # noqa: E402
 from emr_d2.data.synthetic import SyntheticPreset, write_synthetic_dataset  # noqa: E402
-from emr_d2.engine import setup_config  # noqa: E402
+from emr_d2.engine import build_mapper, setup_config  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     random.seed(0)
     rates = {}
     for name, is_train, count in (("training mapper", True, 100), ("window alone", False, 500)):
-        mapper = SliceStackMapper(cfg, is_train=is_train)
+        mapper = build_mapper(cfg, is_train=is_train)
         order = [random.choice(records) for _ in range(count)]
         start = time.perf_counter()
         for record in order:

@@ -17,7 +17,7 @@ sys.path.insert(0, ROOT)
 import emr_d2  # noqa: E402,F401
 from detectron2.modeling import build_model  # noqa: E402
 
-from emr_d2.config import config_variants  # noqa: E402
+from emr_d2.engine.setup import config_variants  # noqa: E402
 from emr_d2.engine import setup_config  # noqa: E402
 
 # Untrained weights: the same head load for every model (100 proposals, 20 detections kept).

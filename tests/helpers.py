@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from emr_d2.config import config_variants
 from emr_d2.engine import setup_config
+from emr_d2.engine.setup import config_variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")

@@ -7,7 +7,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from emr_d2.data.mapper import SliceStackMapper
+from emr_d2.engine import build_mapper
 from emr_d2.engine import Trainer
 from emr_d2.engine.amp import MixedPrecisionTrainer
 
@@ -21,7 +21,7 @@ FAMILIES = ["baseline_2d", "channel_fusion", "mlp_fusion", "late_fusion_mlp",
 def batch(cfg):
     np.random.seed(0)
     records = sorted(DatasetCatalog.get("TINY_01"), key=lambda r: -len(r["annotations"]))[:2]
-    mapper = SliceStackMapper(cfg, is_train=True)
+    mapper = build_mapper(cfg, is_train=True)
     return [mapper(r) for r in records]
 
 

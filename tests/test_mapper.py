@@ -9,6 +9,7 @@ from detectron2.data import transforms as T
 
 from emr_d2.data.augment import IntensityAugmentation, RandomRot90, Rot90Transform
 from emr_d2.data.mapper import SliceStackMapper
+from emr_d2.engine import build_mapper
 from emr_d2.data.window import (SliceWindow, normalise, percentile_range, window_indices,
                                 window_offsets)
 from emr_d2.engine import setup_config
@@ -134,6 +135,6 @@ def test_test_mode_has_no_instances_and_keeps_native_size(records):
 
 def test_mapper_from_config(records):
     cfg = setup_config(opts=["INPUT.NUM_SLICES", "3", "INPUT.SCALE_JITTER", "(0.8, 1.25)"])
-    out = SliceStackMapper(cfg, is_train=True)(records[3])
+    out = build_mapper(cfg, is_train=True)(records[3])
     assert out["image"].shape[0] == 3
     assert out["instances"].gt_masks.tensor.shape[1:] == out["image"].shape[1:]

@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from emr_d2.data.mapper import SliceStackMapper
+from emr_d2.engine import build_mapper
 from emr_d2.engine import Trainer
 from emr_d2.modeling import SliceStackCheckpointer, fusion_weights
 from emr_d2.modeling.fusion import SliceFusion, build_fusion, mean_slice_weights
@@ -26,7 +26,7 @@ CASES = [(v, n) for v in VARIANTS for n in N_FOR[v]]
 
 def batch(cfg, count=2):
     records = DatasetCatalog.get("TINY_01")
-    mapper = SliceStackMapper(cfg, is_train=True)
+    mapper = build_mapper(cfg, is_train=True)
     chosen = sorted(records, key=lambda r: -len(r["annotations"]))[:count]
     return [mapper(r) for r in chosen]
 

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from emr_d2.data.mapper import SliceStackMapper
+from emr_d2.engine import build_mapper
 from emr_d2.modeling.fusion import SliceFusion
 from emr_d2.predictor import VolumePredictor
 
@@ -34,7 +34,7 @@ def test_every_fusion_family_trains_with_point_rend_and_the_z_extent_head(regist
     cfg = tiny_cfg(variant, n, point_rend(variant.startswith("late_fusion")) + [
         "MODEL.Z_EXTENT.ENABLED", "True", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096"])
     model = build_model(cfg)
-    mapper = SliceStackMapper(cfg, is_train=True)
+    mapper = build_mapper(cfg, is_train=True)
     records = sorted(DatasetCatalog.get("TINY_01"), key=lambda r: -len(r["annotations"]))[:2]
     with EventStorage():
         losses = model([mapper(r) for r in records])
@@ -61,7 +61,7 @@ def test_a_batch_without_nuclei_trains_with_point_rend(registered_tiny, late):
     variant = "late_fusion_mlp" if late else "channel_fusion"
     cfg = tiny_cfg(variant, 3, point_rend(late))
     model = build_model(cfg)
-    mapper = SliceStackMapper(cfg, is_train=True)
+    mapper = build_mapper(cfg, is_train=True)
     records = [dict(r, annotations=[]) for r in DatasetCatalog.get("TINY_01")[:2]]
     with EventStorage():
         losses = model([mapper(r) for r in records])
@@ -114,7 +114,7 @@ def test_points_from_the_centre_slices_own_features(registered_tiny, tiny_datase
     assert torch.equal(features["p2_center"],
                        model.backbone.forward_slices(image[None])["p2"][:, 1])
     assert not torch.equal(features["p2_center"], features["p2"])
-    mapper = SliceStackMapper(cfg, is_train=True)
+    mapper = build_mapper(cfg, is_train=True)
     records = sorted(DatasetCatalog.get("TINY_01"), key=lambda r: -len(r["annotations"]))[:2]
     with EventStorage():
         losses = model([mapper(r) for r in records])

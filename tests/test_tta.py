@@ -8,7 +8,7 @@ from detectron2.structures import Boxes, Instances
 from scipy import ndimage
 from torchvision.ops import roi_align
 
-from emr_d2.config import check_config
+from emr_d2.engine.config_checks import check_config
 from emr_d2.modeling.tta import (PLANE_SYMMETRIES, average_mask_outputs, merge_detections,
                                  plane_symmetries)
 from emr_d2.predictor import VolumePredictor

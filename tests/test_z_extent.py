@@ -9,7 +9,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from emr_d2.calibration import PastedVolume, choose_linking, linking_grid
-from emr_d2.data.mapper import SliceStackMapper, object_z_ranges, z_extent_targets
+from emr_d2.data.mapper import object_z_ranges, z_extent_targets
+from emr_d2.engine import build_mapper
 from emr_d2.data.synthetic import SyntheticPreset, write_synthetic_dataset
 from emr_d2.evaluation.seg import score_frame
 from emr_d2.evaluation.z_extent import ZExtentErrors
@@ -57,7 +58,7 @@ def test_extent_targets_count_physical_distances_and_ignore_cut_sides(tmp_path):
 def test_the_mapper_gives_targets_at_the_stack_edge_as_inside(flat_dataset):
     cfg = tiny_cfg("mlp_fusion", 3,
                    ZEXT + ["INPUT.RANDOM_FLIP", "none", "INPUT.SLICE_PADDING", "zero"])
-    mapper = SliceStackMapper(cfg, is_train=True)
+    mapper = build_mapper(cfg, is_train=True)
     records = [r for r in DatasetCatalog.get("FLAT_01") if r["frame"] == 0]
     ranges = object_z_ranges(records[0]["gt_file"])
     checked = 0
@@ -79,7 +80,7 @@ def test_the_head_trains_in_every_fusion_family_and_reaches_the_fusion(
     torch.manual_seed(0)
     cfg = tiny_cfg(variant, num_slices, ZEXT + ["MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096"])
     model = build_model(cfg)
-    mapper = SliceStackMapper(cfg, is_train=True)
+    mapper = build_mapper(cfg, is_train=True)
     records = sorted(DatasetCatalog.get("FLAT_01"), key=lambda r: -len(r["annotations"]))[:2]
     with EventStorage():
         losses = model([mapper(r) for r in records])

@@ -15,7 +15,6 @@ import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..cli import one_line
 from .ctc import CTCFormatError, find_sequences, gt_folder, list_frames, list_gt
 from .tiff_stack import tiff_voxel_size
 from .window import check_voxel_size
@@ -58,7 +57,7 @@ def _voxel_size_file(folder: str) -> tuple[float, float, float] | None:
     except (ValueError, TypeError, KeyError) as e:
         raise CTCFormatError(
             f"{path}: expected {{\"zyx_um\": [z, y, x]}} with three positive numbers "
-            f"in micrometres ({one_line(e)})") from e
+            f"in micrometres ({type(e).__name__}: {e})") from e
     return size
 
 

@@ -23,6 +23,7 @@ import tifffile
 from scipy import ndimage
 
 from ..atomic import atomic_write
+from ..linking.regions import MAX_LABEL
 from .tiff_stack import StackAxesError, select_stack, series_axes
 
 RAW_PATTERN = re.compile(r"^t(\d{3,4})\.tif$")
@@ -33,7 +34,6 @@ TRA_PATTERN = re.compile(r"^man_track(\d{3,4})\.tif$")
 RES_TRACK_FILE = "res_track.txt"
 SEQUENCE_PATTERN = re.compile(r"^\d{2,}$")
 
-MAX_LABEL = np.iinfo(np.uint16).max
 
 
 class CTCFormatError(ValueError):

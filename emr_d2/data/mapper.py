@@ -17,7 +17,6 @@ from .augment import IntensityAugmentation, build_slice_augmentations
 from .catalog import record_voxel_size
 from .ctc import read_label_volume, z_ranges
 from .window import SliceWindow, VolumeWindowReader, pixel_scale, scaled_size, z_spacing_um
-from ..modeling.roi_heads import predicts_neighbor_masks
 
 
 def annotations_to_label_map(annotations: list[dict], height: int, width: int) -> np.ndarray:
@@ -145,7 +144,9 @@ class SliceStackMapper:
         self.label_volume = functools.lru_cache(maxsize=4)(read_label_volume)  # memory-mapped
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True) -> dict:
+    def from_config(cls, cfg, is_train: bool = True, neighbor_masks: bool = False) -> dict:
+        """The mapper of a config; ``neighbor_masks``: the model predicts neighbour-slice masks
+        (the engine knows from its mask head; :func:`emr_d2.engine.build_mapper`)."""
         return {
             "is_train": is_train,
             "augmentations": build_slice_augmentations(cfg, is_train),
@@ -154,7 +155,7 @@ class SliceStackMapper:
             "pixel_size_um": cfg.INPUT.PIXEL_SIZE_UM,
             "intensity_augmentation": IntensityAugmentation.from_config(cfg) if is_train else None,
             "center_degradation": CenterDegradation.from_config(cfg) if is_train else None,
-            "neighbor_masks": predicts_neighbor_masks(cfg),
+            "neighbor_masks": neighbor_masks,
             "z_extent": cfg.MODEL.Z_EXTENT.ENABLED,
         }
 

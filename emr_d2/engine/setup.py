@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import re
 
 import torch
 from detectron2.config import CfgNode, get_cfg
 
 from ..calibration import apply_calibrated_linking
-from ..config import add_emr_config, check_config, check_replaced_keys
+from ..config import add_emr_config
+from .config_checks import check_config, check_replaced_keys
 from ..data.catalog import configure_splits
 
 
@@ -62,3 +64,11 @@ def _unknown_keys_named(cfg: CfgNode, where: str = ""):
         near = difflib.get_close_matches(key, config_keys(cfg), n=3, cutoff=0.75)
         raise KeyError(f"{where}{key} is not a config key"
                        + (f"; did you mean {' or '.join(near)}?" if near else "")) from None
+
+
+def config_variants(config_dir: str) -> list[str]:
+    """Names of the model variants in a config folder: every YAML file but the Base-* ones,
+    baseline_2d first, then alphabetically."""
+    names = [os.path.splitext(f)[0] for f in os.listdir(config_dir)
+             if f.endswith(".yaml") and not f.startswith("Base-")]
+    return sorted(names, key=lambda name: (name != "baseline_2d", name))

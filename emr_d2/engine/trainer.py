@@ -23,6 +23,7 @@ from ..atomic import write_json
 from ..evaluation.ctc_evaluator import AnnotatedSlicesOnly, CTCEvaluator
 from ..modeling.checkpoint import SliceStackCheckpointer
 from ..modeling.fusion import SliceFusion
+from ..modeling.roi_heads import predicts_neighbor_masks
 from .amp import MixedPrecisionTrainer, resolve_precision
 from .hooks import EarlyStop, EarlyStopping, FusionWeightLogger, LinkingCalibration, ValidationLoss
 from .inference import inference_on_volumes
@@ -101,22 +102,22 @@ class Trainer(DefaultTrainer):
         """Slices with a reference (slice-wise GT: only the annotated ones); empty slices stay
         unless DATALOADER.FILTER_EMPTY_ANNOTATIONS."""
         records = _annotated_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        return build_detection_train_loader(cfg, mapper=SliceStackMapper(cfg, is_train=True),
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True),
                                             dataset=records)
 
     @classmethod
     def build_validation_loader(cls, cfg):
         """Training-mode batches of DATASETS.VAL without augmentation, for the validation loss."""
         records = _annotated_records(cfg.DATASETS.VAL, filter_empty=False)
-        mapper = SliceStackMapper(cfg, is_train=True,
-                                  augmentations=build_slice_augmentations(cfg, False),
-                                  intensity_augmentation=None)
+        mapper = build_mapper(cfg, is_train=True,
+                              augmentations=build_slice_augmentations(cfg, False),
+                              intensity_augmentation=None)
         return build_detection_train_loader(cfg, mapper=mapper, dataset=records)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name,
-                                           mapper=SliceStackMapper(cfg, is_train=False))
+                                           mapper=build_mapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -193,6 +194,13 @@ class Trainer(DefaultTrainer):
         if len(results) == 1:
             results = list(results.values())[0]
         return results
+
+
+def build_mapper(cfg, is_train: bool, **overrides) -> SliceStackMapper:
+    """The SliceStackMapper of a config's model: with neighbour-slice targets where its mask head
+    predicts them; ``overrides`` replace keyword arguments of its ``from_config``."""
+    return SliceStackMapper(cfg, is_train=is_train, neighbor_masks=predicts_neighbor_masks(cfg),
+                            **overrides)
 
 
 def _annotated_records(names, filter_empty: bool) -> list[dict]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..data.ctc import MAX_LABEL
 from .options import LinkOptions, resolve_options
-from .regions import SlicePrediction, SliceRegions, paste_prediction, paste_volume
+from .regions import MAX_LABEL, SlicePrediction, SliceRegions, paste_prediction, paste_volume
 from .similarity import SIMILARITIES
 from .tracks import Tracker, finish_track, gap_fills
 

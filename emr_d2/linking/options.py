@@ -1,9 +1,9 @@
-"""The options of z-linking, read from a config: the config is the only home of their defaults."""
+"""The options of z-linking and their defaults (their one home: the config's TEST.CTC keys take
+their defaults from here)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 from .similarity import LINKERS
@@ -47,18 +47,18 @@ class LinkOptions:
         extent_trim_um: with predicted z extents, remove end slices more than this beyond where
             the object's other detections say it ends; 0: off.
 
-    ``LinkOptions.from_config(cfg)`` reads them from TEST.CTC; ``from_config()`` gives the
-    config's defaults, which the Python API uses when no options are given.
+    ``LinkOptions.from_config(cfg)`` reads them from TEST.CTC; ``LinkOptions()`` (and
+    ``from_config()``) are the defaults, which the config's keys and the Python API use.
     """
 
-    strategy: str
-    threshold: float
-    look_back: int
-    min_slices: int
-    fill_gaps: bool
-    split_depth: float
-    extent_gate_um: float
-    extent_trim_um: float
+    strategy: str = "iou"
+    threshold: float = 0.3
+    look_back: int = 1
+    min_slices: int = 2
+    fill_gaps: bool = True
+    split_depth: float = 0.15  # what the calibration chose most often
+    extent_gate_um: float = 0.0
+    extent_trim_um: float = 0.0
 
     def __post_init__(self):
         if self.strategy not in LINKERS:
@@ -77,9 +77,9 @@ class LinkOptions:
 
     @classmethod
     def from_config(cls, cfg=None) -> LinkOptions:
-        """The options of a config's TEST.CTC keys; without a config, of the default config."""
+        """The options of a config's TEST.CTC keys; without a config, the defaults."""
         if cfg is None:
-            return _default_options()
+            return cls()
         return cls(**{option: cfg.TEST.CTC[key] for option, key in CONFIG_KEYS.items()})
 
     def replace(self, **changes) -> LinkOptions:
@@ -88,17 +88,6 @@ class LinkOptions:
 
 
 def resolve_options(options: LinkOptions | None, changes: dict) -> LinkOptions:
-    """``options`` (the default config's when None) with ``changes`` applied."""
-    options = LinkOptions.from_config() if options is None else options
+    """``options`` (the defaults when None) with ``changes`` applied."""
+    options = LinkOptions() if options is None else options
     return options.replace(**changes) if changes else options
-
-
-@functools.lru_cache(maxsize=1)
-def _default_options() -> LinkOptions:
-    from detectron2.config import get_cfg
-
-    from ..config import add_emr_config
-
-    cfg = get_cfg()
-    add_emr_config(cfg)
-    return LinkOptions.from_config(cfg)

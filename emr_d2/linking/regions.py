@@ -8,6 +8,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+MAX_LABEL = np.iinfo(np.uint16).max  # label volumes are uint16, as the CTC's
+
+
 
 class SlicePrediction(NamedTuple):
     """One slice's instances, from the model's Instances to the linkers.
