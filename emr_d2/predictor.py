@@ -249,8 +249,10 @@ class VolumePredictor:
             channel: the channel to segment in a multi-channel or colour TIFF.
         """
         voxel_um, origin = resolve_voxel_size(source, voxel_um)
+        guess = (f": its pixels taken to be the model's {self.pixel_size_um:g} um"
+                 if self.assume_model_pixel_size and self.pixel_size_um else "")
         logger.info(f"{source}: voxel size {_voxel_text(voxel_um)}"
-                    + (f" (from {origin})" if voxel_um else ""))
+                    + (f" (from {origin})" if voxel_um else guess))
         volume = RawStack(source, channel)
         objects = 0
 
