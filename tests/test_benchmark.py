@@ -62,11 +62,11 @@ def test_a_row_written_before_the_mask_columns_gets_them_from_its_saved_results(
 def test_each_training_process_is_held_to_the_threads_given(tmp_path, monkeypatch):
     environments = []
 
-    def record(command, env=None, **kwargs):
+    def record(command, log, env=None, **kwargs):
         environments.append(env)
         raise InterruptedError("recorded")
 
-    monkeypatch.setattr(benchmark.subprocess, "run", record)
+    monkeypatch.setattr(benchmark, "run_child", record)
     with pytest.raises(InterruptedError):
         run_benchmark(["configs/bench/baseline_2d.yaml"], BenchDataset("TINY"), 1, str(tmp_path),
                       str(tmp_path),

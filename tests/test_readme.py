@@ -34,6 +34,7 @@ def test_the_readme_python_example_runs(trained, tiny_dataset, tmp_path, monkeyp
     volume = tifffile.imread(tmp_path / "stack.tif")
     assert namespace["linked"].labels.shape == volume.shape and namespace["linked"].labels.max() > 0
     assert namespace["relinked"].labels.shape == volume.shape
+    assert len(namespace["nuclei"]) == namespace["linked"].labels.max()
     assert printed.getvalue().startswith(f"{volume.shape} ")
 
 
