@@ -50,8 +50,7 @@ def predict_files(predictor: VolumePredictor, pairs: list[tuple[str, str]],
         check_raw_input(source, channel)
         voxel = resolve_voxel_size(source, voxel_um)[0]
         try:
-            predictor.slice_offsets(voxel)
-            predictor.input_scale(voxel)
+            predictor.geometry(voxel)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
         if measure and voxel is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,14 +16,31 @@ from tqdm import tqdm
 from .data.catalog import resolve_voxel_size
 from .data.ctc import RawStack, write_label_planes
 from .data.window import (SliceWindow, normalised_slices, percentile_range, pixel_scale,
-                          scaled_size,
-                          warn_if_deeper_than, z_spacing_um)
+                          scaled_size, warn_if_deeper_than, z_spacing_um)
 from .linking import (LinkedVolume, LinkOptions, SliceRegions, link_slices, open_linker,
                       paste_volume, slice_prediction)
 from .modeling.checkpoint import SliceStackCheckpointer
 from .modeling.tta import PlaneSymmetry, plane_symmetries
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackGeometry:
+    """A stack's voxel size, resolved once into what predicting it needs
+    (:meth:`VolumePredictor.geometry`).
+
+    Attributes:
+        offsets: (N,) int, the window's slice offsets (INPUT.SLICE_OFFSETS, or neighbours
+            INPUT.SLICE_SPACING_UM apart in slices of this stack).
+        scale: the factor that resizes its slices to the model's pixel size (1: as they are).
+        z_spacing_um: the length of a slice step in micrometres, the unit of z extents (1.0, so
+            that extents count slices, where the voxel size is unknown).
+    """
+
+    offsets: np.ndarray
+    scale: float
+    z_spacing_um: float
 
 
 # Whole-volume inference batches at most this many pixels of centre slices per forward pass:
@@ -114,33 +132,32 @@ class VolumePredictor:
         }
 
     # ------------------------------------------------------------------ per-slice prediction
-    def slice_offsets(self, voxel_um: tuple | None = None) -> np.ndarray:
-        """(N,) window offsets in slices for a volume of (Z, Y, X) voxel size voxel_um (um)."""
-        return self.window.offsets_for(voxel_um)
-
-    def input_scale(self, voxel_um: tuple | None) -> float:
-        """Factor that resizes slices of (Z, Y, X) voxel size voxel_um (um) to the model's pixel
-        size INPUT.PIXEL_SIZE_UM (0: native pixels). An unknown voxel size is refused with one
-        line saying how to give it, unless ``assume_model_pixel_size`` (factor 1)."""
-        if self.pixel_size_um and voxel_um is None:
-            if self.assume_model_pixel_size:
-                return 1.0
+    def geometry(self, voxel_um: tuple | None = None) -> StackGeometry:
+        """What a stack of (Z, Y, X) voxel size voxel_um (micrometres; None: unknown) means for
+        this model: window offsets, the resize to INPUT.PIXEL_SIZE_UM, the z unit. An unknown
+        voxel size is refused with one line saying how to give it where the model needs it
+        (INPUT.SLICE_SPACING_UM; INPUT.PIXEL_SIZE_UM unless ``assume_model_pixel_size``)."""
+        offsets = self.window.offsets_for(voxel_um)
+        if self.pixel_size_um and voxel_um is None and not self.assume_model_pixel_size:
             raise ValueError(
                 "the voxel size of the input is unknown (no --voxel-size, voxel_size.json, TIFF "
                 f"tags or known CTC dataset) and the model works at {self.pixel_size_um:g} um "
                 "pixels: give it with --voxel-size Z Y X (micrometres), or pass "
                 f"--assume-model-pixel-size to take the pixels to be {self.pixel_size_um:g} um")
-        return pixel_scale(self.pixel_size_um, voxel_um)
+        scale = 1.0 if voxel_um is None else pixel_scale(self.pixel_size_um, voxel_um)
+        return StackGeometry(offsets, scale, z_spacing_um(voxel_um))
 
     def slice_instances(self, volume: np.ndarray, progress: bool = False,
-                        voxel_um: tuple | None = None) -> Iterator[tuple[int, Instances]]:
+                        voxel_um: tuple | None = None, *, geometry: StackGeometry | None = None
+                        ) -> Iterator[tuple[int, Instances]]:
         """Yield (z, Instances at native size) for every slice of a (Z, H, W) raw volume of
         (Z, Y, X) voxel size voxel_um (micrometres; needed with INPUT.SLICE_SPACING_UM or
-        INPUT.PIXEL_SIZE_UM, which resizes the slices before the model)."""
+        INPUT.PIXEL_SIZE_UM, which resizes the slices before the model), or of the ``geometry``
+        already resolved from it (:meth:`geometry`)."""
         if volume.ndim != 3:
             raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}")
-        offsets = self.slice_offsets(voxel_um)
-        scale = self.input_scale(voxel_um)
+        geometry = geometry or self.geometry(voxel_um)
+        offsets, scale = geometry.offsets, geometry.scale
         intensity_range = percentile_range(volume, self.percentiles)
         depth = volume.shape[0]
         warn_if_deeper_than(depth, offsets, "volume")
@@ -213,10 +230,11 @@ class VolumePredictor:
                 voxel_um: tuple | None = None) -> SliceRegions:
         """Predict and paste every slice of a (Z, H, W) raw volume (with predicted neighbour
         masks and z extents where the model predicts them), ready for linking."""
+        geometry = self.geometry(voxel_um)
         predictions = ((z, slice_prediction(instances, self.score_threshold))
-                       for z, instances in self.slice_instances(volume, progress, voxel_um))
-        return paste_volume(predictions, volume.shape, self.slice_offsets(voxel_um),
-                            z_spacing_um(voxel_um))
+                       for z, instances in self.slice_instances(volume, progress,
+                                                                geometry=geometry))
+        return paste_volume(predictions, volume.shape, geometry.offsets, geometry.z_spacing_um)
 
     def __call__(self, volume: np.ndarray, progress: bool = False,
                  voxel_um: tuple | None = None) -> LinkedVolume:
@@ -230,9 +248,10 @@ class VolumePredictor:
         later slice can change, in z order), and (Z, the rest) at the end. The planes are those of
         ``self(volume)``; only the slices of objects still open are held (:func:`open_linker`; the
         "connected" linker holds every slice and returns them all at the end)."""
-        linker = open_linker(volume.shape, self.slice_offsets(voxel_um), z_spacing_um(voxel_um),
+        geometry = self.geometry(voxel_um)
+        linker = open_linker(volume.shape, geometry.offsets, geometry.z_spacing_um,
                              self.link_options)
-        for z, instances in self.slice_instances(volume, progress, voxel_um):
+        for z, instances in self.slice_instances(volume, progress, geometry=geometry):
             yield z, linker.add(z, slice_prediction(instances, self.score_threshold))
         yield volume.shape[0], linker.finish()
 

@@ -327,10 +327,11 @@ def collect_fusion_weights(cfg, model, volume: np.ndarray,
     one_window.defrost()
     one_window.TEST.CTC.BATCH_WINDOWS = 1
     predictor = VolumePredictor(one_window, model)
-    offsets, depth = predictor.slice_offsets(voxel_um), volume.shape[0]
+    geometry, depth = predictor.geometry(voxel_um), volume.shape[0]
+    offsets = geometry.offsets
     sums: dict[str, dict[str, list]] = {}
     maps = {}
-    for z, _ in predictor.slice_instances(volume, voxel_um=voxel_um):
+    for z, _ in predictor.slice_instances(volume, geometry=geometry):
         reach = z + offsets
         group = "edge" if reach.min() < 0 or reach.max() >= depth else "interior"
         for name, w in fusion_weights(model).items():

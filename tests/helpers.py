@@ -60,18 +60,16 @@ def tiny_cfg(variant: str, num_slices: int | None = None, extra=(), freeze=True)
     return setup_config(os.path.join(CONFIGS, f"{variant}.yaml"), opts, freeze=freeze)
 
 
-TRAIN = ["DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)", "SOLVER.IMS_PER_BATCH",
-         "2",
-         "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "()",
-         "INPUT.NUM_SLICES", "3",
-         "TEST.CTC.COCO_AP", "True", "DATASETS.VAL", "()", "TEST.CTC.CALIBRATE_LINKING", "False"]
+TRAIN = ["DATASETS.TRAIN", "('TINY_01',)", "DATASETS.TEST", "('TINY_02',)",
+         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "5",
+         "SOLVER.STEPS", "()", "INPUT.NUM_SLICES", "3", "TEST.CTC.COCO_AP", "True",
+         "DATASETS.VAL", "()", "TEST.CTC.CALIBRATE_LINKING", "False"]
 
 
 # The trained fixture's schedule. 30 iterations at 1e-3 found no nucleus with AVX-512 kernels; 100
-# at
-# 3e-3 still fell to recall 0.42 on one seed; this one finds most nuclei on every seed and kernel
-# path
-# measured (benchmarks/fixture_learning.py, results in benchmarks/results/fixture_learning/).
+# at 3e-3 still fell to recall 0.42 on one seed; this one finds most nuclei on every seed and
+# kernel path measured (benchmarks/fixture_learning.py, results in
+# benchmarks/results/fixture_learning/).
 LEARNING_ITERATIONS = 150
 LEARNING_RATE = 0.004
 VAL_LOSS_PERIOD = 10

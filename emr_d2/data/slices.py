@@ -22,9 +22,8 @@ from detectron2.structures import BoxMode
 from tqdm import tqdm
 
 from ..atomic import atomic_write
-from .ctc import (MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt, list_markers,
-                  marker_folder,
-                  read_gt_frame, read_label_volume, read_raw_volume)
+from .ctc import (MAX_LABEL, CTCFormatError, GTFrame, gt_folder, list_frames, list_gt,
+                  list_markers, marker_folder, read_gt_frame, read_label_volume, read_raw_volume)
 
 logger = logging.getLogger(__name__)
 

@@ -127,8 +127,7 @@ def check_config(cfg: CN) -> None:
     if fusion.CENTER_OUTPUTS and cfg.MODEL.BACKBONE.NAME != "build_early_fusion_backbone":
         raise ValueError(f"MODEL.FUSION.CENTER_OUTPUTS: {list(fusion.CENTER_OUTPUTS)} needs "
                          "build_early_fusion_backbone (other families have no unfused centre "
-                         "features "
-                         "there, or pass every slice's)")
+                         "features there, or pass every slice's)")
     _check_point_rend(cfg, late_heads)
     _check_linking(cfg)
     if cfg.MODEL.Z_EXTENT.ENABLED:

@@ -46,10 +46,10 @@ def inference_on_volumes(model: torch.nn.Module, cfg, dataset_name: str,
                             disable=not comm.is_main_process()):
             by_z = {r["z"]: r for r in records}
             volume = read_raw_volume(records[0]["file_name"])
-            voxel = record_voxel_size(records[0])
-            offsets = predictor.slice_offsets(voxel)
-            for z, instances in predictor.slice_instances(volume, voxel_um=voxel):
-                evaluator.process([by_z[z]], [{"instances": instances, "slice_offsets": offsets}])
+            geometry = predictor.geometry(record_voxel_size(records[0]))
+            for z, instances in predictor.slice_instances(volume, geometry=geometry):
+                evaluator.process([by_z[z]], [{"instances": instances,
+                                               "slice_offsets": geometry.offsets}])
     seconds = (time.perf_counter() - start) / max(len(mine), 1)
     results = evaluator.evaluate()
     if not comm.is_main_process():

@@ -211,5 +211,4 @@ def _annotated_records(names, filter_empty: bool) -> list[dict]:
 
 
 CTC_TABLE_KEYS = ("SEG", "DET", "OP_CSB", "SEG_2D", "SEG_poles", "SEG_core", "SEG_oracle_link",
-                  "splits",
-                  "merges", "volume_AP", "precision", "recall", "count_error")
+                  "splits", "merges", "volume_AP", "precision", "recall", "count_error")

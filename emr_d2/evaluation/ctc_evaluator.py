@@ -217,9 +217,8 @@ class CTCEvaluator(DatasetEvaluator):
         for res_dir in sorted(res_dirs):  # every rank has written its frames (synchronize above)
             write_result_tracks(res_dir)
         seg.warn_empty_references(self.dataset_name)
-        volume_ap = volume_average_precision([o
-                                              for _, o
-                                              in sorted(objects, key=lambda item: item[0])])
+        volume_ap = volume_average_precision(
+            [o for _, o in sorted(objects, key=lambda item: item[0])])
         results = dict(seg.summary(), SEG_oracle_link=oracle.summary()["SEG"],
                        volume_AP=volume_ap["AP"], volume_AP50=volume_ap["AP50"],
                        volume_AP75=volume_ap["AP75"], num_volumes=len(objects))
