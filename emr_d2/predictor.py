@@ -43,6 +43,49 @@ class StackGeometry:
     z_spacing_um: float
 
 
+class SliceFeatureCache:
+    """The backbone features of the slices that the current windows of a volume need, each slice
+    computed once under each transform of test-time augmentation (a rolling cache).
+
+    Attributes:
+        features: slice index -> {transform (None: the slice as it is): {level: (C, h, w)}}.
+        image_size: transform -> the (H, W) the heads see.
+    """
+
+    def __init__(self, model: torch.nn.Module, transforms: list[PlaneSymmetry], chunk: int):
+        """
+        Args:
+            model: a model that shares slice features (``model.slice_features``).
+            transforms: test-time augmentation's symmetries; none: the slices as they are.
+            chunk: at most this many slices through the backbone per pass.
+        """
+        self.model, self.transforms, self.chunk = model, list(transforms) or [None], chunk
+        self.features: dict[int, dict] = {}
+        self.image_size: dict = {}
+
+    def update(self, slices, windows: list[np.ndarray]) -> None:
+        """Drop the slices no window of ``windows`` needs and compute the missing ones;
+        ``slices(indices)`` gives normalised slices (S, H, W) at the model's pixel size."""
+        needed = set(np.concatenate(windows).tolist())
+        for index in [i for i in self.features if i not in needed]:
+            del self.features[index]
+        missing = sorted(needed - set(self.features))
+        # even passes of at most chunk slices (GroupNorm needs more than one value per group: a
+        # pass of one slice whose deepest level is 1 x 1 would fail)
+        for part in np.array_split(np.array(missing, dtype=int),
+                                   -(-len(missing) // self.chunk)) if missing else []:
+            stack = slices(part.tolist())
+            for transform in self.transforms:
+                computed, self.image_size[transform] = self.model.slice_features(
+                    stack if transform is None else transform.apply_image(stack))
+                for index, levels in zip(part.tolist(), computed):
+                    self.features.setdefault(index, {})[transform] = levels
+
+    def windows(self, windows: list[np.ndarray], transform) -> list[list[dict]]:
+        """Per window, its slices' features under ``transform`` (None: as they are)."""
+        return [[self.features[i][transform] for i in window] for window in windows]
+
+
 # Whole-volume inference batches at most this many pixels of centre slices per forward pass:
 # activations grow with the pixels of a pass, so large slices go one window at a time.
 MAX_BATCH_PIXELS = 1 << 21
@@ -176,10 +219,8 @@ class VolumePredictor:
         views = max(len(self.transforms), 1)  # test-time augmentation keeps one set per transform
         batch = min(self.batch_size, max(1, MAX_BATCH_PIXELS // (height * width * views)))
         batches = [list(range(s, min(s + batch, depth))) for s in range(0, depth, batch)]
+        cache = SliceFeatureCache(self.model, self.transforms, batch) if self.use_cache else None
         predict = self._predict_cached if self.use_cache else self._predict_windows
-        # slice index -> per transform its features, per transform the image size the heads see,
-        # slices through the backbone per pass
-        cache: dict = {"features": {}, "image_size": {}, "chunk": batch}
         self.model.eval()
         with torch.no_grad():
             for zs in tqdm(batches, desc="slices", unit="batch", disable=not progress):
@@ -195,34 +236,16 @@ class VolumePredictor:
             return self.model.inference_with_tta(inputs, self.transforms)
         return self.model(inputs)
 
-    def _predict_cached(self, slices, windows, inputs, cache) -> list[dict]:
+    def _predict_cached(self, slices, windows, inputs, cache: SliceFeatureCache
+                        ) -> list[dict]:
         """Backbone features of each slice once (under each transform of test-time augmentation),
         from a rolling cache; fusion + heads per window."""
-        transforms = self.transforms or [None]  # None: the slices as they are
-        features = cache["features"]  # slice index -> {transform: {level: (C, h, w)}}
-        needed = set(np.concatenate(windows).tolist())
-        for index in [i for i in features if i not in needed]:
-            del features[index]
-        missing = sorted(needed - set(features))
-        # even passes of at most cache["chunk"] slices (GroupNorm needs more than one value per
-        # group: a pass of one slice whose deepest level is 1 x 1 would fail)
-        for part in np.array_split(np.array(missing, dtype=int),
-                                   -(-len(missing) // cache["chunk"])) if missing else []:
-            stack = slices(part.tolist())
-            for transform in transforms:
-                computed, cache["image_size"][transform] = self.model.slice_features(
-                    stack if transform is None else transform.apply_image(stack))
-                for index, levels in zip(part.tolist(), computed):
-                    features.setdefault(index, {})[transform] = levels
-
-        def windows_of(transform) -> list:
-            return [[features[i][transform] for i in window] for window in windows]
-
+        cache.update(slices, windows)
         if not self.transforms:
-            return self.model.inference_from_slice_features(windows_of(None),
-                                                            cache["image_size"][None], inputs)
-        views = [(t, self.model.fuse_slice_features(windows_of(t)),
-                  [cache["image_size"][t]] * len(windows)) for t in self.transforms]
+            return self.model.inference_from_slice_features(
+                cache.windows(windows, None), cache.image_size[None], inputs)
+        views = [(t, self.model.fuse_slice_features(cache.windows(windows, t)),
+                  [cache.image_size[t]] * len(windows)) for t in self.transforms]
         return self.model.heads_with_tta(views, inputs)
 
     # ------------------------------------------------------------------ whole volume
