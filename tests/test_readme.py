@@ -83,7 +83,8 @@ def test_the_user_docs_are_short_complete_and_free_of_history():
         "benchmarks/README.md",
         *(f"docs/{p}" for p in os.listdir(f"{ROOT}/docs")),
     ]
-    history = re.compile(r"this round|earlier round|previous round|\bissue\b|#\d+\b|\.\./shared")
+    history = re.compile(r"this round|earlier round|previous round|this session|\bissue\b|#\d+\b"
+                         r"|\.\./shared")
     for page in (p for p in pages if p.endswith(".md")):
         text = open(os.path.join(ROOT, page)).read()
         assert not history.findall(text), (page, history.findall(text))
