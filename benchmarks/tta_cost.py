@@ -22,7 +22,7 @@ import emr_d2  # noqa: E402,F401
 import tifffile  # noqa: E402
 import torch  # noqa: E402
 
-from emr_d2.data.catalog import dataset_voxel_size  # noqa: E402
+from emr_d2.data.catalog import resolve_voxel_size  # noqa: E402
 from emr_d2.data.ctc import list_frames  # noqa: E402
 from emr_d2.engine import setup_config  # noqa: E402
 from emr_d2.modeling.tta import PLANE_SYMMETRIES  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     predictors = {name: VolumePredictor(setup_config(os.path.join(args.model, "config.yaml"),
                                                      weights + opts))
                   for name, opts in SETTINGS.items()}
-    voxel = dataset_voxel_size(args.sequence)
+    voxel = resolve_voxel_size(args.sequence)[0]
     frames = [path for _, path in sorted(list_frames(args.sequence).items())]
     seconds = dict.fromkeys(SETTINGS, 0.0)
     for path in frames:

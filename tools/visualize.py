@@ -74,12 +74,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from emr_d2 import visualization as vis
-    from emr_d2.data.catalog import dataset_voxel_size
+    from emr_d2.data.catalog import resolve_voxel_size
 
     if args.command == "volume":
         raw = read_raw_volume(args.raw)
         gt, pred = (read_labels_like(p, raw, args.raw) for p in (args.gt, args.pred))
-        voxel = args.voxel_size or dataset_voxel_size(args.raw)
+        voxel = resolve_voxel_size(args.raw, args.voxel_size)[0]
         for path in vis.save_volume_pictures(np.asarray(raw), gt, pred, args.out, voxel):
             print(path)
     elif args.command == "fusion":
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         model = build_model(cfg)
         SliceStackCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
         weights, maps = vis.collect_fusion_weights(cfg, model, np.asarray(raw),
-                                                   args.voxel_size or dataset_voxel_size(args.raw))
+                                                   resolve_voxel_size(args.raw, args.voxel_size)[0])
         if not weights:
             raise ValueError(
                 f"{args.config_file}: this model has no fusion module with slice weights")

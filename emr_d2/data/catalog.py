@@ -113,12 +113,6 @@ def voxel_size(root: str) -> tuple[float, float, float] | None:
     return resolve_voxel_size(root)[0]
 
 
-def dataset_voxel_size(path: str) -> tuple[float, float, float] | None:
-    """The voxel size of a stack, a folder of stacks or a CTC folder (:func:`resolve_voxel_size`);
-    None if unknown."""
-    return resolve_voxel_size(path)[0]
-
-
 def record_voxel_size(record: dict) -> tuple[float, float, float] | None:
     """(Z, Y, X) voxel size (micrometres) of a slice record's dataset, None if unknown."""
     return voxel_size(record["dataset_root"])

@@ -66,7 +66,7 @@ def read_annotated(folder: str, voxel_um: tuple | None = None) -> AnnotatedStack
     ``folder/images`` with the labels of the same name in ``folder/masks``. The voxel size:
     voxel_um, else the dataset's voxel_size.json or known CTC name. Raises CTCFormatError with
     one line naming what is missing."""
-    from .catalog import dataset_voxel_size  # here: it imports detectron2, the generator does not
+    from .catalog import resolve_voxel_size  # here: it imports detectron2, the generator does not
 
     if not os.path.isdir(folder):
         raise CTCFormatError(f"{folder}: no such folder")
@@ -89,7 +89,7 @@ def read_annotated(folder: str, voxel_um: tuple | None = None) -> AnnotatedStack
     if not frames:
         raise CTCFormatError(f"{folder}: no raw stack with a full-volume reference (a CTC dataset "
                              "with <seq>_GT/SEG/man_segTTT.tif, or images/ and masks/)")
-    voxel = tuple(voxel_um) if voxel_um else dataset_voxel_size(folder)
+    voxel = resolve_voxel_size(folder, tuple(voxel_um) if voxel_um else None)[0]
     if voxel is None:
         raise CTCFormatError(f"{folder}: unknown voxel size; give --voxel-size Z Y X or write "
                              'voxel_size.json {"zyx_um": [z, y, x]}')

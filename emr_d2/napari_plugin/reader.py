@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tifffile
 
-from ..data.catalog import dataset_voxel_size
+from ..data.catalog import resolve_voxel_size
 from ..data.ctc import (CTCFormatError, list_frames, list_gt, list_results, read_gt_frame,
                         read_label_volume, read_raw_volume)
 from ..data.tiff_stack import CHANNEL_AXES, TIME_AXES, select_stack
@@ -71,7 +71,7 @@ def read_stack(path: str) -> list[tuple]:
     layer."""
     with tifffile.TiffFile(path) as tif:
         axes, shape = tif.series[0].axes, tif.series[0].shape
-    voxel = dataset_voxel_size(path)
+    voxel = resolve_voxel_size(path)[0]
     name = os.path.splitext(os.path.basename(path))[0]
     metadata = {"ctc_files": [os.path.basename(path)]}
     times = [n for a, n in zip(axes, shape) if a in TIME_AXES and n > 1]
@@ -114,7 +114,7 @@ def read_ctc_sequence(path: str) -> list[tuple]:
                 f"{frames[i][1]}: shape {volume.shape} differs from {frames[0][1]}'s {shape}")
         return volume
 
-    voxel = dataset_voxel_size(path)
+    voxel = resolve_voxel_size(path)[0]
     meta = {"ctc_files": [os.path.basename(p) for _, p in frames], "ctc_sequence": path}
     name = f"{os.path.basename(root)}/{seq}"
     layers = [(_frame_stack(raw, len(frames), shape, first.dtype),
