@@ -46,11 +46,14 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     volume = sub.add_parser("volume", help="slice grid and orthogonal views with outlines")
     volume.add_argument("--raw", required=True, help="raw 3D stack")
+    volume.add_argument("--channel", type=int, default=None, metavar="C",
+                        help="the channel (0, 1, ...) of a multi-channel or colour --raw TIFF")
     volume.add_argument("--gt", help="reference labels of the same shape")
     volume.add_argument("--pred", help="predicted labels of the same shape")
     volume.add_argument("--out", required=True, help="output folder (created if missing)")
     add_voxel_size_argument(volume,
-                            "voxel size, for the aspect of the side views; default: the dataset's")
+                            "voxel size, for the aspect of the side views; default: the TIFF's "
+                            "tags or the dataset's")
     fusion = sub.add_parser("fusion", help="slice weights of every fusion module of a model")
     fusion.add_argument("--config-file", required=True,
                         help="the model's config (config.yaml beside its weights)")
@@ -58,6 +61,8 @@ def main(argv=None) -> int:
                             "voxel size (needed with INPUT.SLICE_SPACING_UM); default: the "
                             "dataset's")
     fusion.add_argument("--raw", required=True, help="raw 3D stack")
+    fusion.add_argument("--channel", type=int, default=None, metavar="C",
+                        help="the channel (0, 1, ...) of a multi-channel or colour --raw TIFF")
     fusion.add_argument("--out", required=True,
                         help="output PNG (its folder is created if missing)")
     fusion.add_argument("--random-weights", action="store_true",
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
     from emr_d2.data.catalog import resolve_voxel_size
 
     if args.command == "volume":
-        raw = read_raw_volume(args.raw)
+        raw = read_raw_volume(args.raw, channel=args.channel)
         gt, pred = (read_labels_like(p, raw, args.raw) for p in (args.gt, args.pred))
         voxel = resolve_voxel_size(args.raw, args.voxel_size)[0]
         for path in vis.save_volume_pictures(np.asarray(raw), gt, pred, args.out, voxel):
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
 
         cfg = setup_config(args.config_file, args.opts)
         check_weights(cfg.MODEL.WEIGHTS, args.random_weights)
-        raw = read_raw_volume(args.raw)
+        raw = read_raw_volume(args.raw, channel=args.channel)
         model = build_model(cfg)
         SliceStackCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
         weights, maps = vis.collect_fusion_weights(cfg, model, np.asarray(raw),
